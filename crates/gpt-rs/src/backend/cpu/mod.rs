@@ -1,0 +1,141 @@
+//! `cpu`: the fast backend. SIMD kernels chosen at run time (see `simd`), spread over the
+//! engine's thread pool. Small inputs run on the calling thread to avoid fork/join overhead.
+
+mod gemm;
+pub mod math;
+pub mod simd;
+
+use rayon::prelude::*;
+
+use super::{Backend, BackendKind};
+use crate::threads;
+
+pub struct Cpu;
+
+/// Below this many elements a row-wise op runs on one thread.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Applies `f` to groups of whole rows of `x`/`out`, in parallel when the input is large.
+pub(crate) fn par_rows(
+    x: &[f32],
+    out: &mut [f32],
+    cols: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync + Send,
+) {
+    if cols == 0 || x.is_empty() {
+        return;
+    }
+    if x.len() < PAR_MIN_ELEMS {
+        return f(x, out);
+    }
+    threads::install(|| {
+        let rows = x.len() / cols;
+        let tasks = rayon::current_num_threads() * 4;
+        let per = rows.div_ceil(tasks).max(1) * cols;
+        x.par_chunks(per)
+            .zip(out.par_chunks_mut(per))
+            .for_each(|(xi, oi)| f(xi, oi));
+    })
+}
+
+impl Backend for Cpu {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+
+    fn matmul(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        threads::install(|| gemm::matmul(a, b, bias, c, m, k, n))
+    }
+
+    fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
+        par_rows(x, out, cols, |x, o| math::softmax_rows_kernel(x, o, cols))
+    }
+
+    fn gelu(&self, x: &[f32], out: &mut [f32]) {
+        par_rows(x, out, 1, math::gelu_kernel)
+    }
+
+    fn gelu_tanh(&self, x: &[f32], out: &mut [f32]) {
+        par_rows(x, out, 1, math::gelu_tanh_kernel)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+        cols: usize,
+        eps: f32,
+    ) {
+        par_rows(x, out, cols, |x, o| {
+            math::layer_norm_kernel(x, weight, bias, o, cols, eps)
+        })
+    }
+
+    fn add_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32]) {
+        let cols = bias.len();
+        par_rows(x, out, cols, |x, o| math::add_bias_kernel(x, bias, o))
+    }
+
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+        g: usize,
+        tq: usize,
+        tk: usize,
+        d: usize,
+        causal: bool,
+    ) {
+        if d == 0 || tq == 0 {
+            return;
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        // One task per (group, block of query rows); each task owns its rows of `out`.
+        let rows_per_task = 16usize;
+        let blocks = tq.div_ceil(rows_per_task);
+        let body = |(t, o): (usize, &mut [f32])| {
+            let (h, blk) = (t / blocks, t % blocks);
+            let i0 = blk * rows_per_task;
+            let (kh, vh) = (
+                &k[h * tk * d..(h + 1) * tk * d],
+                &v[h * tk * d..(h + 1) * tk * d],
+            );
+            let mut scores = vec![0.0f32; tk];
+            for (r, orow) in o.chunks_exact_mut(d).enumerate() {
+                let i = i0 + r;
+                let visible = if causal {
+                    (i + tk - tq + 1).min(tk)
+                } else {
+                    tk
+                };
+                let qrow = &q[(h * tq + i) * d..(h * tq + i + 1) * d];
+                math::attend_row(qrow, kh, vh, orow, &mut scores[..visible], d, scale);
+            }
+        };
+        // Split `out` into per-(group, block) pieces.
+        let mut pieces: Vec<(usize, &mut [f32])> = Vec::with_capacity(g * blocks);
+        for (h, oh) in out.chunks_exact_mut(tq * d).enumerate() {
+            for (blk, ob) in oh.chunks_mut(rows_per_task * d).enumerate() {
+                pieces.push((h * blocks + blk, ob));
+            }
+        }
+        if g * tq * tk * d < PAR_MIN_ELEMS {
+            pieces.into_iter().for_each(body);
+        } else {
+            threads::install(|| pieces.into_par_iter().for_each(body));
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `faer`: matrix multiply through the faer crate; every other kernel is the `cpu` one.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+use super::cpu::Cpu;
+use super::{Backend, BackendKind};
+use crate::threads;
+
+pub struct Faer;
+
+impl Backend for Faer {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Faer
+    }
+
+    fn matmul(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let accum = match bias {
+            Some(bias) => {
+                c.chunks_exact_mut(n.max(1))
+                    .for_each(|row| row.copy_from_slice(bias));
+                Accum::Add
+            }
+            None => Accum::Replace,
+        };
+        if m == 0 || n == 0 {
+            return;
+        }
+        let lhs = MatRef::from_row_major_slice(a, m, k);
+        let rhs = MatRef::from_row_major_slice(b, k, n);
+        let dst = MatMut::from_row_major_slice_mut(c, m, n);
+        threads::install(|| {
+            let par = match rayon::current_num_threads() {
+                1 => Par::Seq,
+                t => Par::rayon(t),
+            };
+            matmul(dst, accum, lhs, rhs, 1.0f32, par);
+        })
+    }
+
+    fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
+        Cpu.softmax_rows(x, out, cols)
+    }
+    fn gelu(&self, x: &[f32], out: &mut [f32]) {
+        Cpu.gelu(x, out)
+    }
+    fn gelu_tanh(&self, x: &[f32], out: &mut [f32]) {
+        Cpu.gelu_tanh(x, out)
+    }
+    fn layer_norm(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+        cols: usize,
+        eps: f32,
+    ) {
+        Cpu.layer_norm(x, weight, bias, out, cols, eps)
+    }
+    fn add_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32]) {
+        Cpu.add_bias(x, bias, out)
+    }
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+        g: usize,
+        tq: usize,
+        tk: usize,
+        d: usize,
+        causal: bool,
+    ) {
+        Cpu.attention(q, k, v, out, g, tq, tk, d, causal)
+    }
+}

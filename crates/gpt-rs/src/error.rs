@@ -1,0 +1,38 @@
+//! The engine's one error type. Each variant maps to the Python exception a user expects.
+
+/// Errors raised by the engine. Messages name the operation and the shapes or values involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Wrong shape or rank (Python `ValueError`).
+    #[error("{0}")]
+    Shape(String),
+    /// A bad value: out-of-range index, bad argument (Python `ValueError`).
+    #[error("{0}")]
+    Value(String),
+    /// Wrong dtype or type (Python `TypeError`).
+    #[error("{0}")]
+    DType(String),
+    /// A number that does not fit the target type (Python `OverflowError`).
+    #[error("{0}")]
+    Overflow(String),
+    /// A backend that is not available (Python `RuntimeError`).
+    #[error("{0}")]
+    Backend(String),
+    /// An internal failure that is not the caller's fault (Python `RuntimeError`).
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// `Err(Error::Shape(format!(...)))`, for brevity in validation code.
+#[macro_export]
+macro_rules! shape_err {
+    ($($arg:tt)*) => { Err($crate::error::Error::Shape(format!($($arg)*))) };
+}
+
+/// `Err(Error::Value(format!(...)))`.
+#[macro_export]
+macro_rules! value_err {
+    ($($arg:tt)*) => { Err($crate::error::Error::Value(format!($($arg)*))) };
+}

@@ -1,0 +1,16 @@
+//! gpt_rs engine: tensors, CPU backends, functional ops and neural-network layers.
+//!
+//! Dependencies point one way: `tensor`/`backend` <- `ops` <- `nn`. Nothing here knows
+//! about Python; the `gpt-rs-py` crate translates.
+
+pub mod backend;
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod storage;
+pub mod tensor;
+pub mod threads;
+
+pub use backend::{Backend, BackendKind};
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,95 @@
+//! Shared, immutable-by-default host buffers that a tensor, a NumPy view, a DLPack capsule or a
+//! memory map can all hold at once.
+//!
+//! A `Storage<T>` is a pointer and a length plus an `owner` that keeps the memory alive:
+//! a `Vec<T>` we allocated, a NumPy array we borrowed, a DLPack producer, or a memory map.
+//! Cloning is an `Arc` clone. The engine never writes through a `Storage` after creating it;
+//! outside holders (a writable NumPy view) may, exactly as with `torch.Tensor.numpy()`.
+
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Something that keeps a buffer's memory alive for as long as it exists.
+pub type Owner = Arc<dyn Any + Send + Sync>;
+
+pub struct Storage<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    writable: bool,
+    owner: Owner,
+}
+
+// SAFETY: the memory is kept alive by `owner` (Send + Sync) and the engine only reads it
+// concurrently; concurrent writes can only come from outside holders, as with NumPy itself.
+unsafe impl<T: Send + Sync> Send for Storage<T> {}
+unsafe impl<T: Send + Sync> Sync for Storage<T> {}
+
+impl<T> Clone for Storage<T> {
+    fn clone(&self) -> Self {
+        Self {
+            ptr: self.ptr,
+            len: self.len,
+            writable: self.writable,
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Storage<T> {
+    /// Takes ownership of a vector (no copy).
+    pub fn from_vec(v: Vec<T>) -> Self {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        let len = v.len();
+        // SAFETY: a Vec's pointer is non-null (dangling but aligned when empty). We rebuild the
+        // Vec inside the owner, so the heap block is freed exactly once, when the owner drops.
+        let ptr = unsafe { NonNull::new_unchecked(v.as_mut_ptr()) };
+        let cap = v.capacity();
+        let owned = unsafe { Vec::from_raw_parts(ptr.as_ptr(), len, cap) };
+        Self {
+            ptr,
+            len,
+            writable: true,
+            owner: Arc::new(owned),
+        }
+    }
+
+    /// Wraps memory owned by someone else.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` elements of `T`, aligned for `T`, and stay valid
+    /// for as long as `owner` is alive.
+    pub unsafe fn from_raw_parts(ptr: *const T, len: usize, writable: bool, owner: Owner) -> Self {
+        let ptr = NonNull::new(ptr as *mut T).unwrap_or(NonNull::dangling());
+        Self {
+            ptr,
+            len,
+            writable,
+            owner,
+        }
+    }
+}
+
+impl<T> Storage<T> {
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: guaranteed by the constructors: valid for `len` reads while `owner` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+    pub fn as_ptr(&self) -> *const T {
+        self.ptr.as_ptr()
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Whether outside holders may write to this memory (false for read-only NumPy arrays).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    /// The object keeping the memory alive; hand it to whoever shares the buffer.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}

@@ -1,0 +1,129 @@
+//! Every kernel on every compiled-in backend against the `cpu-portable` reference, at every
+//! SIMD level this CPU has. `on_every_backend!` makes one #[test] per backend.
+
+use gpt_rs::backend::cpu::simd::{self, SimdLevel};
+use gpt_rs::backend::{Backend, BackendKind};
+use gpt_rs::ops;
+use gpt_rs::Tensor;
+
+/// A small deterministic generator (xorshift) so tests need no extra crates.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+    fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
+        Tensor::from_f32(
+            self.vec(shape.iter().product(), scale),
+            shape.to_vec(),
+            BackendKind::Cpu,
+        )
+        .unwrap()
+    }
+}
+
+fn reference() -> &'static dyn Backend {
+    BackendKind::CpuPortable.get().unwrap()
+}
+
+fn assert_close(got: &Tensor, want: &Tensor, rtol: f32, atol: f32, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let (g, w) = (got.f32s("got").unwrap(), want.f32s("want").unwrap());
+    let mut worst = 0.0f32;
+    for (i, (&a, &b)) in g.iter().zip(w).enumerate() {
+        let err = (a - b).abs();
+        worst = worst.max(err);
+        assert!(
+            err <= atol + rtol * b.abs() || (a.is_nan() && b.is_nan()),
+            "{what}: element {i}: got {a}, want {b} (max err so far {worst})"
+        );
+    }
+}
+
+/// Runs `check(backend)` at each SIMD level the CPU supports (the fallbacks too).
+fn at_every_level(be: &dyn Backend, check: impl Fn(&dyn Backend)) {
+    for level in [SimdLevel::Avx512, SimdLevel::Avx2, SimdLevel::Scalar] {
+        if level <= simd::detected() {
+            simd::set_max_level(level);
+            check(be);
+        }
+    }
+    simd::set_max_level(SimdLevel::Avx512);
+}
+
+macro_rules! on_every_backend {
+    ($($name:ident => $body:expr;)*) => {
+        mod cpu { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; at_every_level(BackendKind::Cpu.get().unwrap(), f); } )* }
+        mod portable { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; f(BackendKind::CpuPortable.get().unwrap()); } )* }
+        #[cfg(feature = "faer")]
+        mod faer { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; f(BackendKind::Faer.get().unwrap()); } )* }
+        #[cfg(feature = "conversion-c")]
+        mod c { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; f(BackendKind::C.get().unwrap()); } )* }
+    };
+}
+
+on_every_backend! {
+    matmul_all_shapes => |be| {
+        let mut r = Rng(7);
+        for &(m, k, n) in &[(1, 1, 1), (1, 768, 77), (3, 5, 7), (7, 64, 200), (8, 33, 65), (37, 300, 51), (128, 257, 96), (200, 16, 513), (1, 0, 4), (0, 3, 4)] {
+            let (a, b) = (r.tensor(&[m, k], 1.0), r.tensor(&[k, n], 1.0));
+            let got = ops::matmul(be, &a, &b).unwrap();
+            let want = ops::matmul(reference(), &a, &b).unwrap();
+            assert_close(&got, &want, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul {m}x{k}x{n}"));
+            let bias = r.tensor(&[n], 1.0);
+            let got = ops::linear(be, &a, &b, Some(&bias)).unwrap();
+            let want = ops::linear(reference(), &a, &b, Some(&bias)).unwrap();
+            assert_close(&got, &want, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("linear {m}x{k}x{n}"));
+        }
+    };
+    batched_matmul => |be| {
+        let mut r = Rng(9);
+        let (a, b, b2) = (r.tensor(&[3, 17, 40], 1.0), r.tensor(&[3, 40, 9], 1.0), r.tensor(&[40, 9], 1.0));
+        assert_close(&ops::matmul(be, &a, &b).unwrap(), &ops::matmul(reference(), &a, &b).unwrap(), 1e-4, 1e-4, "bmm");
+        assert_close(&ops::matmul(be, &a, &b2).unwrap(), &ops::matmul(reference(), &a, &b2).unwrap(), 1e-4, 1e-4, "bmm2");
+    };
+    elementwise_and_rows => |be| {
+        let mut r = Rng(11);
+        for &(rows, cols) in &[(1, 1), (3, 7), (12, 128), (64, 1000), (300, 769)] {
+            let x = r.tensor(&[rows, cols], 8.0);
+            assert_close(&ops::gelu(be, &x).unwrap(), &ops::gelu(reference(), &x).unwrap(), 1e-5, 1e-6, "gelu");
+            assert_close(&ops::gelu_tanh(be, &x).unwrap(), &ops::gelu_tanh(reference(), &x).unwrap(), 1e-5, 1e-6, "gelu_tanh");
+            assert_close(&ops::softmax_last_dim(be, &x).unwrap(), &ops::softmax_last_dim(reference(), &x).unwrap(), 1e-4, 1e-7, "softmax");
+            let (w, b) = (r.tensor(&[cols], 1.0), r.tensor(&[cols], 1.0));
+            assert_close(&ops::layer_norm(be, &x, &w, &b, 1e-5).unwrap(), &ops::layer_norm(reference(), &x, &w, &b, 1e-5).unwrap(), 1e-4, 1e-4, "layer_norm");
+            assert_close(&ops::add_bias(be, &x, &b).unwrap(), &ops::add_bias(reference(), &x, &b).unwrap(), 1e-6, 0.0, "add_bias");
+        }
+    };
+    attention => |be| {
+        let mut r = Rng(13);
+        for &(g, tq, tk, d, causal) in &[(1, 1, 1, 4, true), (2, 5, 5, 8, true), (3, 1, 9, 16, true), (4, 33, 33, 64, true), (2, 7, 11, 8, false), (12, 40, 40, 64, true)] {
+            let (q, k, v) = (r.tensor(&[g, tq, d], 1.0), r.tensor(&[g, tk, d], 1.0), r.tensor(&[g, tk, d], 1.0));
+            let got = ops::scaled_dot_product_attention(be, &q, &k, &v, causal).unwrap();
+            let want = ops::scaled_dot_product_attention(reference(), &q, &k, &v, causal).unwrap();
+            assert_close(&got, &want, 1e-4, 1e-5, &format!("attention g={g} tq={tq} tk={tk} d={d}"));
+        }
+    };
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let be = reference();
+    let mut r = Rng(3);
+    let (a, v) = (r.tensor(&[2, 3], 1.0), r.tensor(&[3], 1.0));
+    let e = ops::matmul(be, &a, &v).unwrap_err().to_string();
+    assert!(
+        e.contains("matmul expects rank-2 or rank-3 tensors, got ranks 2 and 1"),
+        "{e}"
+    );
+    let e = ops::matmul(be, &a, &a).unwrap_err().to_string();
+    assert!(e.contains("inner dimensions"), "{e}");
+    let idx = Tensor::from_i32(vec![0, 5], vec![2], BackendKind::Cpu).unwrap();
+    let e = ops::embedding_lookup(be, &a, &idx).unwrap_err().to_string();
+    assert!(e.contains("index 5 at position 1 is out of range"), "{e}");
+}
