@@ -1,0 +1,48 @@
+//! Engine errors to Python exceptions, and `run`: release the GIL around engine work and turn
+//! any Rust panic into a RuntimeError instead of letting it abort the interpreter.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use gpt_rs::Error;
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+pub fn to_py(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::Shape(_) | Error::Value(_) => PyValueError::new_err(msg),
+        Error::DType(_) => PyTypeError::new_err(msg),
+        Error::Overflow(_) => PyOverflowError::new_err(msg),
+        Error::Backend(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Inputs smaller than this run without releasing the GIL: the release costs more than the op.
+const DETACH_MIN_WORK: usize = 1 << 14;
+
+/// Runs engine work `f` (of roughly `work` elements) with the GIL released when it is large
+/// enough to matter, mapping errors and panics to Python exceptions.
+pub fn run<T: Send>(
+    py: Python<'_>,
+    work: usize,
+    f: impl FnOnce() -> gpt_rs::Result<T> + Send,
+) -> PyResult<T> {
+    let guarded = move || {
+        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Internal(format!(
+                "internal error in gpt_rs (please report it): {what}"
+            )))
+        })
+    };
+    let r = if work >= DETACH_MIN_WORK {
+        py.detach(guarded)
+    } else {
+        guarded()
+    };
+    r.map_err(to_py)
+}
