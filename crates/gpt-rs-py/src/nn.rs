@@ -110,7 +110,11 @@ impl Linear {
             "Linear(in_features={}, out_features={}, bias={})",
             self.inner.in_features(),
             self.inner.out_features(),
-            self.inner.bias.is_some()
+            if self.inner.bias.is_some() {
+                "True"
+            } else {
+                "False"
+            }
         )
     }
 }

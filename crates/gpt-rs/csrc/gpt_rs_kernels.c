@@ -68,9 +68,11 @@ void gr_softmax_rows(const float *x, float *out, size_t rows, size_t cols) {
     }
 }
 
-/* Exact GELU written with erfc: 0.5 x erfc(-x / sqrt 2), accurate for large negative x. */
+/* Exact GELU written with erfc: 0.5 x erfc(-x / sqrt 2), accurate for large negative x.
+ * Both GELUs return their limit -0.0 at -inf (instead of -inf * 0 = NaN). */
 void gr_gelu(const float *x, float *out, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = 0.5f * x[i] * erfcf(-x[i] * 0.70710678118654752f);
+    for (size_t i = 0; i < n; i++)
+        out[i] = x[i] == -INFINITY ? -0.0f : 0.5f * x[i] * erfcf(-x[i] * 0.70710678118654752f);
 }
 
 /* tanh GELU as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3). */
@@ -78,7 +80,7 @@ void gr_gelu_tanh(const float *x, float *out, size_t n) {
     for (size_t i = 0; i < n; i++) {
         const float v = x[i];
         const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-        out[i] = v / (1.0f + expf(-2.0f * u));
+        out[i] = v == -INFINITY ? -0.0f : v / (1.0f + expf(-2.0f * u));
     }
 }
 

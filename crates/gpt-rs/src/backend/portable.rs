@@ -7,15 +7,23 @@ pub struct Portable;
 
 /// `0.5 x erfc(-x / sqrt 2)`: the exact GELU, written with erfc so it stays accurate
 /// (relative to the result) for large negative x, where `1 + erf` would cancel.
+/// At -inf both GELUs return their limit, -0.0.
 pub fn gelu_scalar(x: f32) -> f32 {
+    if x == f32::NEG_INFINITY {
+        return -0.0;
+    }
     let x = x as f64;
     (0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2)) as f32
 }
 
 pub fn gelu_tanh_scalar(x: f32) -> f32 {
+    if x == f32::NEG_INFINITY {
+        return -0.0;
+    }
     let x = x as f64;
     let c = (2.0 / std::f64::consts::PI).sqrt();
-    (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())) as f32
+    // 0.5 x (1 + tanh u) written as x / (1 + e^(-2u)), which does not cancel for x << 0.
+    (x / (1.0 + (-2.0 * c * (x + 0.044715 * x * x * x)).exp())) as f32
 }
 
 impl Backend for Portable {

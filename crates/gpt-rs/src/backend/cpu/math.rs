@@ -61,7 +61,12 @@ pub fn gelu(x: f32) -> f32 {
     let z = x * std::f32::consts::FRAC_1_SQRT_2;
     let e = erfc_pos(z.abs());
     let c = if z >= 0.0 { 2.0 - e } else { e };
-    0.5 * x * c
+    // The limit at -inf is 0 (the product would be -inf * 0 = NaN).
+    if x == f32::NEG_INFINITY {
+        -0.0
+    } else {
+        0.5 * x * c
+    }
 }
 
 /// tanh GELU written as `x * sigmoid(2u)`, which equals `0.5 x (1 + tanh u)` without the
@@ -70,7 +75,12 @@ pub fn gelu(x: f32) -> f32 {
 pub fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
     let u = C * (x + 0.044_715 * x * x * x);
-    x / (1.0 + exp(-2.0 * u))
+    let y = x / (1.0 + exp(-2.0 * u));
+    if x == f32::NEG_INFINITY {
+        -0.0
+    } else {
+        y
+    }
 }
 
 #[inline(always)]
