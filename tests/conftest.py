@@ -36,12 +36,23 @@ def assert_close(got, want, *, rtol: float, atol: float, what: str = "") -> None
     bad = ~((err <= bound) | (np.isnan(got) & np.isnan(want)) | (got == want))
     if bad.any():
         i = np.unravel_index(np.argmax(np.where(bad, err, -1)), err.shape)
+        rel = err / np.maximum(np.abs(want), 1e-30)
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {want.size} elements off; max abs error "
-            f"{np.nanmax(err):.3e}, max rel error {np.nanmax(err / np.maximum(np.abs(want), 1e-30)):.3e}; "
+            f"{np.nanmax(err):.3e}, max rel error {np.nanmax(rel):.3e}; "
             f"worst at {i}: got {got[i]!r}, want {want[i]!r} (rtol={rtol}, atol={atol})"
         )
 
 
 def T(a) -> gpt_rs.Tensor:
     return gpt_rs.Tensor.from_numpy(np.asarray(a))
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Tests may switch backend or threads; put them back so tests stay independent."""
+    backend, threads = gpt_rs.get_backend(), gpt_rs.get_num_threads()
+    yield
+    gpt_rs.set_backend(backend)
+    if gpt_rs.get_num_threads() != threads:
+        gpt_rs.set_num_threads(threads)

@@ -64,8 +64,10 @@ def causal_self_attention(x, w_attn, b_attn, w_proj, b_proj, n_head):
     bsz, t, c = x.shape
     d = c // n_head
     qkv = linear(x, w_attn, b_attn)
-    q, k, v = (qkv[..., i * c:(i + 1) * c].reshape(bsz, t, n_head, d).transpose(0, 2, 1, 3)
-               for i in range(3))
+    q, k, v = (
+        qkv[..., i * c : (i + 1) * c].reshape(bsz, t, n_head, d).transpose(0, 2, 1, 3)
+        for i in range(3)
+    )
     y = attention(q, k, v, causal=True).transpose(0, 2, 1, 3).reshape(bsz, t, c)
     y = linear(y, w_proj, b_proj)
     return y[0] if squeeze else y
@@ -74,8 +76,14 @@ def causal_self_attention(x, w_attn, b_attn, w_proj, b_proj, n_head):
 def transformer_block(x, p, n_head):
     """GPT-2 block; `p` holds ln_1, attn (c_attn, c_proj), ln_2, mlp (c_fc, c_proj) weights."""
     h = layer_norm(x, p["ln_1.weight"], p["ln_1.bias"])
-    x = f64(x) + causal_self_attention(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"],
-                                       p["attn.c_proj.weight"], p["attn.c_proj.bias"], n_head)
+    x = f64(x) + causal_self_attention(
+        h,
+        p["attn.c_attn.weight"],
+        p["attn.c_attn.bias"],
+        p["attn.c_proj.weight"],
+        p["attn.c_proj.bias"],
+        n_head,
+    )
     h = layer_norm(x, p["ln_2.weight"], p["ln_2.bias"])
     m = gelu_tanh(linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]))
     return x + linear(m, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])

@@ -20,8 +20,10 @@ def check(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> None:
 
 
 def main() -> None:
-    print(f"gpt_rs {gpt_rs.__version__}; backends: {gpt_rs.list_backends()}; "
-          f"threads: {gpt_rs.get_num_threads()}; simd: {gpt_rs.get_simd_level()}")
+    print(
+        f"gpt_rs {gpt_rs.__version__}; backends: {gpt_rs.list_backends()}; "
+        f"threads: {gpt_rs.get_num_threads()}; simd: {gpt_rs.get_simd_level()}"
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 8)).astype(np.float32)
     w = rng.standard_normal((8, 5)).astype(np.float32)
@@ -39,8 +41,12 @@ def main() -> None:
         check("softmax_last_dim", F.softmax_last_dim(t).numpy(), e / e.sum(-1, keepdims=True), 1e-5)
         check("gelu", F.gelu(t).numpy(), 0.5 * x64 * (1 + erf(x64 / math.sqrt(2))), 1e-5)
         mu, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
-        check("layer_norm", F.layer_norm(t, g, b[:1].repeat(8)).numpy(),
-              (x64 - mu) / np.sqrt(var + 1e-5) * g + b[0], 1e-4)
+        check(
+            "layer_norm",
+            F.layer_norm(t, g, b[:1].repeat(8)).numpy(),
+            (x64 - mu) / np.sqrt(var + 1e-5) * g + b[0],
+            1e-4,
+        )
         check("matmul", F.matmul(t, gpt_rs.Tensor.from_numpy(w)).numpy(), x64 @ w, 1e-4)
         lin = gpt_rs.nn.Linear(gpt_rs.Tensor.from_numpy(w), gpt_rs.Tensor.from_numpy(b))
         check("nn.Linear", lin(t).numpy(), x64 @ w + b, 1e-4)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _native
+from . import _native, functional, nn  # noqa: E402  (submodules re-export the native functions)
 from ._native import (
     Tensor,
     __version__,
@@ -33,8 +33,6 @@ from ._native import (
     set_num_threads,
     set_simd_level,
 )
-
-from . import functional, nn  # noqa: E402  (submodules re-export the native functions)
 
 __all__ = [
     "Tensor",

@@ -14,8 +14,10 @@ try:
     import torch
     import torch.nn.functional as TF
 except ImportError:
-    print("PyTorch is not installed; install it to run this comparison:\n"
-          "  pip install torch --index-url https://download.pytorch.org/whl/cpu")
+    print(
+        "PyTorch is not installed; install it to run this comparison:\n"
+        "  pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    )
     sys.exit(0)
 
 rng = np.random.default_rng(0)
@@ -36,23 +38,35 @@ cases = {
     "softmax_last_dim": (lambda F, T: F.softmax_last_dim(T(x)), lambda: torch.softmax(tt(x), -1)),
     "gelu": (lambda F, T: F.gelu(T(x)), lambda: TF.gelu(tt(x))),
     "gelu_tanh": (lambda F, T: F.gelu_tanh(T(x)), lambda: TF.gelu(tt(x), approximate="tanh")),
-    "layer_norm": (lambda F, T: F.layer_norm(T(x), T(g), T(beta)),
-                   lambda: TF.layer_norm(tt(x), (64,), tt(g), tt(beta), 1e-5)),
+    "layer_norm": (
+        lambda F, T: F.layer_norm(T(x), T(g), T(beta)),
+        lambda: TF.layer_norm(tt(x), (64,), tt(g), tt(beta), 1e-5),
+    ),
     "matmul": (lambda F, T: F.matmul(T(x), T(w)), lambda: tt(x) @ tt(w)),
     "matmul (batched)": (lambda F, T: F.matmul(T(a3), T(b3)), lambda: tt(a3) @ tt(b3)),
     "add_bias": (lambda F, T: F.add_bias(T(x @ w), T(b)), lambda: tt(x @ w) + tt(b)),
     "linear": (lambda F, T: F.linear(T(x), T(w), T(b)), lambda: tt(x) @ tt(w) + tt(b)),
-    "embedding_lookup": (lambda F, T: F.embedding_lookup(T(table), T(idx)),
-                         lambda: TF.embedding(tt(idx).long(), tt(table))),
-    "sdpa (causal)": (lambda F, T: F.scaled_dot_product_attention(T(q), T(k), T(v), causal=True),
-                      lambda: TF.scaled_dot_product_attention(tt(q), tt(k), tt(v), is_causal=True)),
+    "embedding_lookup": (
+        lambda F, T: F.embedding_lookup(T(table), T(idx)),
+        lambda: TF.embedding(tt(idx).long(), tt(table)),
+    ),
+    "sdpa (causal)": (
+        lambda F, T: F.scaled_dot_product_attention(T(q), T(k), T(v), causal=True),
+        lambda: TF.scaled_dot_product_attention(tt(q), tt(k), tt(v), is_causal=True),
+    ),
     "nn.Linear": (lambda F, T: gpt_rs.nn.Linear(T(w), T(b))(T(x)), lambda: tt(x) @ tt(w) + tt(b)),
-    "nn.LayerNorm": (lambda F, T: gpt_rs.nn.LayerNorm(T(g), T(beta))(T(x)),
-                     lambda: TF.layer_norm(tt(x), (64,), tt(g), tt(beta), 1e-5)),
-    "nn.FeedForward": (lambda F, T: gpt_rs.nn.FeedForward(T(w_in), T(w_out))(T(x)),
-                       lambda: TF.gelu(tt(x) @ tt(w_in)) @ tt(w_out)),
-    "nn.Embedding": (lambda F, T: gpt_rs.nn.Embedding(T(table))(T(idx)),
-                     lambda: TF.embedding(tt(idx).long(), tt(table))),
+    "nn.LayerNorm": (
+        lambda F, T: gpt_rs.nn.LayerNorm(T(g), T(beta))(T(x)),
+        lambda: TF.layer_norm(tt(x), (64,), tt(g), tt(beta), 1e-5),
+    ),
+    "nn.FeedForward": (
+        lambda F, T: gpt_rs.nn.FeedForward(T(w_in), T(w_out))(T(x)),
+        lambda: TF.gelu(tt(x) @ tt(w_in)) @ tt(w_out),
+    ),
+    "nn.Embedding": (
+        lambda F, T: gpt_rs.nn.Embedding(T(table))(T(idx)),
+        lambda: TF.embedding(tt(idx).long(), tt(table)),
+    ),
 }
 
 worst = 0.0

@@ -71,9 +71,10 @@ fn copy_elems<T: numpy::Element + Copy>(arr: &Bound<'_, PyUntypedArray>) -> PyRe
     let ro = typed
         .try_readonly()
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    // `as_slice` also accepts Fortran order (memory order), so only use it for C order.
     Ok(match ro.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => ro.as_array().iter().copied().collect(),
+        Ok(s) if arr.is_c_contiguous() => s.to_vec(),
+        _ => ro.as_array().iter().copied().collect(),
     })
 }
 
