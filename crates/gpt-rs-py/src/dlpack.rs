@@ -249,7 +249,7 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
         let native = dt.dtype.lanes == 1
             && dt.dtype.bits == 32
             && matches!(dt.dtype.code, CODE_FLOAT | CODE_INT);
-        if !(native && contiguous && (ptr as usize) % 4 == 0) {
+        if !(native && contiguous && (ptr as usize).is_multiple_of(4)) {
             drop(cap);
             let arr = py.import("numpy")?.call_method1("from_dlpack", (obj,))?;
             return tensor_from_numpy(&arr, true).map(PyTensor::wrap);

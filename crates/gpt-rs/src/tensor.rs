@@ -152,7 +152,7 @@ impl Tensor {
             }
         }
         if let Some(i) = infer {
-            if known == 0 || n % known != 0 {
+            if known == 0 || !n.is_multiple_of(known) {
                 return Err(Error::Shape(format!(
                     "reshape: cannot reshape tensor of shape {:?} ({n} elements) into {shape:?}",
                     self.shape

@@ -127,3 +127,29 @@ fn errors_name_the_problem() {
     let e = ops::embedding_lookup(be, &a, &idx).unwrap_err().to_string();
     assert!(e.contains("index 5 at position 1 is out of range"), "{e}");
 }
+
+#[test]
+fn registry_lists_compiled_in_backends_in_order() {
+    let names: Vec<&str> = gpt_rs::backend::available()
+        .iter()
+        .map(|b| b.name())
+        .collect();
+    let mut want = vec!["cpu", "cpu-portable"];
+    if cfg!(feature = "faer") {
+        want.push("faer");
+    }
+    if cfg!(feature = "conversion-c") {
+        want.push("c");
+    }
+    assert_eq!(names, want);
+    let e = BackendKind::parse("nope").unwrap_err().to_string();
+    assert!(e.contains("available backends: cpu, cpu-portable"), "{e}");
+}
+
+#[cfg(not(feature = "faer"))]
+#[test]
+fn compiled_out_backend_names_its_feature() {
+    let e = BackendKind::parse("faer").unwrap_err().to_string();
+    assert!(e.contains("cargo feature 'faer'"), "{e}");
+    assert!(BackendKind::Faer.get().is_err());
+}

@@ -66,6 +66,12 @@ struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint column ranges of C (see `matmul`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// A method (not a field access) so closures capture the whole Send wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 impl Backend for CBackend {
     fn kind(&self) -> BackendKind {
@@ -121,14 +127,13 @@ impl Backend for CBackend {
                 (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
                     let j0 = t * cols;
                     let nt = (n - j0).min(cols);
-                    let cp = cp;
                     unsafe {
                         ffi::gr_matmul_acc(
                             a.as_ptr(),
                             k,
                             b[j0..].as_ptr(),
                             n,
-                            cp.0.add(j0),
+                            cp.get().add(j0),
                             n,
                             m,
                             k,

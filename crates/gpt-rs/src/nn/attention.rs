@@ -32,7 +32,7 @@ impl CausalSelfAttention {
                 c_proj.weight.shape()
             )));
         }
-        if n_head == 0 || c % n_head != 0 {
+        if n_head == 0 || !c.is_multiple_of(n_head) {
             return Err(Error::Value(format!(
                 "CausalSelfAttention: n_head ({n_head}) must be positive and divide the embedding size {c}"
             )));

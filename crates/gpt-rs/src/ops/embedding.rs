@@ -16,11 +16,7 @@ pub fn embedding_lookup(be: &dyn Backend, table: &Tensor, indices: &Tensor) -> R
             table.shape()
         )));
     }
-    let ok_shape = match indices.shape() {
-        [_] => true,
-        [_, 1] => true,
-        _ => false,
-    };
+    let ok_shape = matches!(indices.shape(), [_] | [_, 1]);
     if !ok_shape {
         return Err(Error::Shape(format!(
             "embedding_lookup: indices must have shape [T] or [T, 1], got {:?}",
