@@ -46,6 +46,26 @@ void gr_matmul_acc(const float *a, size_t lda, const float *b, size_t ldb, float
     }
 }
 
+/* C[m, n] = A[m, k] @ B[n, k]^T (B row-major [n, k]); row stride of C is ldc. */
+GR_CLONES
+void gr_matmul_nt(const float *a, const float *b, float *c, size_t ldc, size_t m, size_t k,
+                  size_t n) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            const float *ai = a + i * k, *bj = b + j * k;
+            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+            size_t p = 0;
+            for (; p + 4 <= k; p += 4) {
+                s0 += ai[p] * bj[p];
+                s1 += ai[p + 1] * bj[p + 1];
+                s2 += ai[p + 2] * bj[p + 2];
+                s3 += ai[p + 3] * bj[p + 3];
+            }
+            for (; p < k; p++) s0 += ai[p] * bj[p];
+            c[i * ldc + j] = (s0 + s1) + (s2 + s3);
+        }
+}
+
 /* Softmax over each of `rows` rows of length `cols`. */
 void gr_softmax_rows(const float *x, float *out, size_t rows, size_t cols) {
     for (size_t r = 0; r < rows; r++) {

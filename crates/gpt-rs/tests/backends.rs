@@ -46,8 +46,12 @@ fn assert_close(got: &Tensor, want: &Tensor, rtol: f32, atol: f32, what: &str) {
     }
 }
 
+/// The SIMD level is process-wide: tests that change it run one at a time.
+static LEVEL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `check(backend)` at each SIMD level the CPU supports (the fallbacks too).
 fn at_every_level(be: &dyn Backend, check: impl Fn(&dyn Backend)) {
+    let _guard = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for level in [SimdLevel::Avx512, SimdLevel::Avx2, SimdLevel::Scalar] {
         if level <= simd::detected() {
             simd::set_max_level(level);
@@ -81,6 +85,30 @@ on_every_backend! {
             let want = ops::linear(reference(), &a, &b, Some(&bias)).unwrap();
             assert_close(&got, &want, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("linear {m}x{k}x{n}"));
         }
+    };
+    matmul_nt_all_shapes => |be| {
+        let mut r = Rng(17);
+        for &(m, k, n) in &[(1, 768, 300), (3, 5, 7), (15, 64, 33), (16, 64, 33), (40, 129, 70), (1, 0, 3)] {
+            let (a, b) = (r.vec(m * k, 1.0), r.vec(n * k, 1.0));
+            let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
+            be.matmul_nt(&a, &b, &mut got, m, k, n);
+            reference().matmul_nt(&a, &b, &mut want, m, k, n);
+            let (g, w) = (Tensor::from_f32(got, vec![m, n], be.kind()).unwrap(), Tensor::from_f32(want, vec![m, n], be.kind()).unwrap());
+            assert_close(&g, &w, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul_nt {m}x{k}x{n}"));
+        }
+    };
+    attention_strided_cache => |be| {
+        // Keys/values read in place from a preallocated [g, max_t, d] cache.
+        let mut r = Rng(19);
+        let (g, tq, tk, d, max_t) = (3, 2, 6, 8, 10);
+        let (q, kc, vc) = (r.vec(g * tq * d, 1.0), r.vec(g * max_t * d, 1.0), r.vec(g * max_t * d, 1.0));
+        let dense = |c: &[f32]| -> Vec<f32> { (0..g).flat_map(|h| c[h * max_t * d..h * max_t * d + tk * d].to_vec()).collect() };
+        let (kd, vd) = (dense(&kc), dense(&vc));
+        let (mut got, mut want) = (vec![0.0; g * tq * d], vec![0.0; g * tq * d]);
+        be.attention(&q, &kc, &vc, &mut got, g, tq, tk, d, max_t * d, true);
+        reference().attention(&q, &kd, &vd, &mut want, g, tq, tk, d, tk * d, true);
+        let (gt, wt) = (Tensor::from_f32(got, vec![g, tq, d], be.kind()).unwrap(), Tensor::from_f32(want, vec![g, tq, d], be.kind()).unwrap());
+        assert_close(&gt, &wt, 1e-4, 1e-5, "strided attention");
     };
     batched_matmul => |be| {
         let mut r = Rng(9);
@@ -152,4 +180,36 @@ fn compiled_out_backend_names_its_feature() {
     let e = BackendKind::parse("faer").unwrap_err().to_string();
     assert!(e.contains("cargo feature 'faer'"), "{e}");
     assert!(BackendKind::Faer.get().is_err());
+}
+
+/// A row's result must not depend on how many rows share the call (batched generation must
+/// equal one-by-one generation): bitwise, on the `cpu` backend, at every SIMD level.
+#[test]
+fn cpu_matmul_rows_are_independent_of_batch() {
+    let be = BackendKind::Cpu.get().unwrap();
+    at_every_level(be, |be| {
+        let mut r = Rng(23);
+        let (k, n) = (700, 301);
+        let (w, bias) = (r.vec(k * n, 1.0), r.vec(n, 1.0));
+        for m in [1usize, 3, 7, 8, 20] {
+            let a = r.vec(m * k, 1.0);
+            let mut all = vec![0.0; m * n];
+            be.matmul(&a, &w, Some(&bias), &mut all, m, k, n);
+            let mut all_nt = vec![0.0; m * n];
+            be.matmul_nt(&a, &w[..n * k], &mut all_nt, m, k, n);
+            for i in 0..m {
+                let mut one = vec![0.0; n];
+                be.matmul(&a[i * k..(i + 1) * k], &w, Some(&bias), &mut one, 1, k, n);
+                assert_eq!(&all[i * n..(i + 1) * n], &one[..], "matmul row {i} of {m}");
+                if m < 16 {
+                    be.matmul_nt(&a[i * k..(i + 1) * k], &w[..n * k], &mut one, 1, k, n);
+                    assert_eq!(
+                        &all_nt[i * n..(i + 1) * n],
+                        &one[..],
+                        "matmul_nt row {i} of {m}"
+                    );
+                }
+            }
+        }
+    });
 }

@@ -24,6 +24,15 @@ mod ffi {
             k: usize,
             n: usize,
         );
+        pub fn gr_matmul_nt(
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            m: usize,
+            k: usize,
+            n: usize,
+        );
         pub fn gr_softmax_rows(x: *const f32, out: *mut f32, rows: usize, cols: usize);
         pub fn gr_gelu(x: *const f32, out: *mut f32, n: usize);
         pub fn gr_gelu_tanh(x: *const f32, out: *mut f32, n: usize);
@@ -145,6 +154,33 @@ impl Backend for CBackend {
         })
     }
 
+    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        // Columns of C (rows of b) split across threads.
+        let cols = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
+        let cp = SendPtr(c.as_mut_ptr());
+        threads::install(|| {
+            (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
+                let j0 = t * cols;
+                let nt = (n - j0).min(cols);
+                // SAFETY: a is m x k, b is n x k; task t writes columns j0..j0+nt of the m x n C.
+                unsafe {
+                    ffi::gr_matmul_nt(
+                        a.as_ptr(),
+                        b[j0 * k..].as_ptr(),
+                        cp.get().add(j0),
+                        n,
+                        m,
+                        k,
+                        nt,
+                    )
+                }
+            })
+        })
+    }
+
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
         // SAFETY: x and out hold whole rows of `cols` floats.
         par_rows(x, out, cols, |x, o| unsafe {
@@ -213,6 +249,7 @@ impl Backend for CBackend {
         tq: usize,
         tk: usize,
         d: usize,
+        kv_stride: usize,
         causal: bool,
     ) {
         if d == 0 || tq == 0 {
@@ -224,8 +261,8 @@ impl Backend for CBackend {
             unsafe {
                 ffi::gr_attention_rows(
                     q[h * tq * d..].as_ptr(),
-                    k[h * tk * d..].as_ptr(),
-                    v[h * tk * d..].as_ptr(),
+                    k[h * kv_stride..].as_ptr(),
+                    v[h * kv_stride..].as_ptr(),
                     oh.as_mut_ptr(),
                     scores.as_mut_ptr(),
                     0,

@@ -9,6 +9,14 @@ use crate::threads;
 
 pub struct Faer;
 
+/// faer's parallelism for the engine's current pool size (call inside `threads::install`).
+fn par() -> Par {
+    match rayon::current_num_threads() {
+        1 => Par::Seq,
+        t => Par::rayon(t),
+    }
+}
+
 impl Backend for Faer {
     fn kind(&self) -> BackendKind {
         BackendKind::Faer
@@ -38,13 +46,17 @@ impl Backend for Faer {
         let lhs = MatRef::from_row_major_slice(a, m, k);
         let rhs = MatRef::from_row_major_slice(b, k, n);
         let dst = MatMut::from_row_major_slice_mut(c, m, n);
-        threads::install(|| {
-            let par = match rayon::current_num_threads() {
-                1 => Par::Seq,
-                t => Par::rayon(t),
-            };
-            matmul(dst, accum, lhs, rhs, 1.0f32, par);
-        })
+        threads::install(|| matmul(dst, accum, lhs, rhs, 1.0f32, par()))
+    }
+
+    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let lhs = MatRef::from_row_major_slice(a, m, k);
+        let rhs = MatRef::from_row_major_slice(b, n, k).transpose();
+        let dst = MatMut::from_row_major_slice_mut(c, m, n);
+        threads::install(|| matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, par()))
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
@@ -80,8 +92,9 @@ impl Backend for Faer {
         tq: usize,
         tk: usize,
         d: usize,
+        kv_stride: usize,
         causal: bool,
     ) {
-        Cpu.attention(q, k, v, out, g, tq, tk, d, causal)
+        Cpu.attention(q, k, v, out, g, tq, tk, d, kv_stride, causal)
     }
 }

@@ -31,6 +31,10 @@ pub trait Backend: Send + Sync {
         n: usize,
     );
 
+    /// `c[m, n] = a[m, k] @ b[n, k]^T`: the second operand stored row-major as `[n, k]`
+    /// (a tied embedding table used as the output projection, without a transposed copy).
+    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize);
+
     /// Softmax over each row of length `cols`.
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize);
 
@@ -55,7 +59,8 @@ pub trait Backend: Send + Sync {
     fn add_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32]);
 
     /// Scaled dot-product attention for `g` independent (batch, head) groups.
-    /// `q` is `[g, tq, d]`, `k`/`v` are `[g, tk, d]`, `out` is `[g, tq, d]`.
+    /// `q`/`out` are `[g, tq, d]`; group `h` of `k`/`v` starts at `h * kv_stride` and holds
+    /// `tk` rows of `d` (`kv_stride >= tk * d`, so a preallocated KV cache can be read in place).
     /// With `causal`, query `i` sees keys `j <= i + (tk - tq)` (bottom-right aligned, so a
     /// decode step with a KV cache sees every cached key).
     fn attention(
@@ -68,6 +73,7 @@ pub trait Backend: Send + Sync {
         tq: usize,
         tk: usize,
         d: usize,
+        kv_stride: usize,
         causal: bool,
     );
 }

@@ -52,6 +52,17 @@ impl Backend for Portable {
         }
     }
 
+    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[j * k + p] as f64)
+                    .sum();
+                c[i * n + j] = dot as f32;
+            }
+        }
+    }
+
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
         if cols == 0 {
             return;
@@ -131,12 +142,13 @@ impl Backend for Portable {
         tq: usize,
         tk: usize,
         d: usize,
+        kv_stride: usize,
         causal: bool,
     ) {
         let scale = 1.0 / (d as f64).sqrt();
         let mut scores = vec![0.0f64; tk];
         for h in 0..g {
-            let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
+            let (qh, kh, vh) = (&q[h * tq * d..], &k[h * kv_stride..], &v[h * kv_stride..]);
             for i in 0..tq {
                 let visible = if causal {
                     (i + tk - tq + 1).min(tk)

@@ -144,6 +144,12 @@ struct SendPtr(*mut f32);
 // SAFETY: every task writes a disjoint set of elements (distinct rows/columns of C).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// A method (not a field access) so closures capture the whole Send wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// The MR x NR micro-kernel: `C[0..MR, 0..NR] (+)= Apack(MR x kc) @ Bpack(kc x NR)`.
 #[inline(always)]
@@ -223,7 +229,11 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     }
 }
 
-/// `y[i, 0..cw] (+)= a[i, :] @ B[:, j0..j0+cw]` for the few rows of the GEMV path.
+/// `C[i, j0..j0+cw] += a[i, :] @ B[:, j0..j0+cw]` for the few rows of the GEMV path.
+///
+/// Each `KC` block is accumulated from zero with one FMA per `k`, in order, and then added to
+/// C: exactly the blocked GEMM's arithmetic, so a row's result does not depend on how many
+/// rows share the call (batched generation equals one-by-one generation).
 #[inline(always)]
 unsafe fn gemv_chunk<V: Vf>(
     a: &[f32],
@@ -235,42 +245,42 @@ unsafe fn gemv_chunk<V: Vf>(
     j0: usize,
     cw: usize,
 ) {
-    let mut acc = [0.0f32; SMALL_M * GEMV_CHUNK];
+    let mut acc = [0.0f32; GEMV_CHUNK];
     let vec_end = cw - cw % V::W;
-    unsafe {
-        let mut p = 0;
-        while p < k {
-            let rows_k = (k - p).min(4);
-            for i in 0..m {
-                let y = acc[i * GEMV_CHUNK..].as_mut_ptr();
-                let ai = &a[i * k + p..i * k + p + rows_k];
+    let bp = b.as_ptr();
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = (k - p0).min(KC);
+        for i in 0..m {
+            let ai = &a[i * k + p0..i * k + p0 + kc];
+            let y = acc.as_mut_ptr();
+            // SAFETY: column range j0..j0+cw and rows p0..p0+kc lie inside B (k x n); y holds cw.
+            unsafe {
                 let mut j = 0;
                 while j < vec_end {
-                    let mut yv = V::load(y.add(j));
+                    let mut yv = V::zero();
                     for (r, &ar) in ai.iter().enumerate() {
-                        yv = V::fma(
-                            V::splat(ar),
-                            V::load(b.as_ptr().add((p + r) * n + j0 + j)),
-                            yv,
-                        );
+                        yv = V::fma(V::splat(ar), V::load(bp.add((p0 + r) * n + j0 + j)), yv);
                     }
                     yv.store(y.add(j));
                     j += V::W;
                 }
+                // Tail columns: `mul_add` is the same fused FMA as the vector lanes (W > 1 only
+                // happens in FMA-enabled instances; the scalar instance has no tail).
                 for j in vec_end..cw {
+                    let mut t = 0.0f32;
                     for (r, &ar) in ai.iter().enumerate() {
-                        *y.add(j) += ar * b[(p + r) * n + j0 + j];
+                        t = ar.mul_add(*bp.add((p0 + r) * n + j0 + j), t);
                     }
+                    *y.add(j) = t;
+                }
+                let dst = c.0.add(i * n + j0);
+                for j in 0..cw {
+                    *dst.add(j) += acc[j];
                 }
             }
-            p += rows_k;
         }
-        for i in 0..m {
-            let dst = c.0.add(i * n + j0);
-            for j in 0..cw {
-                *dst.add(j) += acc[i * GEMV_CHUNK + j];
-            }
-        }
+        p0 += kc;
     }
 }
 
@@ -351,17 +361,42 @@ fn kernels(l: SimdLevel) -> (TileFn, GemvFn) {
     }
 }
 
+/// How the right-hand operand is stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BLayout {
+    /// `[k, n]` row-major (`a @ b`).
+    KN,
+    /// `[n, k]` row-major (`a @ b^T`).
+    NK,
+}
+
 /// Packs `B[p0..p0+kc, :]` into panels of `nr` columns (zero-padded at the right edge).
-fn pack_b(b: &[f32], n: usize, p0: usize, kc: usize, nr: usize, out: &mut [f32]) {
+fn pack_b(
+    b: &[f32],
+    layout: BLayout,
+    k: usize,
+    n: usize,
+    p0: usize,
+    kc: usize,
+    nr: usize,
+    out: &mut [f32],
+) {
     out.par_chunks_mut(kc * nr)
         .enumerate()
         .for_each(|(panel, dst)| {
             let j0 = panel * nr;
             let cols = (n - j0).min(nr);
             for p in 0..kc {
-                let src = &b[(p0 + p) * n + j0..(p0 + p) * n + j0 + cols];
                 let d = &mut dst[p * nr..(p + 1) * nr];
-                d[..cols].copy_from_slice(src);
+                match layout {
+                    BLayout::KN => {
+                        d[..cols].copy_from_slice(&b[(p0 + p) * n + j0..(p0 + p) * n + j0 + cols])
+                    }
+                    BLayout::NK => d[..cols]
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, x)| *x = b[(j0 + j) * k + p0 + p]),
+                }
                 d[cols..].fill(0.0);
             }
         });
@@ -409,28 +444,65 @@ pub fn matmul(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let (tile_fn, gemv_fn) = kernels(level());
-    let cp = SendPtr(c.as_mut_ptr());
-    let threads = rayon::current_num_threads();
+    let (_, gemv_fn) = kernels(level());
     if m < SMALL_M {
-        let per_task = n
-            .div_ceil(threads * 2)
-            .next_multiple_of(16)
-            .clamp(16, GEMV_CHUNK);
-        let chunks = n.div_ceil(per_task);
-        let run = |t: usize| {
-            let j0 = t * per_task;
-            let cw = (n - j0).min(per_task);
-            // SAFETY: chunk t writes only columns j0..j0+cw of C's m rows.
-            unsafe { gemv_fn(a, b, cp, m, k, n, j0, cw) }
-        };
-        if threads == 1 || m * k * n < 1 << 15 {
-            (0..chunks).for_each(run);
-        } else {
-            (0..chunks).into_par_iter().for_each(run);
-        }
+        let cp = SendPtr(c.as_mut_ptr());
+        // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
+        column_chunks(n, m * k * n, |j0, cw| unsafe {
+            gemv_fn(a, b, cp, m, k, n, j0, cw)
+        });
         return;
     }
+    gemm(a, b, BLayout::KN, c, m, k, n)
+}
+
+/// Rows below which `matmul_nt` uses dot products (no packing; each row is computed the same
+/// way whatever the row count, so batched decoding equals one-by-one decoding).
+const NT_SMALL_M: usize = 16;
+
+/// `c = a @ b^T` with `b` stored `[n, k]`; runs inside the engine's thread pool.
+pub fn matmul_nt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    c.fill(0.0);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    if m < NT_SMALL_M {
+        let cp = SendPtr(c.as_mut_ptr());
+        column_chunks(n, m * k * n, |j0, cw| {
+            for i in 0..m {
+                // SAFETY: this chunk owns columns j0..j0+cw of every row of C.
+                let dst = unsafe { std::slice::from_raw_parts_mut(cp.get().add(i * n + j0), cw) };
+                super::math::dots(&a[i * k..(i + 1) * k], &b[j0 * k..(j0 + cw) * k], dst, k);
+            }
+        });
+        return;
+    }
+    gemm(a, b, BLayout::NK, c, m, k, n)
+}
+
+/// Calls `f(j0, width)` over column chunks of `0..n`, in parallel when `work` is large.
+fn column_chunks(n: usize, work: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    let threads = rayon::current_num_threads();
+    let per_task = n
+        .div_ceil(threads * 2)
+        .next_multiple_of(16)
+        .clamp(16, GEMV_CHUNK);
+    let chunks = n.div_ceil(per_task);
+    let run = |t: usize| {
+        let j0 = t * per_task;
+        f(j0, (n - j0).min(per_task))
+    };
+    if threads == 1 || work < 1 << 15 {
+        (0..chunks).for_each(run);
+    } else {
+        (0..chunks).into_par_iter().for_each(run);
+    }
+}
+
+/// The blocked GEMM: `C += A @ B` (B in `layout`).
+fn gemm(a: &[f32], b: &[f32], layout: BLayout, c: &mut [f32], m: usize, k: usize, n: usize) {
+    let (tile_fn, _) = kernels(level());
+    let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
     let strips = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
@@ -444,7 +516,7 @@ pub fn matmul(
     let mut p0 = 0;
     while p0 < k {
         let kc = (k - p0).min(KC);
-        pack_b(b, n, p0, kc, nr, &mut bpack[..panels * kc * nr]);
+        pack_b(b, layout, k, n, p0, kc, nr, &mut bpack[..panels * kc * nr]);
         pack_a(a, m, k, p0, kc, mr, &mut apack[..strips * mr * kc]);
         let (ap, bp) = (&apack[..strips * mr * kc], &bpack[..panels * kc * nr]);
         (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {

@@ -244,6 +244,31 @@ fn attend_row_body(
     }
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a per-thread scratch buffer of `n` floats (grown once, then reused, so hot
+/// loops such as attention do not allocate per call).
+pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < n {
+            s.resize(n, 0.0);
+        }
+        f(&mut s[..n])
+    })
+}
+
+/// `out[j] = dot(a, b[j*k..(j+1)*k])` for each row of `b`.
+#[inline(always)]
+fn dots_body(a: &[f32], b: &[f32], out: &mut [f32], k: usize) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_body(a, &b[j * k..(j + 1) * k]);
+    }
+}
+
+multiversion! { pub fn dots(a: &[f32], b: &[f32], out: &mut [f32], k: usize) = dots_body; }
 multiversion! { pub fn gelu_kernel(x: &[f32], out: &mut [f32]) = gelu_slice; }
 multiversion! { pub fn gelu_tanh_kernel(x: &[f32], out: &mut [f32]) = gelu_tanh_slice; }
 multiversion! { pub fn softmax_rows_kernel(x: &[f32], out: &mut [f32], cols: usize) = softmax_rows_body; }

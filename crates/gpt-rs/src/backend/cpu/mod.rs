@@ -56,6 +56,10 @@ impl Backend for Cpu {
         threads::install(|| gemm::matmul(a, b, bias, c, m, k, n))
     }
 
+    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        threads::install(|| gemm::matmul_nt(a, b, c, m, k, n))
+    }
+
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
         par_rows(x, out, cols, |x, o| math::softmax_rows_kernel(x, o, cols))
     }
@@ -97,45 +101,36 @@ impl Backend for Cpu {
         tq: usize,
         tk: usize,
         d: usize,
+        kv_stride: usize,
         causal: bool,
     ) {
         if d == 0 || tq == 0 {
             return;
         }
         let scale = 1.0 / (d as f32).sqrt();
-        // One task per (group, block of query rows); each task owns its rows of `out`.
-        let rows_per_task = 16usize;
-        let blocks = tq.div_ceil(rows_per_task);
-        let body = |(t, o): (usize, &mut [f32])| {
-            let (h, blk) = (t / blocks, t % blocks);
-            let i0 = blk * rows_per_task;
+        // One task per (batch, head) group; each owns its tq rows of `out`.
+        let body = |(h, oh): (usize, &mut [f32])| {
             let (kh, vh) = (
-                &k[h * tk * d..(h + 1) * tk * d],
-                &v[h * tk * d..(h + 1) * tk * d],
+                &k[h * kv_stride..h * kv_stride + tk * d],
+                &v[h * kv_stride..h * kv_stride + tk * d],
             );
-            let mut scores = vec![0.0f32; tk];
-            for (r, orow) in o.chunks_exact_mut(d).enumerate() {
-                let i = i0 + r;
-                let visible = if causal {
-                    (i + tk - tq + 1).min(tk)
-                } else {
-                    tk
-                };
-                let qrow = &q[(h * tq + i) * d..(h * tq + i + 1) * d];
-                math::attend_row(qrow, kh, vh, orow, &mut scores[..visible], d, scale);
-            }
+            math::with_scratch(tk, |scores| {
+                for (i, orow) in oh.chunks_exact_mut(d).enumerate() {
+                    let visible = if causal {
+                        (i + tk - tq + 1).min(tk)
+                    } else {
+                        tk
+                    };
+                    let qrow = &q[(h * tq + i) * d..(h * tq + i + 1) * d];
+                    math::attend_row(qrow, kh, vh, orow, &mut scores[..visible], d, scale);
+                }
+            })
         };
-        // Split `out` into per-(group, block) pieces.
-        let mut pieces: Vec<(usize, &mut [f32])> = Vec::with_capacity(g * blocks);
-        for (h, oh) in out.chunks_exact_mut(tq * d).enumerate() {
-            for (blk, ob) in oh.chunks_mut(rows_per_task * d).enumerate() {
-                pieces.push((h * blocks + blk, ob));
-            }
-        }
-        if g * tq * tk * d < PAR_MIN_ELEMS {
-            pieces.into_iter().for_each(body);
+        let out = &mut out[..g * tq * d];
+        if g == 1 || g * tq * tk * d < PAR_MIN_ELEMS {
+            out.chunks_exact_mut(tq * d).enumerate().for_each(body);
         } else {
-            threads::install(|| pieces.into_par_iter().for_each(body));
+            threads::install(|| out.par_chunks_exact_mut(tq * d).enumerate().for_each(body));
         }
     }
 }
