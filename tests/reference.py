@@ -87,3 +87,22 @@ def transformer_block(x, p, n_head):
     h = layer_norm(x, p["ln_2.weight"], p["ln_2.bias"])
     m = gelu_tanh(linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]))
     return x + linear(m, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+
+
+def gpt2_logits(p, ids, n_layer, n_head, eps=1e-5):
+    """Float64 GPT-2 forward (tanh GELU, tied output projection): logits for every position."""
+    ids = np.asarray(ids)
+    x = f64(p["wte.weight"])[ids] + f64(p["wpe.weight"])[np.arange(len(ids))]
+    for i in range(n_layer):
+        blk = {k[len(f"h.{i}."):]: v for k, v in p.items() if k.startswith(f"h.{i}.")}
+        x = transformer_block(x, blk, n_head)
+    x = layer_norm(x, p["ln_f.weight"], p["ln_f.bias"], eps)
+    return x @ f64(p["wte.weight"]).T
+
+
+def gpt2_greedy(p, ids, n_new, n_layer, n_head):
+    """Greedy decoding by recomputing the full forward each step (no cache: independent)."""
+    ids = list(ids)
+    for _ in range(n_new):
+        ids.append(int(np.argmax(gpt2_logits(p, ids, n_layer, n_head)[-1])))
+    return ids

@@ -21,7 +21,10 @@ import os as _os
 
 from . import _native, functional, nn  # noqa: E402  (submodules re-export the native functions)
 from ._native import (
+    Model,
     Tensor,
+    TextStream,
+    Tokenizer,
     __version__,
     cpu_features,
     from_dlpack,
@@ -34,8 +37,14 @@ from ._native import (
     set_simd_level,
 )
 
+from .models import load_model  # noqa: E402
+
 __all__ = [
+    "Model",
     "Tensor",
+    "TextStream",
+    "Tokenizer",
+    "load_model",
     "__version__",
     "cpu_features",
     "from_dlpack",

@@ -4,7 +4,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use gpt_rs::Error;
-use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyOverflowError, PyRuntimeError,
+    PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 
 pub fn to_py(e: Error) -> PyErr {
@@ -13,6 +16,9 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Shape(_) | Error::Value(_) => PyValueError::new_err(msg),
         Error::DType(_) => PyTypeError::new_err(msg),
         Error::Overflow(_) => PyOverflowError::new_err(msg),
+        Error::Io(_) => PyOSError::new_err(msg),
+        Error::NotFound(_) => PyFileNotFoundError::new_err(msg),
+        Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::Backend(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
     }
 }

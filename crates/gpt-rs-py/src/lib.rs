@@ -4,6 +4,7 @@
 mod dlpack;
 mod errors;
 mod functional;
+mod model;
 mod nn;
 mod tensor;
 
@@ -97,5 +98,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tensor::register(m)?;
     functional::register(m)?;
     nn::register(m)?;
+    model::register(m)?;
     Ok(())
 }

@@ -15,6 +15,15 @@ pub enum Error {
     /// A number that does not fit the target type (Python `OverflowError`).
     #[error("{0}")]
     Overflow(String),
+    /// A file that cannot be read (Python `OSError`).
+    #[error("{0}")]
+    Io(String),
+    /// A file that does not exist (Python `FileNotFoundError`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The user interrupted a long operation (Python `KeyboardInterrupt`).
+    #[error("interrupted")]
+    Interrupted,
     /// A backend that is not available (Python `RuntimeError`).
     #[error("{0}")]
     Backend(String),

@@ -1,15 +1,20 @@
 //! gpt_rs engine: tensors, CPU backends, functional ops and neural-network layers.
 //!
-//! Dependencies point one way: `tensor`/`backend` <- `ops` <- `nn`. Nothing here knows
+//! Dependencies point one way: `tensor`/`backend` <- `ops` <- `nn` <- `models` <- `generate`
+//! (`checkpoint` and `tokenizer` are leaves). Nothing here knows
 //! about Python; the `gpt-rs-py` crate translates.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod error;
+pub mod generate;
+pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod storage;
 pub mod tensor;
 pub mod threads;
+pub mod tokenizer;
 
 pub use backend::{Backend, BackendKind};
 pub use error::{Error, Result};

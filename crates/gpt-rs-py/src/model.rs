@@ -1,0 +1,598 @@
+//! `gpt_rs.Model` (a loaded GPT-2), `gpt_rs.Tokenizer` and the streaming iterator.
+//! Generation runs in Rust with the GIL released; between tokens the loop briefly re-attaches
+//! only to check for Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gpt_rs::backend::{self, BackendKind};
+use gpt_rs::generate::{Generator, SamplingParams, StopCriteria};
+use gpt_rs::models::gpt2::{self, Gpt2, KvCache, Logits, SeqInput, Workspace};
+use gpt_rs::tokenizer::Tokenizer;
+use gpt_rs::{threads, Error};
+use numpy::{PyArray1, PyArray2};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::to_py;
+
+/// A byte-level BPE tokenizer (Hugging Face ``tokenizers`` underneath, so encodings match it).
+#[pyclass(name = "Tokenizer", module = "gpt_rs", frozen)]
+pub struct PyTokenizer {
+    pub inner: Arc<Tokenizer>,
+}
+
+fn ids_from_py(ids: Vec<i64>, what: &str) -> PyResult<Vec<u32>> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            u32::try_from(t).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "{what}: token id {t} at position {i} is negative or too large"
+                ))
+            })
+        })
+        .collect()
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Loads a tokenizer from ``tokenizer.json``, or from a folder holding ``tokenizer.json`` or
+    /// GPT-2's original ``vocab.json`` + ``merges.txt``.
+    ///
+    /// Args:
+    ///     path: a tokenizer.json file or a folder.
+    ///
+    /// Raises:
+    ///     FileNotFoundError: if no tokenizer files are found.
+    #[staticmethod]
+    fn from_file(path: PathBuf) -> PyResult<Self> {
+        load_tokenizer(&path)
+            .map_err(to_py)?
+            .map(|t| Self { inner: Arc::new(t) })
+            .ok_or_else(|| {
+                pyo3::exceptions::PyFileNotFoundError::new_err(format!(
+                    "no tokenizer.json or vocab.json + merges.txt in {}",
+                    path.display()
+                ))
+            })
+    }
+
+    /// Text to token ids.
+    fn encode(&self, py: Python<'_>, text: &str) -> PyResult<Vec<u32>> {
+        let t = self.inner.clone();
+        let text = text.to_string();
+        crate::errors::run(py, text.len(), move || t.encode(&text))
+    }
+
+    /// Token ids to text (special tokens skipped). Raises ValueError for ids outside the vocabulary.
+    fn decode(&self, ids: Vec<i64>) -> PyResult<String> {
+        let ids = ids_from_py(ids, "decode")?;
+        self.inner.decode(&ids).map_err(to_py)
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    /// The end-of-text token id, if the vocabulary has one.
+    #[getter]
+    fn eos_token_id(&self) -> Option<u32> {
+        self.inner.eos_token_id()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Tokenizer(vocab_size={}, eos_token_id={:?})",
+            self.inner.vocab_size(),
+            self.inner.eos_token_id()
+        )
+    }
+}
+
+/// tokenizer.json (a file, or in a folder), else vocab.json + merges.txt; None if neither exists.
+fn load_tokenizer(path: &std::path::Path) -> gpt_rs::Result<Option<Tokenizer>> {
+    if path.is_file() {
+        return Tokenizer::from_file(path).map(Some);
+    }
+    if !path.exists() {
+        return Err(Error::NotFound(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    let tj = path.join("tokenizer.json");
+    if tj.exists() {
+        return Tokenizer::from_file(&tj).map(Some);
+    }
+    let (v, m) = (path.join("vocab.json"), path.join("merges.txt"));
+    if v.exists() && m.exists() {
+        return Tokenizer::from_vocab_merges(&v, &m).map(Some);
+    }
+    Ok(None)
+}
+
+/// A loaded GPT-2 model.
+#[pyclass(name = "Model", module = "gpt_rs", frozen)]
+pub struct PyModel {
+    model: Arc<Gpt2>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    path: PathBuf,
+    pinned: Mutex<Option<BackendKind>>,
+}
+
+/// Keyword arguments shared by the generation methods.
+struct GenArgs {
+    params: SamplingParams,
+    stop: StopCriteria,
+}
+
+impl PyModel {
+    fn backend_kind(&self) -> BackendKind {
+        self.pinned
+            .lock()
+            .map(|g| *g)
+            .ok()
+            .flatten()
+            .unwrap_or_else(backend::current)
+    }
+
+    fn tokenizer(&self) -> PyResult<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt); use the *_tokens methods with ids",
+                self.path.display()
+            ))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gen_args(
+        &self,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<u64>,
+        stop_token_ids: Option<Vec<i64>>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<GenArgs> {
+        let max_new_tokens = usize::try_from(max_new_tokens).map_err(|_| {
+            PyValueError::new_err(format!("max_new_tokens must be >= 0, got {max_new_tokens}"))
+        })?;
+        let top_k = top_k
+            .map(|k| {
+                usize::try_from(k)
+                    .ok()
+                    .filter(|&k| k > 0)
+                    .ok_or_else(|| PyValueError::new_err(format!("top_k must be >= 1, got {k}")))
+            })
+            .transpose()?;
+        let stop_token_ids = match stop_token_ids {
+            Some(ids) => ids_from_py(ids, "stop_token_ids")?,
+            None => self
+                .model
+                .config
+                .eos_token_id
+                .or_else(|| self.tokenizer.as_ref().and_then(|t| t.eos_token_id()))
+                .into_iter()
+                .collect(),
+        };
+        let params = SamplingParams {
+            temperature: temperature as f32,
+            top_k,
+            top_p: top_p.map(|p| p as f32),
+            min_p: min_p.map(|p| p as f32),
+            repetition_penalty: repetition_penalty.map(|p| p as f32),
+            seed,
+        };
+        params.validate().map_err(to_py)?;
+        Ok(GenArgs {
+            params,
+            stop: StopCriteria {
+                max_new_tokens,
+                stop_token_ids,
+                stop_strings: stop.unwrap_or_default(),
+            },
+        })
+    }
+
+    /// Runs generation to the end with the GIL released, checking for Ctrl-C between tokens.
+    fn run_generator(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<Vec<u32>>,
+        args: GenArgs,
+        keep_text: bool,
+    ) -> PyResult<Generator> {
+        let (model, tok, be) = (
+            self.model.clone(),
+            self.tokenizer.clone(),
+            self.backend_kind().get().map_err(to_py)?,
+        );
+        let mut gen = Generator::new(model, tok, &prompts, &args.params, args.stop, keep_text)
+            .map_err(to_py)?;
+        let mut interrupt: Option<PyErr> = None;
+        let result = py.detach(|| {
+            threads::install(|| {
+                gen.run(be, &mut || {
+                    Python::attach(|py| py.check_signals()).map_err(|e| {
+                        interrupt = Some(e);
+                        Error::Interrupted
+                    })
+                })
+            })
+        });
+        if let Some(e) = interrupt {
+            return Err(e);
+        }
+        result.map_err(to_py)?;
+        Ok(gen)
+    }
+}
+
+#[pymethods]
+impl PyModel {
+    /// Loads a Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` and, if present,
+    /// ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``). Use ``gpt_rs.load_model``, which
+    /// also resolves hub model ids from the local cache.
+    #[staticmethod]
+    fn from_dir(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let be = backend::current();
+        let p = path.clone();
+        let (model, tok) = py
+            .detach(move || -> gpt_rs::Result<_> {
+                Ok((gpt2::load_dir(&p, be)?, load_tokenizer(&p)?))
+            })
+            .map_err(to_py)?;
+        if let Some(t) = &tok {
+            if t.vocab_size() > model.config.vocab_size {
+                return Err(PyValueError::new_err(format!(
+                    "{}: the tokenizer has {} tokens but the model's vocab_size is {}",
+                    path.display(),
+                    t.vocab_size(),
+                    model.config.vocab_size
+                )));
+            }
+        }
+        Ok(Self {
+            model: Arc::new(model),
+            tokenizer: tok.map(Arc::new),
+            path,
+            pinned: Mutex::new(None),
+        })
+    }
+
+    /// Logits for every position of ``ids``: float32 array of shape ``(T, vocab_size)``.
+    fn forward_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<i64>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let ids = ids_from_py(ids, "forward_tokens")?;
+        let cfg = &self.model.config;
+        if ids.is_empty() || ids.len() > cfg.n_positions {
+            return Err(PyValueError::new_err(format!(
+                "forward_tokens needs 1 to {} token ids (the model's context), got {}",
+                cfg.n_positions,
+                ids.len()
+            )));
+        }
+        let (model, be, t, v) = (
+            self.model.clone(),
+            self.backend_kind().get().map_err(to_py)?,
+            ids.len(),
+            cfg.vocab_size,
+        );
+        let logits = crate::errors::run(py, usize::MAX, move || {
+            threads::install(|| {
+                let mut cache = KvCache::new(&model.config, ids.len());
+                let mut ws = Workspace::default();
+                model.forward(
+                    be,
+                    &mut [SeqInput {
+                        tokens: &ids,
+                        cache: &mut cache,
+                    }],
+                    Logits::All,
+                    &mut ws,
+                )?;
+                ws.logits.truncate(t * v);
+                Ok(std::mem::take(&mut ws.logits))
+            })
+        })?;
+        let arr = numpy::ndarray::Array2::from_shape_vec((t, v), logits)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyArray2::from_owned_array(py, arr))
+    }
+
+    /// Logits of the last position: float32 array of shape ``(vocab_size,)``.
+    fn logits<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let all = self.forward_tokens(py, ids)?;
+        let last = all
+            .call_method1("__getitem__", (-1,))?
+            .call_method0("copy")?;
+        Ok(last.cast_into::<PyArray1<f32>>()?)
+    }
+
+    /// Generates token ids.
+    ///
+    /// Args:
+    ///     prompt_ids: the prompt's token ids.
+    ///     max_new_tokens: how many tokens to generate at most (prompt + this must fit the context).
+    ///     temperature: 0 for greedy decoding; otherwise logits are divided by it.
+    ///     top_k: keep the k most likely tokens.
+    ///     top_p: keep the smallest set of tokens whose probability reaches top_p.
+    ///     min_p: keep tokens with probability >= min_p * the top probability.
+    ///     repetition_penalty: > 1 penalizes tokens already present (Hugging Face semantics).
+    ///     seed: makes sampling reproducible.
+    ///     stop_token_ids: ids that end generation (default: the end-of-text token; [] for none).
+    ///
+    /// Returns:
+    ///     list[int]: the prompt followed by the new tokens (a stop token is not included).
+    #[pyo3(signature = (prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_tokens(
+        &self,
+        py: Python<'_>,
+        prompt_ids: Vec<i64>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<u64>,
+        stop_token_ids: Option<Vec<i64>>,
+    ) -> PyResult<Vec<u32>> {
+        let prompt = ids_from_py(prompt_ids, "prompt_ids")?;
+        let args = self.gen_args(
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop_token_ids,
+            None,
+        )?;
+        let gen = self.run_generator(py, vec![prompt], args, false)?;
+        Ok(gen.seqs[0].tokens.clone())
+    }
+
+    /// Generates text after ``prompt`` and returns only the new text.
+    ///
+    /// Takes the sampling arguments of ``generate_tokens``, plus ``stop``: strings that end
+    /// generation (the text is cut before the first one).
+    #[pyo3(signature = (prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<u64>,
+        stop_token_ids: Option<Vec<i64>>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<String> {
+        Ok(self
+            .generate_batch(
+                py,
+                vec![prompt.to_string()],
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty,
+                seed,
+                stop_token_ids,
+                stop,
+            )?
+            .remove(0))
+    }
+
+    /// Generates continuations of several prompts at once (one batched forward per step);
+    /// each result equals what ``generate`` gives for that prompt alone.
+    #[pyo3(signature = (prompts, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<String>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<u64>,
+        stop_token_ids: Option<Vec<i64>>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<Vec<String>> {
+        let tok = self.tokenizer()?.clone();
+        let ids = prompts
+            .iter()
+            .map(|p| tok.encode(p))
+            .collect::<gpt_rs::Result<Vec<_>>>()
+            .map_err(to_py)?;
+        let has_stop = stop.as_ref().is_some_and(|s| !s.is_empty());
+        let args = self.gen_args(
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop_token_ids,
+            stop,
+        )?;
+        let gen = self.run_generator(py, ids, args, has_stop)?;
+        gen.seqs
+            .iter()
+            .map(|s| {
+                if has_stop {
+                    Ok(s.text.clone())
+                } else {
+                    tok.decode(s.new_tokens())
+                }
+            })
+            .collect::<gpt_rs::Result<Vec<_>>>()
+            .map_err(to_py)
+    }
+
+    /// Like ``generate``, but yields text pieces as they are decoded (joined, they equal what
+    /// ``generate`` returns; a multi-byte character is never split).
+    #[pyo3(signature = (prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        prompt: &str,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<u64>,
+        stop_token_ids: Option<Vec<i64>>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<TextStreamIter> {
+        let tok = self.tokenizer()?.clone();
+        let ids = tok.encode(prompt).map_err(to_py)?;
+        let args = self.gen_args(
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop_token_ids,
+            stop,
+        )?;
+        let gen = Generator::new(
+            self.model.clone(),
+            Some(tok),
+            &[ids],
+            &args.params,
+            args.stop,
+            true,
+        )
+        .map_err(to_py)?;
+        Ok(TextStreamIter {
+            gen: Mutex::new(gen),
+            backend: self.backend_kind(),
+        })
+    }
+
+    /// The model's hyper-parameters, as in ``config.json``.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.model.config;
+        let d = PyDict::new(py);
+        d.set_item("model_type", "gpt2")?;
+        d.set_item("vocab_size", c.vocab_size)?;
+        d.set_item("n_positions", c.n_positions)?;
+        d.set_item("n_embd", c.n_embd)?;
+        d.set_item("n_layer", c.n_layer)?;
+        d.set_item("n_head", c.n_head)?;
+        d.set_item("n_inner", c.n_inner)?;
+        d.set_item("layer_norm_epsilon", c.layer_norm_epsilon)?;
+        d.set_item("bos_token_id", c.bos_token_id)?;
+        d.set_item("eos_token_id", c.eos_token_id)?;
+        Ok(d)
+    }
+
+    /// The tokenizer found with the checkpoint, or None.
+    #[getter(tokenizer)]
+    fn tokenizer_py(&self) -> Option<PyTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .map(|t| PyTokenizer { inner: t.clone() })
+    }
+
+    /// The backend the model runs on: the global one (``gpt_rs.get_backend()``) unless set here.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.backend_kind().name()
+    }
+
+    #[setter]
+    fn set_backend(&self, name: Option<&str>) -> PyResult<()> {
+        let kind = name.map(BackendKind::parse).transpose().map_err(to_py)?;
+        *self
+            .pinned
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("model lock poisoned"))? = kind;
+        Ok(())
+    }
+
+    /// Number of parameters (the tied output projection counted once).
+    #[getter]
+    fn num_parameters(&self) -> usize {
+        self.model.num_parameters()
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.model.config;
+        format!(
+            "Model(gpt2, n_layer={}, n_head={}, n_embd={}, vocab_size={}, n_positions={}, parameters={:.1}M, backend={}, path='{}')",
+            c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.n_positions,
+            self.model.num_parameters() as f64 / 1e6, self.backend_kind(), self.path.display()
+        )
+    }
+}
+
+/// Iterator returned by ``Model.stream``: yields decoded text pieces.
+#[pyclass(name = "TextStream", module = "gpt_rs")]
+pub struct TextStreamIter {
+    gen: Mutex<Generator>,
+    backend: BackendKind,
+}
+
+#[pymethods]
+impl TextStreamIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let be = self.backend.get().map_err(to_py)?;
+        loop {
+            py.check_signals()?;
+            let mut gen = self
+                .gen
+                .lock()
+                .map_err(|_| PyRuntimeError::new_err("stream used after a failure"))?;
+            let piece = gen.take_text(0);
+            if !piece.is_empty() {
+                return Ok(Some(piece));
+            }
+            if gen.is_done() {
+                return Ok(None);
+            }
+            let gen = &mut *gen;
+            py.detach(|| threads::install(|| gen.step(be)))
+                .map_err(to_py)?;
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyModel>()?;
+    m.add_class::<TextStreamIter>()?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! GPT-2 hyper-parameters from a Hugging Face `config.json`, with GPT2Config's defaults.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Width of the MLP (`n_inner`, default 4 * n_embd).
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f32,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl Gpt2Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Value(format!("{} is not valid JSON: {e}", path.display())))?;
+        Self::from_json(&v).map_err(|e| match e {
+            Error::Value(m) => Error::Value(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Value("config must be a JSON object".into()))?;
+        if let Some(t) = obj.get("model_type").and_then(Value::as_str) {
+            if t != "gpt2" {
+                return Err(Error::Value(format!(
+                    "model_type is '{t}', but only 'gpt2' checkpoints are supported"
+                )));
+            }
+        }
+        let int = |keys: &[&str], default: Option<usize>| -> Result<usize> {
+            for k in keys {
+                match obj.get(*k) {
+                    None | Some(Value::Null) => continue,
+                    Some(x) => {
+                        return x
+                            .as_u64()
+                            .filter(|&n| n > 0 && n <= 1 << 31)
+                            .map(|n| n as usize)
+                            .ok_or_else(|| {
+                                Error::Value(format!("'{k}' must be a positive integer, got {x}"))
+                            })
+                    }
+                }
+            }
+            default.ok_or_else(|| Error::Value(format!("missing '{}'", keys[0])))
+        };
+        let token = |k: &str| -> Result<Option<u32>> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| Error::Value(format!("'{k}' must be a token id, got {x}"))),
+            }
+        };
+        let n_embd = int(&["n_embd", "hidden_size"], Some(768))?;
+        let cfg = Gpt2Config {
+            vocab_size: int(&["vocab_size"], Some(50257))?,
+            n_positions: int(
+                &["n_positions", "n_ctx", "max_position_embeddings"],
+                Some(1024),
+            )?,
+            n_embd,
+            n_layer: int(&["n_layer", "num_hidden_layers"], Some(12))?,
+            n_head: int(&["n_head", "num_attention_heads"], Some(12))?,
+            n_inner: int(&["n_inner"], Some(4 * n_embd))?,
+            layer_norm_epsilon: match obj.get("layer_norm_epsilon") {
+                None | Some(Value::Null) => 1e-5,
+                Some(x) => x
+                    .as_f64()
+                    .filter(|e| e.is_finite() && *e > 0.0)
+                    .ok_or_else(|| {
+                        Error::Value(format!(
+                            "'layer_norm_epsilon' must be a positive number, got {x}"
+                        ))
+                    })? as f32,
+            },
+            bos_token_id: token("bos_token_id")?,
+            eos_token_id: token("eos_token_id")?,
+        };
+        if let Some(act) = obj.get("activation_function").and_then(Value::as_str) {
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+                return Err(Error::Value(format!(
+                    "activation_function '{act}' is not supported (GPT-2 uses 'gelu_new', the tanh GELU)"
+                )));
+            }
+        }
+        if !cfg.n_embd.is_multiple_of(cfg.n_head) {
+            return Err(Error::Value(format!(
+                "n_embd ({}) must be divisible by n_head ({})",
+                cfg.n_embd, cfg.n_head
+            )));
+        }
+        Ok(cfg)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+}

@@ -1,0 +1,135 @@
+//! Reading checkpoints: memory-mapped safetensors files and Hugging Face `config.json`.
+//!
+//! f32 tensors are used in place from the memory map (no copy, so a loaded model holds one
+//! copy of its weights); f16, bf16 and f64 tensors are converted to f32 once at load.
+
+mod config;
+
+pub use config::Gpt2Config;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::backend::BackendKind;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::tensor::{Data, Tensor};
+
+/// An open, memory-mapped `.safetensors` file.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    /// (name, dtype, shape, byte range within the map), validated by the safetensors crate.
+    entries: Vec<(String, Dtype, Vec<usize>, std::ops::Range<usize>)>,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: the map is read-only. Like every mmap-based loader, we assume the file is not
+        // truncated or rewritten by another process while the model is loaded.
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| Error::Io(format!("cannot map {}: {e}", path.display())))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| {
+            Error::Value(format!(
+                "{} is not a valid safetensors file: {e}",
+                path.display()
+            ))
+        })?;
+        let base = map.as_ptr() as usize;
+        let entries = st
+            .iter()
+            .map(|(name, view)| {
+                let start = view.data().as_ptr() as usize - base;
+                (
+                    name.to_string(),
+                    view.dtype(),
+                    view.shape().to_vec(),
+                    start..start + view.data().len(),
+                )
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            entries,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.0.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| e.0 == name)
+    }
+
+    /// The tensor `name` as f32, checked against `expected` shape.
+    pub fn tensor(&self, name: &str, expected: &[usize], backend: BackendKind) -> Result<Tensor> {
+        let (_, dtype, shape, range) =
+            self.entries.iter().find(|e| e.0 == name).ok_or_else(|| {
+                Error::Value(format!("{}: missing tensor '{name}'", self.path.display()))
+            })?;
+        if shape.as_slice() != expected {
+            return Err(Error::Shape(format!(
+                "{}: tensor '{name}' has shape {shape:?}, expected {expected:?}",
+                self.path.display()
+            )));
+        }
+        let bytes = &self.map[range.clone()];
+        let n: usize = shape.iter().product();
+        let data = match dtype {
+            Dtype::F32 if (bytes.as_ptr() as usize).is_multiple_of(4) => {
+                // SAFETY: the safetensors crate checked that the range holds n f32 values inside
+                // the map; the pointer is 4-byte aligned; the Arc<Mmap> keeps the memory alive.
+                Data::F32(unsafe {
+                    Storage::from_raw_parts(
+                        bytes.as_ptr() as *const f32,
+                        n,
+                        false,
+                        self.map.clone(),
+                    )
+                })
+            }
+            Dtype::F32 => Data::F32(Storage::from_vec(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )),
+            Dtype::F16 => Data::F32(Storage::from_vec(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            )),
+            Dtype::BF16 => Data::F32(Storage::from_vec(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            )),
+            Dtype::F64 => Data::F32(Storage::from_vec(
+                bytes
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                    .collect(),
+            )),
+            other => {
+                return Err(Error::DType(format!(
+                    "{}: tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16, F64",
+                    self.path.display()
+                )))
+            }
+        };
+        Tensor::new(data, shape.clone(), backend)
+    }
+}

@@ -1,0 +1,443 @@
+//! GPT-2 (Radford et al. 2019), Hugging Face layout: weights named after the checkpoint keys,
+//! linear weights stored `[in, out]` (HF's Conv1D), output projection tied to `wte`.
+//!
+//! Shapes: R rows (the new tokens of all sequences in a step), C = n_embd, H heads,
+//! D = C / H, V vocab, P n_positions.
+//!
+//! `forward` runs any mix of sequences at once: every linear layer is one matmul over all R
+//! rows (weights are read once per step), and attention runs per sequence against its own KV
+//! cache. Prefill, decode and batched decoding are the same code path.
+
+use std::path::Path;
+
+use crate::backend::{Backend, BackendKind};
+use crate::checkpoint::{Gpt2Config, SafetensorsFile};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub struct Block {
+    pub ln_1_weight: Tensor, // (C)
+    pub ln_1_bias: Tensor,
+    pub c_attn_weight: Tensor,      // (C, 3C)
+    pub c_attn_bias: Tensor,        // (3C)
+    pub attn_c_proj_weight: Tensor, // (C, C)
+    pub attn_c_proj_bias: Tensor,
+    pub ln_2_weight: Tensor,
+    pub ln_2_bias: Tensor,
+    pub c_fc_weight: Tensor, // (C, 4C)
+    pub c_fc_bias: Tensor,
+    pub mlp_c_proj_weight: Tensor, // (4C, C)
+    pub mlp_c_proj_bias: Tensor,
+}
+
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    pub wte: Tensor, // (V, C), also the output projection
+    pub wpe: Tensor, // (P, C)
+    pub h: Vec<Block>,
+    pub ln_f_weight: Tensor,
+    pub ln_f_bias: Tensor,
+    /// A separate (untied) output projection `(V, C)`, if the checkpoint has one.
+    pub lm_head: Option<Tensor>,
+}
+
+/// Per-sequence key/value cache, allocated once for `capacity` positions: for each layer,
+/// `k` and `v` laid out `(H, capacity, D)`.
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    capacity: usize,
+    /// Positions filled so far.
+    pub len: usize,
+}
+
+impl KvCache {
+    /// A cache for up to `capacity` positions (at most the model's `n_positions`).
+    pub fn new(c: &Gpt2Config, capacity: usize) -> Self {
+        let capacity = capacity.min(c.n_positions);
+        let per_layer = capacity * c.n_embd;
+        let alloc = || (0..c.n_layer).map(|_| vec![0.0; per_layer]).collect();
+        Self {
+            k: alloc(),
+            v: alloc(),
+            capacity,
+            len: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// One sequence's part of a forward step: its new tokens and its cache.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// Which rows' logits to compute.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only each sequence's last row (generation).
+    Last,
+    /// Every row (`forward_tokens`).
+    All,
+}
+
+/// Scratch buffers reused across steps (grown when needed, never shrunk), so decoding does not
+/// allocate per token.
+#[derive(Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    q: Vec<f32>,
+    o: Vec<f32>,
+    fc: Vec<f32>,
+    fc_act: Vec<f32>,
+    proj: Vec<f32>,
+    sel: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+impl Gpt2 {
+    /// Loads `model.safetensors` with `config` (keys with or without the `transformer.` prefix;
+    /// the causal-mask buffers of old checkpoints are ignored).
+    pub fn load(weights: &Path, config: Gpt2Config, backend: BackendKind) -> Result<Self> {
+        let f = SafetensorsFile::open(weights)?;
+        let prefix = if f.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let (c, v, p, inner) = (
+            config.n_embd,
+            config.vocab_size,
+            config.n_positions,
+            config.n_inner,
+        );
+        let get =
+            |name: &str, shape: &[usize]| f.tensor(&format!("{prefix}{name}"), shape, backend);
+        for i in config.n_layer.. {
+            if !f.contains(&format!("{prefix}h.{i}.ln_1.weight")) {
+                break;
+            }
+            return Err(Error::Value(format!(
+                "{}: has weights for layer h.{i} but config.json says n_layer = {}",
+                weights.display(),
+                config.n_layer
+            )));
+        }
+        let h = (0..config.n_layer)
+            .map(|i| {
+                let g = |n: &str, s: &[usize]| get(&format!("h.{i}.{n}"), s);
+                Ok(Block {
+                    ln_1_weight: g("ln_1.weight", &[c])?,
+                    ln_1_bias: g("ln_1.bias", &[c])?,
+                    c_attn_weight: g("attn.c_attn.weight", &[c, 3 * c])?,
+                    c_attn_bias: g("attn.c_attn.bias", &[3 * c])?,
+                    attn_c_proj_weight: g("attn.c_proj.weight", &[c, c])?,
+                    attn_c_proj_bias: g("attn.c_proj.bias", &[c])?,
+                    ln_2_weight: g("ln_2.weight", &[c])?,
+                    ln_2_bias: g("ln_2.bias", &[c])?,
+                    c_fc_weight: g("mlp.c_fc.weight", &[c, inner])?,
+                    c_fc_bias: g("mlp.c_fc.bias", &[inner])?,
+                    mlp_c_proj_weight: g("mlp.c_proj.weight", &[inner, c])?,
+                    mlp_c_proj_bias: g("mlp.c_proj.bias", &[c])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let wte = get("wte.weight", &[v, c])?;
+        // A separate lm_head only if the checkpoint has one that is not the tied wte.
+        let lm_head = if f.contains("lm_head.weight") {
+            Some(f.tensor("lm_head.weight", &[v, c], backend)?)
+        } else {
+            None
+        };
+        let lm_head = lm_head.filter(|l| l.f32s("lm_head").ok() != wte.f32s("wte").ok());
+        Ok(Self {
+            wpe: get("wpe.weight", &[p, c])?,
+            ln_f_weight: get("ln_f.weight", &[c])?,
+            ln_f_bias: get("ln_f.bias", &[c])?,
+            wte,
+            h,
+            lm_head,
+            config,
+        })
+    }
+
+    /// Number of parameters (the tied output projection counted once).
+    pub fn num_parameters(&self) -> usize {
+        let blocks: usize = self
+            .h
+            .iter()
+            .map(|b| {
+                [
+                    &b.ln_1_weight,
+                    &b.ln_1_bias,
+                    &b.c_attn_weight,
+                    &b.c_attn_bias,
+                    &b.attn_c_proj_weight,
+                    &b.attn_c_proj_bias,
+                    &b.ln_2_weight,
+                    &b.ln_2_bias,
+                    &b.c_fc_weight,
+                    &b.c_fc_bias,
+                    &b.mlp_c_proj_weight,
+                    &b.mlp_c_proj_bias,
+                ]
+                .iter()
+                .map(|t| t.numel())
+                .sum::<usize>()
+            })
+            .sum();
+        blocks
+            + self.wte.numel()
+            + self.wpe.numel()
+            + 2 * self.config.n_embd
+            + self.lm_head.as_ref().map_or(0, |t| t.numel())
+    }
+
+    /// Runs the new tokens of `seqs` through the model, appending their keys/values to each
+    /// sequence's cache, and leaves logits in `ws.logits`: `(S, V)` for `Logits::Last` (one row
+    /// per sequence) or `(R, V)` for `Logits::All`. Callers validate token ids and lengths.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        seqs: &mut [SeqInput<'_>],
+        which: Logits,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (c, nh, d, inner, eps) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.head_dim(),
+            cfg.n_inner,
+            cfg.layer_norm_epsilon,
+        );
+        let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        for s in seqs.iter() {
+            if s.cache.len + s.tokens.len() > s.cache.capacity {
+                return Err(Error::Value(format!(
+                    "sequence of {} tokens exceeds its cache of {} positions (the model's context is {})",
+                    s.cache.len + s.tokens.len(),
+                    s.cache.capacity,
+                    cfg.n_positions
+                )));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(Error::Value(format!(
+                    "token id {t} is out of range for a vocabulary of {}",
+                    cfg.vocab_size
+                )));
+            }
+        }
+        let wte = self.wte.f32s("wte")?;
+        let wpe = self.wpe.f32s("wpe")?;
+
+        // x = wte[token] + wpe[position]                                      // (R, C)
+        let x = grow(&mut ws.x, rows * c);
+        let mut r = 0;
+        for s in seqs.iter() {
+            for (j, &t) in s.tokens.iter().enumerate() {
+                let (t, pos) = (t as usize, s.cache.len + j);
+                let row = &mut x[r * c..(r + 1) * c];
+                for (k, xv) in row.iter_mut().enumerate() {
+                    *xv = wte[t * c + k] + wpe[pos * c + k];
+                }
+                r += 1;
+            }
+        }
+
+        for (l, b) in self.h.iter().enumerate() {
+            // h = ln_1(x); qkv = h @ c_attn + b                               // (R, 3C)
+            let h = grow(&mut ws.h, rows * c);
+            be.layer_norm(
+                &ws.x[..rows * c],
+                b.ln_1_weight.f32s("ln_1")?,
+                b.ln_1_bias.f32s("ln_1")?,
+                h,
+                c,
+                eps,
+            );
+            let qkv = grow(&mut ws.qkv, rows * 3 * c);
+            be.matmul(
+                &ws.h[..rows * c],
+                b.c_attn_weight.f32s("c_attn")?,
+                Some(b.c_attn_bias.f32s("c_attn")?),
+                qkv,
+                rows,
+                c,
+                3 * c,
+            );
+
+            // Per sequence: append k, v to the cache (H, P, D); attend; merge heads.  // (R, C)
+            let att = grow(&mut ws.att, rows * c);
+            let mut r0 = 0;
+            for s in seqs.iter_mut() {
+                let (n, start, p) = (s.tokens.len(), s.cache.len, s.cache.capacity);
+                let (kc, vc) = (&mut s.cache.k[l], &mut s.cache.v[l]);
+                let q = grow(&mut ws.q, nh * n * d); // (H, n, D)
+                for j in 0..n {
+                    let row = &ws.qkv[(r0 + j) * 3 * c..(r0 + j + 1) * 3 * c];
+                    for hh in 0..nh {
+                        let dst = (hh * p + start + j) * d;
+                        q[(hh * n + j) * d..(hh * n + j + 1) * d]
+                            .copy_from_slice(&row[hh * d..(hh + 1) * d]);
+                        kc[dst..dst + d].copy_from_slice(&row[c + hh * d..c + (hh + 1) * d]);
+                        vc[dst..dst + d]
+                            .copy_from_slice(&row[2 * c + hh * d..2 * c + (hh + 1) * d]);
+                    }
+                }
+                let o = grow(&mut ws.o, nh * n * d); // (H, n, D)
+                be.attention(
+                    &ws.q[..nh * n * d],
+                    kc,
+                    vc,
+                    o,
+                    nh,
+                    n,
+                    start + n,
+                    d,
+                    p * d,
+                    true,
+                );
+                for j in 0..n {
+                    for hh in 0..nh {
+                        att[(r0 + j) * c + hh * d..(r0 + j) * c + (hh + 1) * d]
+                            .copy_from_slice(&o[(hh * n + j) * d..(hh * n + j + 1) * d]);
+                    }
+                }
+                r0 += n;
+            }
+
+            // x = x + att @ c_proj + b
+            let proj = grow(&mut ws.proj, rows * c);
+            be.matmul(
+                &ws.att[..rows * c],
+                b.attn_c_proj_weight.f32s("attn.c_proj")?,
+                Some(b.attn_c_proj_bias.f32s("attn.c_proj")?),
+                proj,
+                rows,
+                c,
+                c,
+            );
+            add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
+
+            // x = x + gelu_tanh(ln_2(x) @ c_fc + b) @ c_proj + b                 // (R, 4C) inside
+            let h = grow(&mut ws.h, rows * c);
+            be.layer_norm(
+                &ws.x[..rows * c],
+                b.ln_2_weight.f32s("ln_2")?,
+                b.ln_2_bias.f32s("ln_2")?,
+                h,
+                c,
+                eps,
+            );
+            let fc = grow(&mut ws.fc, rows * inner);
+            be.matmul(
+                &ws.h[..rows * c],
+                b.c_fc_weight.f32s("c_fc")?,
+                Some(b.c_fc_bias.f32s("c_fc")?),
+                fc,
+                rows,
+                c,
+                inner,
+            );
+            let fc_act = grow(&mut ws.fc_act, rows * inner);
+            be.gelu_tanh(&ws.fc[..rows * inner], fc_act);
+            let proj = grow(&mut ws.proj, rows * c);
+            be.matmul(
+                &ws.fc_act[..rows * inner],
+                b.mlp_c_proj_weight.f32s("mlp.c_proj")?,
+                Some(b.mlp_c_proj_bias.f32s("mlp.c_proj")?),
+                proj,
+                rows,
+                inner,
+                c,
+            );
+            add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
+        }
+
+        // Final norm on the rows whose logits are wanted, then logits = x @ wte^T.   // (S|R, V)
+        let m = if which == Logits::All {
+            rows
+        } else {
+            seqs.len()
+        };
+        let sel = grow(&mut ws.sel, m * c);
+        match which {
+            Logits::All => sel.copy_from_slice(&ws.x[..rows * c]),
+            Logits::Last => {
+                let mut end = 0;
+                for (i, s) in seqs.iter().enumerate() {
+                    end += s.tokens.len();
+                    sel[i * c..(i + 1) * c].copy_from_slice(&ws.x[(end - 1) * c..end * c]);
+                }
+            }
+        }
+        let h = grow(&mut ws.h, m * c);
+        be.layer_norm(
+            &ws.sel[..m * c],
+            self.ln_f_weight.f32s("ln_f")?,
+            self.ln_f_bias.f32s("ln_f")?,
+            h,
+            c,
+            eps,
+        );
+        let head = self.lm_head.as_ref().unwrap_or(&self.wte).f32s("lm_head")?;
+        let v = cfg.vocab_size;
+        let logits = grow(&mut ws.logits, m * v);
+        // For generation, at most 15 rows per call: the row-count-independent (bit-identical)
+        // path of matmul_nt, so a batch gives exactly the logits of one-by-one runs.
+        let chunk = if which == Logits::Last { 15 } else { m.max(1) };
+        for i0 in (0..m).step_by(chunk) {
+            let mi = chunk.min(m - i0);
+            be.matmul_nt(
+                &ws.h[i0 * c..(i0 + mi) * c],
+                head,
+                &mut logits[i0 * v..(i0 + mi) * v],
+                mi,
+                c,
+                v,
+            );
+        }
+        for s in seqs.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        Ok(())
+    }
+}
+
+/// `x += y` (the residual connection).
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Loads a Hugging Face GPT-2 folder's `config.json` and `model.safetensors`.
+pub fn load_dir(dir: &Path, backend: BackendKind) -> Result<Gpt2> {
+    let config_path = dir.join("config.json");
+    let weights = dir.join("model.safetensors");
+    for f in [&config_path, &weights] {
+        if !f.exists() {
+            return Err(Error::NotFound(format!(
+                "{} not found (a Hugging Face GPT-2 folder needs config.json and model.safetensors)",
+                f.display()
+            )));
+        }
+    }
+    let config = Gpt2Config::from_file(&config_path)?;
+    Gpt2::load(&weights, config, backend)
+}

@@ -1,0 +1,3 @@
+//! Models: one per file, forward readable top to bottom.
+
+pub mod gpt2;

@@ -1,0 +1,182 @@
+//! Byte-level BPE tokenization through Hugging Face's `tokenizers` crate (the library behind
+//! the Python `tokenizers` package, so results are identical), plus incremental decoding that
+//! never splits a multi-byte character.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
+use tokenizers::Tokenizer as HfTokenizer;
+
+use crate::error::{Error, Result};
+
+pub struct Tokenizer {
+    inner: HfTokenizer,
+    eos_token_id: Option<u32>,
+}
+
+const EOS_NAMES: [&str; 3] = ["<|endoftext|>", "</s>", "<eos>"];
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::NotFound(format!(
+                "tokenizer file not found: {}",
+                path.display()
+            )));
+        }
+        let inner = HfTokenizer::from_file(path).map_err(|e| {
+            Error::Value(format!(
+                "{} is not a valid tokenizer.json: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Self::wrap(inner))
+    }
+
+    /// Builds GPT-2's byte-level BPE from the original `vocab.json` and `merges.txt`.
+    pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {
+        for p in [vocab, merges] {
+            if !p.exists() {
+                return Err(Error::NotFound(format!(
+                    "tokenizer file not found: {}",
+                    p.display()
+                )));
+            }
+        }
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| {
+                Error::Value(format!(
+                    "cannot read BPE from {} and {}: {e}",
+                    vocab.display(),
+                    merges.display()
+                ))
+            })?;
+        let mut inner = HfTokenizer::new(bpe);
+        inner
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevelDecoder::default()))
+            .with_post_processor(Some(ByteLevelProcessor::new(true, false, true)));
+        Ok(Self::wrap(inner))
+    }
+
+    fn wrap(inner: HfTokenizer) -> Self {
+        let eos_token_id = EOS_NAMES.iter().find_map(|t| inner.token_to_id(t));
+        Self {
+            inner,
+            eos_token_id,
+        }
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Value(format!("cannot encode text: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids (special tokens are skipped); ids outside the vocabulary are an error.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.check_ids(ids)?;
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Value(format!("cannot decode: {e}")))
+    }
+
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let v = self.vocab_size() as u32;
+        match ids.iter().position(|&i| i >= v) {
+            Some(p) => Err(Error::Value(format!(
+                "token id {} at position {p} is out of range for a vocabulary of {v} tokens",
+                ids[p]
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn stream(&self) -> TextStream {
+        TextStream::default()
+    }
+}
+
+/// Incremental decoding state: feed ids one by one, get text pieces that join to the full
+/// decoding and never end inside a multi-byte character.
+#[derive(Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
+impl TextStream {
+    pub fn step(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        tokenizers::tokenizer::step_decode_stream(
+            &tok.inner,
+            vec![id],
+            true,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map_err(|e| Error::Internal(format!("streaming decode failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-level BPE whose vocabulary is only the 256 byte symbols: every multi-byte
+    /// character is split across several tokens.
+    fn byte_tokenizer() -> Tokenizer {
+        let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        chars.sort();
+        let vocab: tokenizers::models::bpe::Vocab = chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .unwrap();
+        let mut inner = HfTokenizer::new(bpe);
+        inner
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevelDecoder::default()));
+        Tokenizer::wrap(inner)
+    }
+
+    #[test]
+    fn stream_never_splits_a_character() {
+        let tok = byte_tokenizer();
+        let text = "aé日本語🙂 x";
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids.len(), text.len(), "one token per byte");
+        let mut stream = tok.stream();
+        let pieces: Vec<String> = ids
+            .iter()
+            .filter_map(|&id| stream.step(&tok, id).unwrap())
+            .collect();
+        assert_eq!(pieces, ["a", "é", "日", "本", "語", "🙂", " ", "x"]);
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+        assert!(tok.decode(&[1000]).is_err());
+    }
+}
