@@ -21,8 +21,11 @@ UNICODE_TEXT = (
 
 def corpus() -> list[str]:
     """Local text: docs of this repo and a few standard-library modules."""
-    texts = [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("**/README.md"))
-             if ".venv" not in p.parts and "target" not in p.parts]
+    texts = [
+        p.read_text(encoding="utf-8")
+        for p in sorted(ROOT.glob("**/README.md"))
+        if ".venv" not in p.parts and "target" not in p.parts
+    ]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for name in ("textwrap.py", "heapq.py", "bisect.py", "string.py", "fnmatch.py", "colorsys.py"):
         f = stdlib / name
@@ -36,8 +39,9 @@ def train_tokenizer(vocab_size: int = 512):
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(corpus(), vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS],
-                            show_progress=False)
+    tok.train_from_iterator(
+        corpus(), vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False
+    )
     return tok
 
 
@@ -49,16 +53,26 @@ def random_gpt2_params(n_layer, n_head, n_embd, n_positions, vocab_size, seed=0,
     def w(*shape, s=scale):
         return (rng.standard_normal(shape) * s).astype(np.float32)
 
-    p = {"wte.weight": w(vocab_size, c, s=0.5), "wpe.weight": w(n_positions, c, s=0.3),
-         "ln_f.weight": 1 + w(c, s=0.1), "ln_f.bias": w(c, s=0.1)}
+    p = {
+        "wte.weight": w(vocab_size, c, s=0.5),
+        "wpe.weight": w(n_positions, c, s=0.3),
+        "ln_f.weight": 1 + w(c, s=0.1),
+        "ln_f.bias": w(c, s=0.1),
+    }
     for i in range(n_layer):
         p |= {
-            f"h.{i}.ln_1.weight": 1 + w(c, s=0.1), f"h.{i}.ln_1.bias": w(c, s=0.1),
-            f"h.{i}.attn.c_attn.weight": w(c, 3 * c), f"h.{i}.attn.c_attn.bias": w(3 * c, s=0.05),
-            f"h.{i}.attn.c_proj.weight": w(c, c), f"h.{i}.attn.c_proj.bias": w(c, s=0.05),
-            f"h.{i}.ln_2.weight": 1 + w(c, s=0.1), f"h.{i}.ln_2.bias": w(c, s=0.1),
-            f"h.{i}.mlp.c_fc.weight": w(c, 4 * c), f"h.{i}.mlp.c_fc.bias": w(4 * c, s=0.05),
-            f"h.{i}.mlp.c_proj.weight": w(4 * c, c, s=scale / 2), f"h.{i}.mlp.c_proj.bias": w(c, s=0.05),
+            f"h.{i}.ln_1.weight": 1 + w(c, s=0.1),
+            f"h.{i}.ln_1.bias": w(c, s=0.1),
+            f"h.{i}.attn.c_attn.weight": w(c, 3 * c),
+            f"h.{i}.attn.c_attn.bias": w(3 * c, s=0.05),
+            f"h.{i}.attn.c_proj.weight": w(c, c),
+            f"h.{i}.attn.c_proj.bias": w(c, s=0.05),
+            f"h.{i}.ln_2.weight": 1 + w(c, s=0.1),
+            f"h.{i}.ln_2.bias": w(c, s=0.1),
+            f"h.{i}.mlp.c_fc.weight": w(c, 4 * c),
+            f"h.{i}.mlp.c_fc.bias": w(4 * c, s=0.05),
+            f"h.{i}.mlp.c_proj.weight": w(4 * c, c, s=scale / 2),
+            f"h.{i}.mlp.c_proj.bias": w(c, s=0.05),
         }
     return p
 
@@ -78,8 +92,11 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str) ->
     if dtype in ("float32", "float16"):
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v.astype(dtype)) for k, v in tensors.items()}, str(path),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: np.ascontiguousarray(v.astype(dtype)) for k, v in tensors.items()},
+            str(path),
+            metadata={"format": "pt"},
+        )
         return
     header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
     for k, v in tensors.items():
@@ -101,9 +118,22 @@ def stored_values(params: dict[str, np.ndarray], dtype: str) -> dict[str, np.nda
     return {k: v.astype(np.float64) for k, v in params.items()}
 
 
-def make_gpt2_folder(path: Path, tokenizer=None, *, n_layer=2, n_head=4, n_embd=64, n_positions=128,
-                     vocab_size=None, dtype="float32", prefix=True, tokenizer_files="json",
-                     extra_keys=False, seed=0, config_overrides=None):
+def make_gpt2_folder(
+    path: Path,
+    tokenizer=None,
+    *,
+    n_layer=2,
+    n_head=4,
+    n_embd=64,
+    n_positions=128,
+    vocab_size=None,
+    dtype="float32",
+    prefix=True,
+    tokenizer_files="json",
+    extra_keys=False,
+    seed=0,
+    config_overrides=None,
+):
     """Writes a Hugging Face GPT-2 folder; returns the float32 parameters (no prefix)."""
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None and vocab_size is None:
@@ -114,14 +144,26 @@ def make_gpt2_folder(path: Path, tokenizer=None, *, n_layer=2, n_head=4, n_embd=
         for i in range(n_layer):
             mask = np.tril(np.ones((n_positions, n_positions), np.float32))[None, None]
             keyed[f"transformer.h.{i}.attn.bias" if prefix else f"h.{i}.attn.bias"] = mask
-            keyed[f"transformer.h.{i}.attn.masked_bias" if prefix else f"h.{i}.attn.masked_bias"] = (
-                np.array(-1e4, np.float32))
+            keyed[
+                f"transformer.h.{i}.attn.masked_bias" if prefix else f"h.{i}.attn.masked_bias"
+            ] = np.array(-1e4, np.float32)
     write_safetensors(path / "model.safetensors", keyed, dtype)
     eos = tokenizer.token_to_id(EOS) if tokenizer is not None else vocab_size - 1
-    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab_size,
-              "n_positions": n_positions, "n_ctx": n_positions, "n_embd": n_embd, "n_layer": n_layer,
-              "n_head": n_head, "n_inner": None, "layer_norm_epsilon": 1e-5,
-              "activation_function": "gelu_new", "bos_token_id": eos, "eos_token_id": eos}
+    config = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": vocab_size,
+        "n_positions": n_positions,
+        "n_ctx": n_positions,
+        "n_embd": n_embd,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_inner": None,
+        "layer_norm_epsilon": 1e-5,
+        "activation_function": "gelu_new",
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+    }
     config.update(config_overrides or {})
     (path / "config.json").write_text(json.dumps(config, indent=2))
     if tokenizer is not None and tokenizer_files == "json":

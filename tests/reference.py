@@ -94,7 +94,7 @@ def gpt2_logits(p, ids, n_layer, n_head, eps=1e-5):
     ids = np.asarray(ids)
     x = f64(p["wte.weight"])[ids] + f64(p["wpe.weight"])[np.arange(len(ids))]
     for i in range(n_layer):
-        blk = {k[len(f"h.{i}."):]: v for k, v in p.items() if k.startswith(f"h.{i}.")}
+        blk = {k[len(f"h.{i}.") :]: v for k, v in p.items() if k.startswith(f"h.{i}.")}
         x = transformer_block(x, blk, n_head)
     x = layer_norm(x, p["ln_f.weight"], p["ln_f.bias"], eps)
     return x @ f64(p["wte.weight"]).T

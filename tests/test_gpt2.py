@@ -11,9 +11,10 @@ import time
 import gpt2_fixture as fx
 import numpy as np
 import pytest
-import reference as ref
 
 import gpt_rs
+
+import reference as ref
 
 L, H = 2, 4  # layers and heads of the fixture models
 
@@ -55,13 +56,18 @@ def test_greedy_64_tokens_match_reference_on_every_backend(backend, folder, mode
     prompt = hf_tok.encode("import os\nimport sys").ids
     want = ref.gpt2_greedy(p, prompt, 64, L, H)
     got = model.generate_tokens(prompt, 64, temperature=0, stop_token_ids=[])
-    assert got == want, f"first difference at {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)}"
+    assert got == want, (
+        f"first difference at {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)}"
+    )
 
 
 def test_generate_batch_equals_one_by_one(backend, model):
     prompts = ["def fib", "import numpy as np\n", "x", "The café serves 日本語"]
-    for kw in ({"temperature": 0}, {"temperature": 0.9, "top_k": 50, "seed": 3},
-               {"temperature": 1.2, "top_p": 0.9, "min_p": 0.01, "repetition_penalty": 1.3, "seed": 11}):
+    for kw in (
+        {"temperature": 0},
+        {"temperature": 0.9, "top_k": 50, "seed": 3},
+        {"temperature": 1.2, "top_p": 0.9, "min_p": 0.01, "repetition_penalty": 1.3, "seed": 11},
+    ):
         batch = model.generate_batch(prompts, 24, stop_token_ids=[], **kw)
         single = [model.generate(q, 24, stop_token_ids=[], **kw) for q in prompts]
         assert batch == single, kw
@@ -128,10 +134,23 @@ def test_tokenizer_matches_hugging_face(folder, hf_tok, tmp_path):
     from tokenizers import ByteLevelBPETokenizer
 
     hf_vm = ByteLevelBPETokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
-    samples = ["", " ", "  leading", "trailing  ", "\n\n\t", "Hello, world!", fx.UNICODE_TEXT,
-               "don't you'll we've I'm", "1234567890 3.14159", "a" * 1000, "🙂" * 7,
-               "\u00a0non-breaking\u2003spaces", "mixed日本語and English", "<|endoftext|>",
-               "<|endoftext|> after special"]
+    samples = [
+        "",
+        " ",
+        "  leading",
+        "trailing  ",
+        "\n\n\t",
+        "Hello, world!",
+        fx.UNICODE_TEXT,
+        "don't you'll we've I'm",
+        "1234567890 3.14159",
+        "a" * 1000,
+        "🙂" * 7,
+        "\u00a0non-breaking\u2003spaces",
+        "mixed日本語and English",
+        "<|endoftext|>",
+        "<|endoftext|> after special",
+    ]
     samples += [t[:3000] for t in fx.corpus()]
     for s in samples:
         want = hf_tok.encode(s).ids
@@ -157,10 +176,13 @@ def test_half_precision_checkpoints(tmp_path, hf_tok, dtype):
 def test_key_styles_buffers_and_vocab_merges(tmp_path, hf_tok):
     ids = hf_tok.encode("while True:").ids
     outs = []
-    for i, (prefix, extra, files) in enumerate([(True, True, "vocab"), (False, True, "json"),
-                                                (False, False, "vocab")]):
+    for i, (prefix, extra, files) in enumerate(
+        [(True, True, "vocab"), (False, True, "json"), (False, False, "vocab")]
+    ):
         d = tmp_path / f"m{i}"
-        p = fx.make_gpt2_folder(d, hf_tok, prefix=prefix, extra_keys=extra, tokenizer_files=files, seed=7)
+        p = fx.make_gpt2_folder(
+            d, hf_tok, prefix=prefix, extra_keys=extra, tokenizer_files=files, seed=7
+        )
         m = gpt_rs.load_model(d)
         assert m.tokenizer.encode("while True:") == ids
         outs.append(m.forward_tokens(ids))
@@ -199,7 +221,9 @@ def test_loading_errors_name_file_key_and_shapes(tmp_path, hf_tok):
     p = fx.random_gpt2_params(2, 4, 64, 128, hf_tok.get_vocab_size())
     p["h.0.attn.c_proj.weight"] = p["h.0.attn.c_proj.weight"][:, :32].copy()
     fx.write_safetensors(d / "model.safetensors", p, "float32")
-    with pytest.raises(ValueError, match=r"'h.0.attn.c_proj.weight' has shape \[64, 32\], expected \[64, 64\]"):
+    with pytest.raises(
+        ValueError, match=r"'h.0.attn.c_proj.weight' has shape \[64, 32\], expected \[64, 64\]"
+    ):
         gpt_rs.load_model(d)
     # A bad config.
     cfg = json.loads((d / "config.json").read_text())
@@ -227,8 +251,12 @@ def test_hub_cache_model_ids(tmp_path, hf_tok, monkeypatch):
 def test_generation_argument_errors(model):
     ctx = model.config["n_positions"]
     bad = [
-        ({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"),
-        ({"top_p": 1.5}, "top_p"), ({"min_p": 2.0}, "min_p"), ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"min_p": 2.0}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
     ]
     for kw, word in bad:
         with pytest.raises(ValueError, match=word):

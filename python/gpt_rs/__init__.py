@@ -36,7 +36,6 @@ from ._native import (
     set_num_threads,
     set_simd_level,
 )
-
 from .models import load_model  # noqa: E402
 
 __all__ = [

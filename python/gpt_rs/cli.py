@@ -1,9 +1,9 @@
 """The ``gpt-rs`` command: generate text, show build/CPU info, measure speed.
 
-    gpt-rs generate --model DIR --prompt "Hello" [--max-new-tokens N --temperature T --top-k K
-                    --top-p P --seed S --backend B --threads N]
-    gpt-rs info
-    gpt-rs bench --model DIR
+gpt-rs generate --model DIR --prompt "Hello" [--max-new-tokens N --temperature T --top-k K
+                --top-p P --seed S --backend B --threads N]
+gpt-rs info
+gpt-rs bench --model DIR
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import gpt_rs
 
@@ -118,7 +119,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model.generate_tokens(prompt, new + 1, temperature=0, stop_token_ids=[])
         t2 = time.perf_counter()
         rates.append(new / ((t2 - t1) - (t1 - t0)))
-    print(f"decode: {float(np.median(rates)):.1f} tokens/s ({new} tokens after an 8-token prompt, greedy)")
+    print(
+        f"decode: {float(np.median(rates)):.1f} tokens/s "
+        f"({new} tokens after an 8-token prompt, greedy)"
+    )
     return 0
 
 

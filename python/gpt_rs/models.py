@@ -47,8 +47,8 @@ def resolve_model_path(name_or_path: Union[str, os.PathLike]) -> Path:
                 if (snap / "config.json").exists():
                     return snap
     raise FileNotFoundError(
-        f"{name!r} is neither a folder nor a model in the local Hugging Face cache ({_hub_cache()}); "
-        "pass a folder holding config.json and model.safetensors"
+        f"{name!r} is neither a folder nor a model in the local Hugging Face cache "
+        f"({_hub_cache()}); pass a folder holding config.json and model.safetensors"
     )
 
 
