@@ -171,3 +171,13 @@ def make_gpt2_folder(
     elif tokenizer is not None and tokenizer_files == "vocab":
         tokenizer.save_model(str(path))
     return params
+
+
+def make_fake_hub(root: Path, tokenizer, name: str = "gpt2") -> Path:
+    """A local Hugging Face hub cache holding a tiny random model under `name`; returns the
+    cache folder (set HF_HUB_CACHE to it)."""
+    repo = root / ("models--" + name.replace("/", "--"))
+    make_gpt2_folder(repo / "snapshots" / "0000", tokenizer)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0000")
+    return root

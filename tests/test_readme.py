@@ -22,9 +22,35 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
+@pytest.fixture(scope="module")
+def fake_hub(tmp_path_factory):
+    """README examples load "gpt2": a tiny random model stands in for it in a local hub cache."""
+    import gpt2_fixture as fx
+
+    return fx.make_fake_hub(tmp_path_factory.mktemp("hub"), fx.train_tokenizer())
+
+
 @pytest.mark.parametrize("i", range(len(python_blocks(ROOT / "README.md"))))
-def test_readme_blocks_run(i):
+def test_readme_blocks_run(i, fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub))
     exec(compile(python_blocks(ROOT / "README.md")[i], f"README.md block {i}", "exec"), {})
+
+
+def cli_lines(path: Path) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+    return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip().startswith("gpt-rs ")]
+
+
+@pytest.mark.parametrize("line", cli_lines(ROOT / "README.md"))
+def test_readme_cli_examples_run(line, fake_hub):
+    import os
+    import shlex
+
+    args = shlex.split(line.split(" #")[0])[1:]
+    env = dict(os.environ, HF_HUB_CACHE=str(fake_hub))
+    r = subprocess.run([sys.executable, "-m", "gpt_rs", *args], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
 
 
 def seed_namespace(code: str):

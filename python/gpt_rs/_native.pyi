@@ -1,13 +1,18 @@
 """Type stubs for the native extension ``gpt_rs._native`` (checked by mypy.stubtest in CI)."""
 
+import os
 from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union, final
 
+import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self
 
 __version__: str
 __all__ = [
+    "Model",
+    "TextStream",
+    "Tokenizer",
     "CausalSelfAttention",
     "Embedding",
     "FeedForward",
@@ -177,3 +182,94 @@ class TransformerBlock:
     ) -> Self: ...
     def forward(self, x: _ArrayLike) -> Tensor: ...
     def __call__(self, x: _ArrayLike) -> Tensor: ...
+
+# GPT-2 runtime
+@final
+class Tokenizer:
+    @staticmethod
+    def from_file(path: Union[str, os.PathLike[str]]) -> Tokenizer: ...
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def eos_token_id(self) -> Optional[int]: ...
+
+@final
+class TextStream:
+    def __iter__(self) -> TextStream: ...
+    def __next__(self) -> str: ...
+    @property
+    def num_tokens(self) -> int: ...
+
+@final
+class Model:
+    @staticmethod
+    def from_dir(path: Union[str, os.PathLike[str]]) -> Model: ...
+    def forward_tokens(self, ids: Sequence[int]) -> npt.NDArray[np.float32]: ...
+    def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]: ...
+    def generate_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+    ) -> list[int]: ...
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 50,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> str: ...
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 50,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> list[str]: ...
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 50,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> TextStream: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def tokenizer(self) -> Optional[Tokenizer]: ...
+    @property
+    def backend(self) -> str: ...
+    @backend.setter
+    def backend(self, name: Optional[str]) -> None: ...
+    @property
+    def num_parameters(self) -> int: ...

@@ -52,7 +52,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _setup(args)
     model = _load(args)
     t0 = time.perf_counter()
-    n = 0
     stream = model.stream(
         args.prompt,
         args.max_new_tokens,
@@ -67,12 +66,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()
-        n += 1
     sys.stdout.write("\n")
     dt = time.perf_counter() - t0
-    tokens = len(model.tokenizer.encode(args.prompt))
+    n = stream.num_tokens
+    prompt_tokens = len(model.tokenizer.encode(args.prompt))
     print(
-        f"[{n} text pieces in {dt:.2f}s; prompt {tokens} tokens; backend {model.backend}, "
+        f"[{n} tokens in {dt:.2f}s, {n / max(dt, 1e-9):.1f} tokens/s (including the "
+        f"{prompt_tokens}-token prompt); backend {model.backend}, "
         f"{gpt_rs.get_num_threads()} threads]",
         file=sys.stderr,
     )

@@ -568,6 +568,16 @@ impl TextStreamIter {
         slf
     }
 
+    /// Tokens generated so far (a stop token is not counted).
+    #[getter]
+    fn num_tokens(&self) -> PyResult<usize> {
+        let gen = self
+            .gen
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("stream used after a failure"))?;
+        Ok(gen.seqs[0].new_tokens().len())
+    }
+
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
         let be = self.backend.get().map_err(to_py)?;
         loop {

@@ -127,13 +127,11 @@ impl Gpt2 {
         );
         let get =
             |name: &str, shape: &[usize]| f.tensor(&format!("{prefix}{name}"), shape, backend);
-        for i in config.n_layer.. {
-            if !f.contains(&format!("{prefix}h.{i}.ln_1.weight")) {
-                break;
-            }
+        if f.contains(&format!("{prefix}h.{}.ln_1.weight", config.n_layer)) {
             return Err(Error::Value(format!(
-                "{}: has weights for layer h.{i} but config.json says n_layer = {}",
+                "{}: has weights for layer h.{} but config.json says n_layer = {}",
                 weights.display(),
+                config.n_layer,
                 config.n_layer
             )));
         }

@@ -275,8 +275,8 @@ unsafe fn gemv_chunk<V: Vf>(
                     *y.add(j) = t;
                 }
                 let dst = c.0.add(i * n + j0);
-                for j in 0..cw {
-                    *dst.add(j) += acc[j];
+                for (j, &v) in acc[..cw].iter().enumerate() {
+                    *dst.add(j) += v;
                 }
             }
         }
