@@ -19,14 +19,33 @@ def model_dir(tmp_path_factory):
 
 def gpt_rs_cmd(*args, **env):
     e = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-m", "gpt_rs", *args], capture_output=True, text=True,
-                          env=e, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_rs", *args], capture_output=True, text=True, env=e, timeout=300
+    )
 
 
 def test_generate_streams_text_and_reports_speed(model_dir):
-    r = gpt_rs_cmd("generate", "--model", str(model_dir), "--prompt", "def add(a, b):",
-                   "--max-new-tokens", "20", "--temperature", "0.8", "--top-k", "40", "--top-p",
-                   "0.95", "--seed", "1", "--backend", "c", "--threads", "1")
+    r = gpt_rs_cmd(
+        "generate",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "def add(a, b):",
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "1",
+        "--backend",
+        "c",
+        "--threads",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     model = gpt_rs.load_model(model_dir)
     want = model.generate("def add(a, b):", 20, temperature=0.8, top_k=40, top_p=0.95, seed=1)

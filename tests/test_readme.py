@@ -48,8 +48,13 @@ def test_readme_cli_examples_run(line, fake_hub):
 
     args = shlex.split(line.split(" #")[0])[1:]
     env = dict(os.environ, HF_HUB_CACHE=str(fake_hub))
-    r = subprocess.run([sys.executable, "-m", "gpt_rs", *args], capture_output=True, text=True,
-                       env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "gpt_rs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
 
 
