@@ -1,0 +1,288 @@
+"""Benchmark: GPT-2 124M (random weights, f32, batch 1) decode and prefill speed.
+
+gpt_rs next to a NumPy GPT-2 with a KV cache (always) and Hugging Face transformers (when
+torch + transformers are installed), same weights, same run, 1 and 2 threads. Checks that
+greedy tokens agree. Not a test: numbers depend on the machine and its load.
+
+    python benchmarks/gpt2.py                # 1 and 2 threads
+    python benchmarks/gpt2.py --threads 1 --repeats 5
+    python benchmarks/gpt2.py --quick        # tiny model, one repeat (CI smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("GPT_RS_BENCH_DIR", Path.home() / ".cache" / "gpt_rs_bench"))
+
+
+def make_model(path: Path, quick: bool) -> Path:
+    """A random GPT-2 (124M shapes, or tiny with --quick) in Hugging Face layout."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    if (path / "model.safetensors").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    L, C, V, P = (2, 64, 1000, 256) if quick else (12, 768, 50257, 1024)
+    rng = np.random.default_rng(0)
+
+    def w(*s, std=0.02):
+        return (rng.standard_normal(s, dtype=np.float32) * std).astype(np.float32)
+
+    p = {
+        "transformer.wte.weight": w(V, C),
+        "transformer.wpe.weight": w(P, C, std=0.01),
+        "transformer.ln_f.weight": np.ones(C, np.float32),
+        "transformer.ln_f.bias": np.zeros(C, np.float32),
+    }
+    for i in range(L):
+        k = f"transformer.h.{i}."
+        p |= {
+            k + "ln_1.weight": np.ones(C, np.float32),
+            k + "ln_1.bias": np.zeros(C, np.float32),
+            k + "attn.c_attn.weight": w(C, 3 * C),
+            k + "attn.c_attn.bias": np.zeros(3 * C, np.float32),
+            k + "attn.c_proj.weight": w(C, C),
+            k + "attn.c_proj.bias": np.zeros(C, np.float32),
+            k + "ln_2.weight": np.ones(C, np.float32),
+            k + "ln_2.bias": np.zeros(C, np.float32),
+            k + "mlp.c_fc.weight": w(C, 4 * C),
+            k + "mlp.c_fc.bias": np.zeros(4 * C, np.float32),
+            k + "mlp.c_proj.weight": w(4 * C, C),
+            k + "mlp.c_proj.bias": np.zeros(C, np.float32),
+        }
+    save_file(p, str(path / "model.safetensors"), metadata={"format": "pt"})
+    cfg = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": V,
+        "n_positions": P,
+        "n_ctx": P,
+        "n_embd": C,
+        "n_layer": L,
+        "n_head": 12 if not quick else 4,
+        "layer_norm_epsilon": 1e-5,
+        "activation_function": "gelu_new",
+        "bos_token_id": V - 1,
+        "eos_token_id": V - 1,
+    }
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+class NumpyGPT2:
+    """A straightforward f32 NumPy GPT-2 with a KV cache (the NumPy peer)."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        self.np = np
+        self.cfg = json.loads((path / "config.json").read_text())
+        self.p = {
+            k.removeprefix("transformer."): v
+            for k, v in load_file(str(path / "model.safetensors")).items()
+        }
+
+    def forward(self, ids, cache):
+        np, p, c = self.np, self.p, self.cfg
+        H, C = c["n_head"], c["n_embd"]
+        D, start = C // H, (cache[0][0].shape[1] if cache else 0)
+        x = p["wte.weight"][ids] + p["wpe.weight"][start : start + len(ids)]
+
+        def ln(x, w, b):
+            mu = x.mean(-1, keepdims=True)
+            return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b
+
+        new_cache = []
+        for i in range(c["n_layer"]):
+            k = f"h.{i}."
+            qkv = (
+                ln(x, p[k + "ln_1.weight"], p[k + "ln_1.bias"]) @ p[k + "attn.c_attn.weight"]
+                + p[k + "attn.c_attn.bias"]
+            )
+            q, kk, vv = (
+                qkv[:, j * C : (j + 1) * C].reshape(-1, H, D).transpose(1, 0, 2) for j in range(3)
+            )
+            if cache:
+                kk = np.concatenate([cache[i][0], kk], 1)
+                vv = np.concatenate([cache[i][1], vv], 1)
+            new_cache.append((kk, vv))
+            s = q @ kk.transpose(0, 2, 1) / np.float32(np.sqrt(D))
+            T, Tk = q.shape[1], kk.shape[1]
+            s = np.where(np.arange(Tk)[None, :] <= np.arange(T)[:, None] + (Tk - T), s, -np.inf)
+            s = np.exp(s - s.max(-1, keepdims=True))
+            a = (s / s.sum(-1, keepdims=True)) @ vv
+            x = (
+                x
+                + a.transpose(1, 0, 2).reshape(-1, C) @ p[k + "attn.c_proj.weight"]
+                + p[k + "attn.c_proj.bias"]
+            )
+            h = (
+                ln(x, p[k + "ln_2.weight"], p[k + "ln_2.bias"]) @ p[k + "mlp.c_fc.weight"]
+                + p[k + "mlp.c_fc.bias"]
+            )
+            h = (
+                0.5
+                * h
+                * (1 + np.tanh(np.float32(0.7978845608) * (h + np.float32(0.044715) * h**3)))
+            )
+            x = x + h @ p[k + "mlp.c_proj.weight"] + p[k + "mlp.c_proj.bias"]
+        x = ln(x[-1:], p["ln_f.weight"], p["ln_f.bias"])
+        return (x @ p["wte.weight"].T)[0], new_cache
+
+    def generate(self, ids, n):
+        logits, cache = self.forward(ids, None)
+        out = list(ids)
+        for _ in range(n):
+            out.append(int(self.np.argmax(logits)))
+            if len(out) - len(ids) == n:
+                break
+            logits, cache = self.forward([out[-1]], cache)
+        return out
+
+
+def median_time(fn, repeats):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def run(threads: int, repeats: int, quick: bool) -> dict:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GPT_RS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import numpy as np
+
+    import gpt_rs
+
+    path = make_model(CACHE / ("tiny" if quick else "gpt2-124M-random"), quick)
+    rng = np.random.default_rng(1)
+    V = json.loads((path / "config.json").read_text())["vocab_size"]
+    prompt8 = rng.integers(0, V, 8).tolist()
+    prompts = {T: rng.integers(0, V, T).tolist() for T in (128, 512)}
+    new = 64
+    impls = {"gpt_rs": None, "numpy": None}
+    ours = gpt_rs.load_model(path)
+    npm = NumpyGPT2(path)
+    impls = {
+        "gpt_rs": (
+            lambda ids, n: ours.generate_tokens(ids, n, temperature=0, stop_token_ids=[]),
+            lambda ids: ours.logits(ids),
+        ),
+        "numpy": (npm.generate, lambda ids: npm.forward(ids, None)),
+    }
+    try:
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        hf = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
+
+        def hf_gen(ids, n):
+            with torch.inference_mode():
+                return hf.generate(
+                    torch.tensor([ids]),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=0,
+                )[0].tolist()
+
+        def hf_prefill(ids):
+            with torch.inference_mode():
+                return hf(torch.tensor([ids])).logits
+
+        impls["transformers"] = (hf_gen, hf_prefill)
+    except ImportError:
+        pass
+    results = {}
+    tokens = {}
+    for name, (gen, prefill) in impls.items():
+        r = {}
+        t_full = median_time(lambda gen=gen: gen(prompt8, new), repeats)
+        t_one = median_time(lambda gen=gen: gen(prompt8, 1), repeats)
+        r["decode tok/s"] = (new - 1) / max(t_full - t_one, 1e-9)
+        for T, ids in prompts.items():
+            if T <= (256 if quick else 1024):
+                r[f"prefill T={T} ms"] = 1e3 * median_time(
+                    lambda ids=ids, prefill=prefill: prefill(ids), repeats
+                )
+        results[name] = r
+        tokens[name] = gen(prompt8, new)
+    agree = {n: sum(a == b for a, b in zip(t[8:], tokens["gpt_rs"][8:])) for n, t in tokens.items()}
+    return {"threads": threads, "results": results, "agree": agree, "simd": gpt_rs.get_simd_level()}
+
+
+def report(all_runs: list[dict]) -> None:
+    print(
+        f"GPT-2 124M f32, random weights, batch 1 | {platform.machine()} {os.cpu_count()} cores | "
+        f"python {platform.python_version()} | {time.strftime('%Y-%m-%d')}"
+    )
+    for run_ in all_runs:
+        res = run_["results"]
+        peers = [n for n in res if n != "gpt_rs"]
+        print(f"\n### {run_['threads']} thread(s), simd {run_['simd']}\n")
+        print(
+            "| workload | gpt_rs | "
+            + " | ".join(peers)
+            + " | "
+            + " | ".join(f"gpt_rs vs {p}" for p in peers)
+            + " |"
+        )
+        print("|---" * (2 + 2 * len(peers)) + "|")
+        for metric in res["gpt_rs"]:
+            ours = res["gpt_rs"][metric]
+            row = (
+                f"| {metric} | {ours:.1f} | "
+                + " | ".join(f"{res[p][metric]:.1f}" for p in peers)
+                + " | "
+            )
+            # Ratio > 1 means gpt_rs is better (more tokens/s, or fewer ms).
+            ratios = [
+                (ours / res[p][metric]) if "tok/s" in metric else (res[p][metric] / ours)
+                for p in peers
+            ]
+            print(row + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+        print(
+            "\ngreedy tokens agreeing with gpt_rs (of 64): "
+            + ", ".join(f"{n} {a}" for n, a in run_["agree"].items() if n != "gpt_rs")
+        )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.quick:
+        a.repeats = 1
+    if a.threads:
+        r = run(a.threads, a.repeats, a.quick)
+        print(json.dumps(r) if a.json else r)
+        return
+    runs = []
+    for t in (1, 2):
+        cmd = [sys.executable, __file__, "--threads", str(t), "--repeats", str(a.repeats), "--json"]
+        out = subprocess.run(
+            cmd + (["--quick"] if a.quick else []), check=True, capture_output=True, text=True
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    report(runs)
+
+
+if __name__ == "__main__":
+    main()
