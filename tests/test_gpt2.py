@@ -48,7 +48,9 @@ def test_logits_match_reference_on_every_backend(backend, folder, model, hf_tok)
     assert got.shape == (len(ids), model.config["vocab_size"]) and got.dtype == np.float32
     err = rel_err(got, want)
     assert err <= 1e-4, f"max |dlogit| / logit scale = {err:.2e} on {backend}"
-    np.testing.assert_array_equal(model.logits(ids), got[-1])
+    assert (
+        rel_err(model.logits(ids), got[-1]) <= 1e-5
+    )  # last row only: same values, maybe not bitwise
 
 
 def test_greedy_64_tokens_match_reference_on_every_backend(backend, folder, model, hf_tok):
@@ -310,12 +312,19 @@ def test_ctrl_c_stops_generation_and_model_stays_usable(medium_model):
     import _thread
 
     m = medium_model
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    t0 = time.perf_counter()
+    fired = []
+
+    def fire():
+        fired.append(time.perf_counter())
+        _thread.interrupt_main()  # what Ctrl-C does: SIGINT to the main thread
+
+    timer = threading.Timer(0.3, fire)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        m.generate_tokens([1, 2, 3], 1000, temperature=0, stop_token_ids=[])
-    assert time.perf_counter() - t0 < 5
+        for _ in range(10_000):  # generation is running almost all of the time
+            m.generate_tokens([1, 2, 3], 1000, temperature=0, stop_token_ids=[])
+    latency = time.perf_counter() - fired[0]
+    assert latency < 0.5, f"KeyboardInterrupt took {latency:.3f}s"
     assert len(m.generate_tokens([1, 2, 3], 5, temperature=0, stop_token_ids=[])) == 8
 
 

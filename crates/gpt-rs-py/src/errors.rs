@@ -28,23 +28,26 @@ const DETACH_MIN_WORK: usize = 1 << 14;
 
 /// Runs engine work `f` (of roughly `work` elements) with the GIL released when it is large
 /// enough to matter, mapping errors and panics to Python exceptions.
+/// Runs `f`, turning a Rust panic into `Error::Internal` (so it reaches Python as RuntimeError).
+pub fn catch_panics<T>(f: impl FnOnce() -> gpt_rs::Result<T>) -> gpt_rs::Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Internal(format!(
+            "internal error in gpt_rs (please report it): {what}"
+        )))
+    })
+}
+
 pub fn run<T: Send>(
     py: Python<'_>,
     work: usize,
     f: impl FnOnce() -> gpt_rs::Result<T> + Send,
 ) -> PyResult<T> {
-    let guarded = move || {
-        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Internal(format!(
-                "internal error in gpt_rs (please report it): {what}"
-            )))
-        })
-    };
+    let guarded = move || catch_panics(f);
     let r = if work >= DETACH_MIN_WORK {
         py.detach(guarded)
     } else {

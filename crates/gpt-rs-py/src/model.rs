@@ -201,6 +201,41 @@ impl PyModel {
         })
     }
 
+    /// One forward pass over `ids` (no generation), GIL released; returns the logits rows.
+    fn run_forward(&self, py: Python<'_>, ids: Vec<u32>, which: Logits) -> PyResult<Vec<f32>> {
+        let cfg = &self.model.config;
+        if ids.is_empty() || ids.len() > cfg.n_positions {
+            return Err(PyValueError::new_err(format!(
+                "forward_tokens needs 1 to {} token ids (the model's context), got {}",
+                cfg.n_positions,
+                ids.len()
+            )));
+        }
+        let (model, be) = (
+            self.model.clone(),
+            self.backend_kind().get().map_err(to_py)?,
+        );
+        let rows = if which == Logits::All { ids.len() } else { 1 };
+        let n = rows * cfg.vocab_size;
+        crate::errors::run(py, usize::MAX, move || {
+            threads::install(|| {
+                let mut cache = KvCache::new(&model.config, ids.len());
+                let mut ws = Workspace::default();
+                model.forward(
+                    be,
+                    &mut [SeqInput {
+                        tokens: &ids,
+                        cache: &mut cache,
+                    }],
+                    which,
+                    &mut ws,
+                )?;
+                ws.logits.truncate(n);
+                Ok(std::mem::take(&mut ws.logits))
+            })
+        })
+    }
+
     /// Runs generation to the end with the GIL released, checking for Ctrl-C between tokens.
     fn run_generator(
         &self,
@@ -218,11 +253,13 @@ impl PyModel {
             .map_err(to_py)?;
         let mut interrupt: Option<PyErr> = None;
         let result = py.detach(|| {
-            threads::install(|| {
-                gen.run(be, &mut || {
-                    Python::attach(|py| py.check_signals()).map_err(|e| {
-                        interrupt = Some(e);
-                        Error::Interrupted
+            crate::errors::catch_panics(|| {
+                threads::install(|| {
+                    gen.run(be, &mut || {
+                        Python::attach(|py| py.check_signals()).map_err(|e| {
+                            interrupt = Some(e);
+                            Error::Interrupted
+                        })
                     })
                 })
             })
@@ -274,49 +311,21 @@ impl PyModel {
         ids: Vec<i64>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let ids = ids_from_py(ids, "forward_tokens")?;
-        let cfg = &self.model.config;
-        if ids.is_empty() || ids.len() > cfg.n_positions {
-            return Err(PyValueError::new_err(format!(
-                "forward_tokens needs 1 to {} token ids (the model's context), got {}",
-                cfg.n_positions,
-                ids.len()
-            )));
-        }
-        let (model, be, t, v) = (
-            self.model.clone(),
-            self.backend_kind().get().map_err(to_py)?,
-            ids.len(),
-            cfg.vocab_size,
-        );
-        let logits = crate::errors::run(py, usize::MAX, move || {
-            threads::install(|| {
-                let mut cache = KvCache::new(&model.config, ids.len());
-                let mut ws = Workspace::default();
-                model.forward(
-                    be,
-                    &mut [SeqInput {
-                        tokens: &ids,
-                        cache: &mut cache,
-                    }],
-                    Logits::All,
-                    &mut ws,
-                )?;
-                ws.logits.truncate(t * v);
-                Ok(std::mem::take(&mut ws.logits))
-            })
-        })?;
-        let arr = numpy::ndarray::Array2::from_shape_vec((t, v), logits)
+        let t = ids.len();
+        let logits = self.run_forward(py, ids, Logits::All)?;
+        let arr = numpy::ndarray::Array2::from_shape_vec((t, self.model.config.vocab_size), logits)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(PyArray2::from_owned_array(py, arr))
     }
 
-    /// Logits of the last position: float32 array of shape ``(vocab_size,)``.
+    /// Logits of the last position: float32 array of shape ``(vocab_size,)`` (only that row
+    /// goes through the output projection).
     fn logits<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let all = self.forward_tokens(py, ids)?;
-        let last = all
-            .call_method1("__getitem__", (-1,))?
-            .call_method0("copy")?;
-        Ok(last.cast_into::<PyArray1<f32>>()?)
+        let ids = ids_from_py(ids, "logits")?;
+        Ok(PyArray1::from_vec(
+            py,
+            self.run_forward(py, ids, Logits::Last)?,
+        ))
     }
 
     /// Generates token ids.

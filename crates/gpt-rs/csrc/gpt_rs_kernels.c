@@ -46,10 +46,11 @@ void gr_matmul_acc(const float *a, size_t lda, const float *b, size_t ldb, float
     }
 }
 
-/* C[m, n] = A[m, k] @ B[n, k]^T (B row-major [n, k]); row stride of C is ldc. */
+/* C[m, n] = A[m, k] @ B[n, k]^T (+ bias[n], if not NULL); B row-major [n, k]; row stride of
+ * C is ldc. Each element is one dot product, computed the same way whatever m is. */
 GR_CLONES
-void gr_matmul_nt(const float *a, const float *b, float *c, size_t ldc, size_t m, size_t k,
-                  size_t n) {
+void gr_matmul_nt(const float *a, const float *b, const float *bias, float *c, size_t ldc,
+                  size_t m, size_t k, size_t n) {
     for (size_t i = 0; i < m; i++)
         for (size_t j = 0; j < n; j++) {
             const float *ai = a + i * k, *bj = b + j * k;
@@ -62,7 +63,7 @@ void gr_matmul_nt(const float *a, const float *b, float *c, size_t ldc, size_t m
                 s3 += ai[p + 3] * bj[p + 3];
             }
             for (; p < k; p++) s0 += ai[p] * bj[p];
-            c[i * ldc + j] = (s0 + s1) + (s2 + s3);
+            c[i * ldc + j] = (s0 + s1) + (s2 + s3) + (bias ? bias[j] : 0.0f);
         }
 }
 

@@ -89,10 +89,11 @@ on_every_backend! {
     matmul_nt_all_shapes => |be| {
         let mut r = Rng(17);
         for &(m, k, n) in &[(1, 768, 300), (3, 5, 7), (15, 64, 33), (16, 64, 33), (40, 129, 70), (1, 0, 3)] {
-            let (a, b) = (r.vec(m * k, 1.0), r.vec(n * k, 1.0));
+            let (a, b, bias) = (r.vec(m * k, 1.0), r.vec(n * k, 1.0), r.vec(n, 1.0));
             let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
-            be.matmul_nt(&a, &b, &mut got, m, k, n);
-            reference().matmul_nt(&a, &b, &mut want, m, k, n);
+            let bias = if m % 2 == 0 { Some(&bias[..]) } else { None };
+            be.matmul_nt(&a, &b, bias, &mut got, m, k, n);
+            reference().matmul_nt(&a, &b, bias, &mut want, m, k, n);
             let (g, w) = (Tensor::from_f32(got, vec![m, n], be.kind()).unwrap(), Tensor::from_f32(want, vec![m, n], be.kind()).unwrap());
             assert_close(&g, &w, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul_nt {m}x{k}x{n}"));
         }
@@ -196,13 +197,21 @@ fn cpu_matmul_rows_are_independent_of_batch() {
             let mut all = vec![0.0; m * n];
             be.matmul(&a, &w, Some(&bias), &mut all, m, k, n);
             let mut all_nt = vec![0.0; m * n];
-            be.matmul_nt(&a, &w[..n * k], &mut all_nt, m, k, n);
+            be.matmul_nt(&a, &w[..n * k], Some(&bias), &mut all_nt, m, k, n);
             for i in 0..m {
                 let mut one = vec![0.0; n];
                 be.matmul(&a[i * k..(i + 1) * k], &w, Some(&bias), &mut one, 1, k, n);
                 assert_eq!(&all[i * n..(i + 1) * n], &one[..], "matmul row {i} of {m}");
                 if m < 16 {
-                    be.matmul_nt(&a[i * k..(i + 1) * k], &w[..n * k], &mut one, 1, k, n);
+                    be.matmul_nt(
+                        &a[i * k..(i + 1) * k],
+                        &w[..n * k],
+                        Some(&bias),
+                        &mut one,
+                        1,
+                        k,
+                        n,
+                    );
                     assert_eq!(
                         &all_nt[i * n..(i + 1) * n],
                         &one[..],

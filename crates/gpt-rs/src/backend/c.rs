@@ -27,6 +27,7 @@ mod ffi {
         pub fn gr_matmul_nt(
             a: *const f32,
             b: *const f32,
+            bias: *const f32,
             c: *mut f32,
             ldc: usize,
             m: usize,
@@ -154,13 +155,24 @@ impl Backend for CBackend {
         })
     }
 
-    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    fn matmul_nt(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
+        let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
         // Columns of C (rows of b) split across threads.
         let cols = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
         let cp = SendPtr(c.as_mut_ptr());
+        let bias_ptr = SendPtr(bias_ptr as *mut f32);
         threads::install(|| {
             (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
                 let j0 = t * cols;
@@ -170,6 +182,11 @@ impl Backend for CBackend {
                     ffi::gr_matmul_nt(
                         a.as_ptr(),
                         b[j0 * k..].as_ptr(),
+                        if bias_ptr.get().is_null() {
+                            bias_ptr.get()
+                        } else {
+                            bias_ptr.get().wrapping_add(j0)
+                        },
                         cp.get().add(j0),
                         n,
                         m,

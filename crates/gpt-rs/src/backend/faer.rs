@@ -49,14 +49,31 @@ impl Backend for Faer {
         threads::install(|| matmul(dst, accum, lhs, rhs, 1.0f32, par()))
     }
 
-    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    fn matmul_nt(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let accum = match bias {
+            Some(bias) => {
+                c.chunks_exact_mut(n.max(1))
+                    .for_each(|row| row.copy_from_slice(bias));
+                Accum::Add
+            }
+            None => Accum::Replace,
+        };
         if m == 0 || n == 0 {
             return;
         }
         let lhs = MatRef::from_row_major_slice(a, m, k);
         let rhs = MatRef::from_row_major_slice(b, n, k).transpose();
         let dst = MatMut::from_row_major_slice_mut(c, m, n);
-        threads::install(|| matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, par()))
+        threads::install(|| matmul(dst, accum, lhs, rhs, 1.0f32, par()))
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {

@@ -31,9 +31,20 @@ pub trait Backend: Send + Sync {
         n: usize,
     );
 
-    /// `c[m, n] = a[m, k] @ b[n, k]^T`: the second operand stored row-major as `[n, k]`
-    /// (a tied embedding table used as the output projection, without a transposed copy).
-    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize);
+    /// `c[m, n] = a[m, k] @ b[n, k]^T (+ bias[n])`: the second operand stored row-major as
+    /// `[n, k]` (PyTorch's `nn.Linear` layout, and a tied embedding table used as the output
+    /// projection). For one to 15 rows, each row's result must not depend on how many rows
+    /// share the call (batched decoding relies on it).
+    fn matmul_nt(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    );
 
     /// Softmax over each row of length `cols`.
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize);

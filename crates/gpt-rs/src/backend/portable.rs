@@ -52,12 +52,22 @@ impl Backend for Portable {
         }
     }
 
-    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    fn matmul_nt(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
         for i in 0..m {
             for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| a[i * k + p] as f64 * b[j * k + p] as f64)
-                    .sum();
+                let dot: f64 = bias.map_or(0.0, |bias| bias[j] as f64)
+                    + (0..k)
+                        .map(|p| a[i * k + p] as f64 * b[j * k + p] as f64)
+                        .sum::<f64>();
                 c[i * n + j] = dot as f32;
             }
         }

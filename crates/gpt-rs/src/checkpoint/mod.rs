@@ -60,6 +60,19 @@ impl SafetensorsFile {
         })
     }
 
+    /// Drops the file's pages from this process's resident memory (they are re-read from the
+    /// page cache or disk if touched again). Used after copying tensors out of the map, so a
+    /// loaded model does not count both copies.
+    pub fn release_pages(&self) {
+        // SAFETY: the mapping is private and read-only, so MADV_DONTNEED only drops clean pages;
+        // later reads see the file's contents again. Failure is harmless (pages just stay).
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

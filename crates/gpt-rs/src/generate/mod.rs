@@ -153,8 +153,26 @@ impl Generator {
         let active: Vec<usize> = (0..self.seqs.len())
             .filter(|&i| !self.seqs[i].finished)
             .collect();
-        {
-            let started = self.started;
+        if !self.started {
+            // Prefill each prompt on its own (prefill is compute-bound, so nothing is lost), so
+            // that every sequence sees exactly the arithmetic of a one-by-one run.
+            let v = model.config.vocab_size;
+            let mut logits = vec![0.0f32; active.len() * v];
+            for (row, &i) in active.iter().enumerate() {
+                let seq = &mut self.seqs[i];
+                model.forward(
+                    be,
+                    &mut [SeqInput {
+                        tokens: &seq.tokens,
+                        cache: &mut seq.cache,
+                    }],
+                    Logits::Last,
+                    &mut self.ws,
+                )?;
+                logits[row * v..(row + 1) * v].copy_from_slice(&self.ws.logits[..v]);
+            }
+            self.ws.logits = logits;
+        } else {
             let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
             let mut rest: &mut [Sequence] = &mut self.seqs;
             let mut offset = 0;
@@ -163,13 +181,8 @@ impl Generator {
                 let (seq, tail) = tail.split_first_mut().expect("active index in range");
                 rest = tail;
                 offset = i + 1;
-                let tokens = if started {
-                    &seq.tokens[seq.tokens.len() - 1..]
-                } else {
-                    &seq.tokens[..]
-                };
                 inputs.push(SeqInput {
-                    tokens,
+                    tokens: &seq.tokens[seq.tokens.len() - 1..],
                     cache: &mut seq.cache,
                 });
             }

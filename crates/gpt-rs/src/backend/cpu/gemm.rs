@@ -18,9 +18,6 @@ use super::simd::{level, SimdLevel};
 const SMALL_M: usize = 8;
 /// Depth of a packed block.
 const KC: usize = 256;
-/// C tile handled by one task: `TILE_M` rows by `TILE_N` columns.
-const TILE_M: usize = 96;
-const TILE_N: usize = 256;
 /// Column chunk of the GEMV path (accumulators live on the stack, in L1).
 const GEMV_CHUNK: usize = 512;
 
@@ -231,9 +228,10 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
 
 /// `C[i, j0..j0+cw] += a[i, :] @ B[:, j0..j0+cw]` for the few rows of the GEMV path.
 ///
-/// Each `KC` block is accumulated from zero with one FMA per `k`, in order, and then added to
-/// C: exactly the blocked GEMM's arithmetic, so a row's result does not depend on how many
-/// rows share the call (batched generation equals one-by-one generation).
+/// B is streamed row by row (four rows at a time, contiguous `cw`-wide segments) into
+/// accumulators that stay in L1. Each `KC` block is accumulated from zero with one FMA per `k`
+/// in order, then added to C: exactly the blocked GEMM's arithmetic, so a row's result does not
+/// depend on how many rows share the call (batched generation equals one-by-one generation).
 #[inline(always)]
 unsafe fn gemv_chunk<V: Vf>(
     a: &[f32],
@@ -254,16 +252,39 @@ unsafe fn gemv_chunk<V: Vf>(
         for i in 0..m {
             let ai = &a[i * k + p0..i * k + p0 + kc];
             let y = acc.as_mut_ptr();
-            // SAFETY: column range j0..j0+cw and rows p0..p0+kc lie inside B (k x n); y holds cw.
+            // SAFETY: rows p0..p0+kc and columns j0..j0+cw lie inside B (k x n); y holds cw.
             unsafe {
-                let mut j = 0;
-                while j < vec_end {
-                    let mut yv = V::zero();
-                    for (r, &ar) in ai.iter().enumerate() {
-                        yv = V::fma(V::splat(ar), V::load(bp.add((p0 + r) * n + j0 + j)), yv);
+                std::ptr::write_bytes(y, 0, cw);
+                let mut r = 0;
+                while r + 4 <= kc {
+                    let (x0, x1, x2, x3) = (
+                        V::splat(ai[r]),
+                        V::splat(ai[r + 1]),
+                        V::splat(ai[r + 2]),
+                        V::splat(ai[r + 3]),
+                    );
+                    let row = bp.add((p0 + r) * n + j0);
+                    let mut j = 0;
+                    while j < vec_end {
+                        let mut yv = V::load(y.add(j));
+                        yv = V::fma(x0, V::load(row.add(j)), yv);
+                        yv = V::fma(x1, V::load(row.add(n + j)), yv);
+                        yv = V::fma(x2, V::load(row.add(2 * n + j)), yv);
+                        yv = V::fma(x3, V::load(row.add(3 * n + j)), yv);
+                        yv.store(y.add(j));
+                        j += V::W;
                     }
-                    yv.store(y.add(j));
-                    j += V::W;
+                    r += 4;
+                }
+                while r < kc {
+                    let x0 = V::splat(ai[r]);
+                    let row = bp.add((p0 + r) * n + j0);
+                    let mut j = 0;
+                    while j < vec_end {
+                        V::fma(x0, V::load(row.add(j)), V::load(y.add(j))).store(y.add(j));
+                        j += V::W;
+                    }
+                    r += 1;
                 }
                 // Tail columns: `mul_add` is the same fused FMA as the vector lanes (W > 1 only
                 // happens in FMA-enabled instances; the scalar instance has no tail).
@@ -370,58 +391,63 @@ enum BLayout {
     NK,
 }
 
-/// Packs `B[p0..p0+kc, :]` into panels of `nr` columns (zero-padded at the right edge).
+/// Packs `B[p0..p0+kc, j0..j1]` into panels of `nr` columns (zero-padded at the right edge).
 fn pack_b(
     b: &[f32],
     layout: BLayout,
     k: usize,
     n: usize,
+    j0: usize,
+    j1: usize,
     p0: usize,
     kc: usize,
     nr: usize,
     out: &mut [f32],
 ) {
-    out.par_chunks_mut(kc * nr)
-        .enumerate()
-        .for_each(|(panel, dst)| {
-            let j0 = panel * nr;
-            let cols = (n - j0).min(nr);
-            for p in 0..kc {
-                let d = &mut dst[p * nr..(p + 1) * nr];
-                match layout {
-                    BLayout::KN => {
-                        d[..cols].copy_from_slice(&b[(p0 + p) * n + j0..(p0 + p) * n + j0 + cols])
-                    }
-                    BLayout::NK => d[..cols]
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(j, x)| *x = b[(j0 + j) * k + p0 + p]),
+    for (panel, dst) in out.chunks_exact_mut(kc * nr).enumerate() {
+        let c0 = j0 + panel * nr;
+        let cols = (j1 - c0).min(nr);
+        match layout {
+            BLayout::KN => {
+                for p in 0..kc {
+                    let d = &mut dst[p * nr..(p + 1) * nr];
+                    d[..cols].copy_from_slice(&b[(p0 + p) * n + c0..(p0 + p) * n + c0 + cols]);
+                    d[cols..].fill(0.0);
                 }
-                d[cols..].fill(0.0);
             }
-        });
+            BLayout::NK => {
+                // Read each row of b (a column of B) once, contiguously.
+                dst.fill(0.0);
+                for j in 0..cols {
+                    let src = &b[(c0 + j) * k + p0..(c0 + j) * k + p0 + kc];
+                    for (p, &v) in src.iter().enumerate() {
+                        dst[p * nr + j] = v;
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// Packs `A[:, p0..p0+kc]` into strips of `mr` rows, column-major within a strip.
+/// Packs `A[0..m, p0..p0+kc]` (row stride `k`) into strips of `mr` rows, column-major within
+/// a strip (zero rows past `m`).
 fn pack_a(a: &[f32], m: usize, k: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
-    out.par_chunks_mut(mr * kc)
-        .enumerate()
-        .for_each(|(strip, dst)| {
-            let i0 = strip * mr;
-            let rows = (m - i0).min(mr);
-            for i in 0..mr {
-                if i < rows {
-                    let src = &a[(i0 + i) * k + p0..(i0 + i) * k + p0 + kc];
-                    for (p, &v) in src.iter().enumerate() {
-                        dst[p * mr + i] = v;
-                    }
-                } else {
-                    for p in 0..kc {
-                        dst[p * mr + i] = 0.0;
-                    }
+    for (strip, dst) in out.chunks_exact_mut(mr * kc).enumerate() {
+        let i0 = strip * mr;
+        let rows = m.saturating_sub(i0).min(mr);
+        for i in 0..mr {
+            if i < rows {
+                let src = &a[(i0 + i) * k + p0..(i0 + i) * k + p0 + kc];
+                for (p, &v) in src.iter().enumerate() {
+                    dst[p * mr + i] = v;
+                }
+            } else {
+                for p in 0..kc {
+                    dst[p * mr + i] = 0.0;
                 }
             }
-        });
+        }
+    }
 }
 
 /// `c = a @ b (+ bias)`; runs inside the engine's thread pool.
@@ -461,8 +487,21 @@ pub fn matmul(
 const NT_SMALL_M: usize = 16;
 
 /// `c = a @ b^T` with `b` stored `[n, k]`; runs inside the engine's thread pool.
-pub fn matmul_nt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    c.fill(0.0);
+pub fn matmul_nt(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    match bias {
+        Some(bias) => c
+            .chunks_exact_mut(n.max(1))
+            .for_each(|row| row.copy_from_slice(bias)),
+        None => c.fill(0.0),
+    }
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -472,7 +511,7 @@ pub fn matmul_nt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usi
             for i in 0..m {
                 // SAFETY: this chunk owns columns j0..j0+cw of every row of C.
                 let dst = unsafe { std::slice::from_raw_parts_mut(cp.get().add(i * n + j0), cw) };
-                super::math::dots(&a[i * k..(i + 1) * k], &b[j0 * k..(j0 + cw) * k], dst, k);
+                super::math::dots_add(&a[i * k..(i + 1) * k], &b[j0 * k..(j0 + cw) * k], dst, k);
             }
         });
         return;
@@ -499,39 +538,76 @@ fn column_chunks(n: usize, work: usize, f: impl Fn(usize, usize) + Sync + Send) 
     }
 }
 
+thread_local! {
+    /// Per-thread buffer for packed B panels, grown once and reused.
+    static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The blocked GEMM: `C += A @ B` (B in `layout`).
+///
+/// A is packed once (all K blocks, strips in parallel). Then one parallel region over
+/// `column group` tasks of equal width (about 4 per thread): each walks the K blocks, packs
+/// its own B panels into a per-thread buffer and runs the micro-kernel over all strips.
 fn gemm(a: &[f32], b: &[f32], layout: BLayout, c: &mut [f32], m: usize, k: usize, n: usize) {
     let (tile_fn, _) = kernels(level());
     let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
+    let threads = rayon::current_num_threads();
     let strips = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
-    let kc_max = k.min(KC);
-    let mut bpack = vec![0.0f32; panels * kc_max * nr];
-    let mut apack = vec![0.0f32; strips * mr * kc_max];
-    let strips_per_tile = (TILE_M / mr).max(1);
-    let panels_per_tile = (TILE_N / nr).max(1);
-    let tiles_m = strips.div_ceil(strips_per_tile);
-    let tiles_n = panels.div_ceil(panels_per_tile);
-    let mut p0 = 0;
-    while p0 < k {
-        let kc = (k - p0).min(KC);
-        pack_b(b, layout, k, n, p0, kc, nr, &mut bpack[..panels * kc * nr]);
-        pack_a(a, m, k, p0, kc, mr, &mut apack[..strips * mr * kc]);
-        let (ap, bp) = (&apack[..strips * mr * kc], &bpack[..panels * kc * nr]);
-        (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
-            let (tm, tn) = (t / tiles_n, t % tiles_n);
-            let s = (
-                tm * strips_per_tile,
-                ((tm + 1) * strips_per_tile).min(strips),
-            );
-            let p = (
-                tn * panels_per_tile,
-                ((tn + 1) * panels_per_tile).min(panels),
-            );
-            // SAFETY: tile (tm, tn) writes only its own rows and columns of C.
-            unsafe { tile_fn(kc, ap, bp, cp, n, m, n, s, p) }
+    let kblocks = k.div_ceil(KC);
+    // A packed per K block: block `kb` holds all strips for columns kb*KC..kb*KC+kc.
+    let mut apack = vec![0.0f32; strips * mr * k];
+    apack
+        .par_chunks_mut(strips * mr * KC)
+        .enumerate()
+        .for_each(|(kb, dst)| {
+            let kc = (k - kb * KC).min(KC);
+            pack_a(a, m, k, kb * KC, kc, mr, &mut dst[..strips * mr * kc]);
         });
-        p0 += kc;
+    let want_tasks = if threads == 1 { 1 } else { threads * 4 };
+    let panels_per_group = panels.div_ceil(want_tasks.min(panels));
+    let n_groups = panels.div_ceil(panels_per_group);
+    let apack = &apack;
+    let task = |g: usize| {
+        let pg = (
+            g * panels_per_group,
+            ((g + 1) * panels_per_group).min(panels),
+        );
+        let (j0, j1) = (pg.0 * nr, (pg.1 * nr).min(n));
+        PACK_B.with(|buf| {
+            let bpack = &mut *buf.borrow_mut();
+            let blen = (pg.1 - pg.0) * nr * k.min(KC);
+            if bpack.len() < blen {
+                bpack.resize(blen, 0.0);
+            }
+            for kb in 0..kblocks {
+                let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
+                let bp = &mut bpack[..(pg.1 - pg.0) * nr * kc];
+                pack_b(b, layout, k, n, j0, j1, p0, kc, nr, bp);
+                let ap = &apack[kb * strips * mr * KC..kb * strips * mr * KC + strips * mr * kc];
+                // SAFETY: this task writes only columns j0..j1 of C; the pointer and leading
+                // dimension describe the sub-matrix starting at column j0.
+                let sub = SendPtr(unsafe { cp.get().add(j0) });
+                unsafe {
+                    tile_fn(
+                        kc,
+                        ap,
+                        bp,
+                        sub,
+                        n,
+                        m,
+                        j1 - j0,
+                        (0, strips),
+                        (0, pg.1 - pg.0),
+                    )
+                };
+            }
+        });
+    };
+    if n_groups == 1 {
+        task(0);
+    } else {
+        (0..n_groups).into_par_iter().for_each(task);
     }
 }

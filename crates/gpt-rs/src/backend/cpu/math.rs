@@ -260,15 +260,15 @@ pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// `out[j] = dot(a, b[j*k..(j+1)*k])` for each row of `b`.
+/// `out[j] += dot(a, b[j*k..(j+1)*k])` for each row of `b`.
 #[inline(always)]
-fn dots_body(a: &[f32], b: &[f32], out: &mut [f32], k: usize) {
+fn dots_add_body(a: &[f32], b: &[f32], out: &mut [f32], k: usize) {
     for (j, o) in out.iter_mut().enumerate() {
-        *o = dot_body(a, &b[j * k..(j + 1) * k]);
+        *o += dot_body(a, &b[j * k..(j + 1) * k]);
     }
 }
 
-multiversion! { pub fn dots(a: &[f32], b: &[f32], out: &mut [f32], k: usize) = dots_body; }
+multiversion! { pub fn dots_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize) = dots_add_body; }
 multiversion! { pub fn gelu_kernel(x: &[f32], out: &mut [f32]) = gelu_slice; }
 multiversion! { pub fn gelu_tanh_kernel(x: &[f32], out: &mut [f32]) = gelu_tanh_slice; }
 multiversion! { pub fn softmax_rows_kernel(x: &[f32], out: &mut [f32], cols: usize) = softmax_rows_body; }

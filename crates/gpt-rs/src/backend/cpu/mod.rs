@@ -56,8 +56,17 @@ impl Backend for Cpu {
         threads::install(|| gemm::matmul(a, b, bias, c, m, k, n))
     }
 
-    fn matmul_nt(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-        threads::install(|| gemm::matmul_nt(a, b, c, m, k, n))
+    fn matmul_nt(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        threads::install(|| gemm::matmul_nt(a, b, bias, c, m, k, n))
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {

@@ -1,0 +1,64 @@
+//! Measures how fast the `cpu` backend streams weights from memory in decode-shaped products
+//! (one row times a matrix much larger than the caches). Run:
+//!     cargo run --release -p gpt-rs --example gemv_bandwidth [threads]
+
+use std::time::Instant;
+
+use gpt_rs::backend::BackendKind;
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    gpt_rs::threads::set_num_threads(threads).unwrap();
+    let be = BackendKind::Cpu.get().unwrap();
+    // 24 matrices of 768 x 3072 (226 MB), cycled so no matrix is still cached when reused.
+    let (k, n, count) = (768usize, 3072usize, 24usize);
+    let mats: Vec<Vec<f32>> = (0..count)
+        .map(|i| {
+            (0..k * n)
+                .map(|j| ((i * 7 + j) % 13) as f32 * 0.01)
+                .collect()
+        })
+        .collect();
+    let x: Vec<f32> = (0..k).map(|i| i as f32 * 1e-3).collect();
+    let mut y = vec![0.0f32; n];
+    let bytes = (k * n * 4 * count) as f64;
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 5.0
+    };
+    let t = time(&mut || {
+        gpt_rs::threads::install(|| {
+            mats.iter()
+                .for_each(|w| be.matmul(&x, w, None, &mut y, 1, k, n))
+        })
+    });
+    println!(
+        "{threads} thread(s): matmul    [K,N] GEMV {:6.1} GB/s",
+        bytes / t / 1e9
+    );
+    let t = time(&mut || {
+        gpt_rs::threads::install(|| {
+            mats.iter()
+                .for_each(|w| be.matmul_nt(&x, w, None, &mut y, 1, k, n))
+        })
+    });
+    println!(
+        "{threads} thread(s): matmul_nt [N,K] GEMV {:6.1} GB/s",
+        bytes / t / 1e9
+    );
+    let t = time(&mut || {
+        mats.iter()
+            .for_each(|w| y[0] += w.iter().step_by(16).sum::<f32>())
+    });
+    println!(
+        "{threads} thread(s): plain sequential read (1 thread, 1 float per line) {:6.1} GB/s",
+        bytes / t / 1e9
+    );
+}
