@@ -416,12 +416,26 @@ fn pack_b(
                 }
             }
             BLayout::NK => {
-                // Read each row of b (a column of B) once, contiguously.
+                // A transpose in 8-column strips: 8 rows of b are read side by side (each
+                // sequentially) and every packed row gets 8 contiguous values.
                 dst.fill(0.0);
-                for j in 0..cols {
-                    let src = &b[(c0 + j) * k + p0..(c0 + j) * k + p0 + kc];
+                let mut j = 0;
+                while j + 8 <= cols {
+                    let rows: [&[f32]; 8] = std::array::from_fn(|r| {
+                        &b[(c0 + j + r) * k + p0..(c0 + j + r) * k + p0 + kc]
+                    });
+                    for p in 0..kc {
+                        let d = &mut dst[p * nr + j..p * nr + j + 8];
+                        for (r, row) in rows.iter().enumerate() {
+                            d[r] = row[p];
+                        }
+                    }
+                    j += 8;
+                }
+                for jj in j..cols {
+                    let src = &b[(c0 + jj) * k + p0..(c0 + jj) * k + p0 + kc];
                     for (p, &v) in src.iter().enumerate() {
-                        dst[p * nr + j] = v;
+                        dst[p * nr + jj] = v;
                     }
                 }
             }
