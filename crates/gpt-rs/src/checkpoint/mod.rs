@@ -73,6 +73,29 @@ impl SafetensorsFile {
         };
     }
 
+    /// Like `release_pages`, for the whole pages inside one tensor's bytes (called right after
+    /// copying the tensor out, so loading never holds both copies of a large model).
+    pub fn release_tensor(&self, name: &str) {
+        const PAGE: usize = 4096;
+        let Some((_, _, _, range)) = self.entries.iter().find(|e| e.0 == name) else {
+            return;
+        };
+        let base = self.map.as_ptr() as usize;
+        let start = (base + range.start).next_multiple_of(PAGE) - base;
+        let end = ((base + range.end) / PAGE * PAGE).saturating_sub(base);
+        if end > start {
+            // SAFETY: as in `release_pages`; the range is inside the map and page-aligned.
+            #[cfg(unix)]
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
