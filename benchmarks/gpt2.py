@@ -227,7 +227,8 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
 
 def report(all_runs: list[dict]) -> None:
     print(
-        f"GPT-2 (124M shapes unless --quick) f32, random weights, batch 1 | {platform.machine()} {os.cpu_count()} cores | "
+        "GPT-2 (124M shapes unless --quick) f32, random weights, batch 1 | "
+        f"{platform.machine()} {os.cpu_count()} cores | "
         f"python {platform.python_version()} | {time.strftime('%Y-%m-%d')}"
     )
     for run_ in all_runs:

@@ -53,12 +53,4 @@ fn main() {
         "{threads} thread(s): matmul_nt [N,K] GEMV {:6.1} GB/s",
         bytes / t / 1e9
     );
-    let t = time(&mut || {
-        mats.iter()
-            .for_each(|w| y[0] += w.iter().step_by(16).sum::<f32>())
-    });
-    println!(
-        "{threads} thread(s): plain sequential read (1 thread, 1 float per line) {:6.1} GB/s",
-        bytes / t / 1e9
-    );
 }
