@@ -49,3 +49,13 @@ def test_save_pretrained_gpt2_matches_transformers(tmp_path, size):
     agree = sum(a == b for a, b in zip(got[8:], ref[8:]))
     print(f"{size}: greedy tokens agreeing with transformers: {agree}/64")
     assert got == ref
+
+
+def test_torch_dlpack_shares_memory_both_ways():
+    t = gpt_rs.Tensor.from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))
+    x = torch.from_dlpack(t)
+    assert x.data_ptr() == t.numpy().ctypes.data and x.tolist() == [[0, 1, 2], [3, 4, 5]]
+    y = torch.arange(4, dtype=torch.float32)
+    g = gpt_rs.from_dlpack(y)
+    y[0] = 42
+    assert g.numpy()[0] == 42

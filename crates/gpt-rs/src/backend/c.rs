@@ -98,12 +98,7 @@ impl Backend for CBackend {
         k: usize,
         n: usize,
     ) {
-        match bias {
-            Some(bias) => c
-                .chunks_exact_mut(n.max(1))
-                .for_each(|r| r.copy_from_slice(bias)),
-            None => c.fill(0.0),
-        }
+        super::init_output(c, bias, n);
         if m == 0 || n == 0 || k == 0 {
             return;
         }

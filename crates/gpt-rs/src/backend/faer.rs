@@ -32,13 +32,11 @@ impl Backend for Faer {
         k: usize,
         n: usize,
     ) {
-        let accum = match bias {
-            Some(bias) => {
-                c.chunks_exact_mut(n.max(1))
-                    .for_each(|row| row.copy_from_slice(bias));
-                Accum::Add
-            }
-            None => Accum::Replace,
+        super::init_output(c, bias, n);
+        let accum = if bias.is_some() {
+            Accum::Add
+        } else {
+            Accum::Replace
         };
         if m == 0 || n == 0 {
             return;
@@ -59,13 +57,11 @@ impl Backend for Faer {
         k: usize,
         n: usize,
     ) {
-        let accum = match bias {
-            Some(bias) => {
-                c.chunks_exact_mut(n.max(1))
-                    .for_each(|row| row.copy_from_slice(bias));
-                Accum::Add
-            }
-            None => Accum::Replace,
+        super::init_output(c, bias, n);
+        let accum = if bias.is_some() {
+            Accum::Add
+        } else {
+            Accum::Replace
         };
         if m == 0 || n == 0 {
             return;

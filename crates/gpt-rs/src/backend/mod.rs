@@ -89,6 +89,17 @@ pub trait Backend: Send + Sync {
     );
 }
 
+/// Starts an `(m, n)` output from `bias` broadcast over its rows, or from zeros: the shared
+/// first step of every backend's `matmul` / `matmul_nt`.
+pub fn init_output(c: &mut [f32], bias: Option<&[f32]>, n: usize) {
+    match bias {
+        Some(bias) => c
+            .chunks_exact_mut(n.max(1))
+            .for_each(|row| row.copy_from_slice(bias)),
+        None => c.fill(0.0),
+    }
+}
+
 /// The backends gpt_rs knows, in `list_backends()` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {

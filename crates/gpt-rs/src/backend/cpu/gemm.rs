@@ -475,12 +475,7 @@ pub fn matmul(
     n: usize,
 ) {
     // Start from the bias (or zero) and accumulate into C.
-    match bias {
-        Some(bias) => c
-            .chunks_exact_mut(n.max(1))
-            .for_each(|row| row.copy_from_slice(bias)),
-        None => c.fill(0.0),
-    }
+    crate::backend::init_output(c, bias, n);
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -510,12 +505,7 @@ pub fn matmul_nt(
     k: usize,
     n: usize,
 ) {
-    match bias {
-        Some(bias) => c
-            .chunks_exact_mut(n.max(1))
-            .for_each(|row| row.copy_from_slice(bias)),
-        None => c.fill(0.0),
-    }
+    crate::backend::init_output(c, bias, n);
     if m == 0 || n == 0 || k == 0 {
         return;
     }
