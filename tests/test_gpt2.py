@@ -267,6 +267,8 @@ def test_generation_argument_errors(model):
         model.generate_tokens([1, 2], -1)
     with pytest.raises(ValueError, match="empty"):
         model.generate_tokens([], 5)
+    with pytest.raises(ValueError, match="empty"):
+        model.generate("", 5)
     with pytest.raises(ValueError, match="out of range"):
         model.generate_tokens([1, 10**6], 5)
     with pytest.raises(ValueError, match="negative"):

@@ -93,3 +93,23 @@ def test_switching_backend_and_threads_while_ops_run():
     t.join()
     assert not any(th.is_alive() for th in workers), "deadlock: a worker did not finish"
     assert not errors, errors[0]
+
+
+def test_ctrl_c_during_long_ops_returns_promptly():
+    """A KeyboardInterrupt lands between ops; a single op is short, so control returns fast."""
+    import _thread
+    import time
+
+    x = gpt_rs.Tensor.from_numpy(np.ones((768, 768), np.float32))
+    fired = []
+
+    def fire():
+        fired.append(time.perf_counter())
+        _thread.interrupt_main()
+
+    threading.Timer(0.2, fire).start()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(100_000):
+            F.matmul(x, x)
+    assert time.perf_counter() - fired[0] < 0.5
+    assert F.matmul(x, x).shape == [768, 768]

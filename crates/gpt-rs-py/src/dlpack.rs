@@ -9,7 +9,7 @@ use std::sync::Arc;
 use gpt_rs::storage::{Owner, Storage};
 use gpt_rs::tensor::Data;
 use gpt_rs::Tensor;
-use pyo3::exceptions::{PyBufferError, PyTypeError};
+use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
@@ -206,7 +206,12 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
             obj.get_type().name()?
         )));
     }
-    let cap = obj.call_method0("__dlpack__")?;
+    let cap = obj.call_method0("__dlpack__").map_err(|e| {
+        PyTypeError::new_err(format!(
+            "from_dlpack: {} could not be exported through DLPack: {e}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
     // SAFETY: we only read the capsule after checking its name, and take ownership (rename)
     // only when we will wrap it.
     unsafe {
@@ -219,7 +224,7 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
         let m = ffi::PyCapsule_GetPointer(capp, NAME.as_ptr()) as *mut DLManagedTensor;
         let dt = &(*m).dl_tensor;
         if dt.device.device_type != DEVICE_CPU {
-            return Err(PyBufferError::new_err(format!(
+            return Err(PyValueError::new_err(format!(
                 "from_dlpack: gpt_rs works on CPU memory, got DLPack device type {}",
                 dt.device.device_type
             )));
