@@ -9,6 +9,7 @@ Set GPT_RS_FUZZ_EXAMPLES (default 1000 per test, about 20,000 calls in all) for 
 import os
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -260,3 +261,12 @@ def test_zz_report_counts():
     for name, (calls, raised) in sorted(COUNTS.items()):
         print(f"  {name:28s} {calls:6d} calls, {raised:6d} raised Value/Type/OverflowError")
     assert total > 1000
+
+
+def test_a_rust_panic_becomes_runtime_error():
+    from gpt_rs import _native
+
+    for release in (False, True):
+        with pytest.raises(RuntimeError, match="internal error in gpt_rs.*deliberate test panic"):
+            _native._panic_for_tests(release)
+    assert gpt_rs.functional.gelu(np.zeros(2, np.float32)).shape == [2]  # still usable

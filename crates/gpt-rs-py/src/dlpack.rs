@@ -209,7 +209,10 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
     let cap = obj.call_method0("__dlpack__").map_err(|e| {
         PyTypeError::new_err(format!(
             "from_dlpack: {} could not be exported through DLPack: {e}",
-            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     // SAFETY: we only read the capsule after checking its name, and take ownership (rename)

@@ -83,6 +83,16 @@ fn set_simd_level(name: &str) -> PyResult<&'static str> {
     Ok(simd::set_max_level(level).name())
 }
 
+/// For tests: panics inside engine work, to show that a Rust panic reaches Python as a
+/// RuntimeError (never an abort).
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>, release_gil: bool) -> PyResult<()> {
+    let work = if release_gil { usize::MAX } else { 0 };
+    errors::run(py, work, || -> gpt_rs::Result<()> {
+        panic!("deliberate test panic")
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -95,6 +105,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(dlpack::from_dlpack, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     tensor::register(m)?;
     functional::register(m)?;
     nn::register(m)?;
