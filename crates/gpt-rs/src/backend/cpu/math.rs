@@ -268,6 +268,32 @@ fn dots_add_body(a: &[f32], b: &[f32], out: &mut [f32], k: usize) {
     }
 }
 
+/// Row `i` of `scores` (`tq x tk`) times `scale`, softmax over its first `i + offset + 1`
+/// entries (the causal mask; all `tk` when not causal), written to `probs` with zeros after.
+#[inline(always)]
+fn masked_softmax_rows_body(
+    scores: &mut [f32],
+    probs: &mut [f32],
+    tk: usize,
+    offset: usize,
+    causal: bool,
+    scale: f32,
+) {
+    for (i, (s, p)) in scores
+        .chunks_exact_mut(tk)
+        .zip(probs.chunks_exact_mut(tk))
+        .enumerate()
+    {
+        let visible = if causal { (i + offset + 1).min(tk) } else { tk };
+        for v in s[..visible].iter_mut() {
+            *v *= scale;
+        }
+        softmax_row(&s[..visible], &mut p[..visible]);
+        p[visible..].fill(0.0);
+    }
+}
+
+multiversion! { pub fn masked_softmax_rows(scores: &mut [f32], probs: &mut [f32], tk: usize, offset: usize, causal: bool, scale: f32) = masked_softmax_rows_body; }
 multiversion! { pub fn dots_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize) = dots_add_body; }
 multiversion! { pub fn gelu_kernel(x: &[f32], out: &mut [f32]) = gelu_slice; }
 multiversion! { pub fn gelu_tanh_kernel(x: &[f32], out: &mut [f32]) = gelu_tanh_slice; }

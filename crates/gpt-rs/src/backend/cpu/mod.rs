@@ -117,7 +117,33 @@ impl Backend for Cpu {
             return;
         }
         let scale = 1.0 / (d as f32).sqrt();
-        // One task per (batch, head) group; each owns its tq rows of `out`.
+        let out = &mut out[..g * tq * d];
+        if tq >= 16 {
+            // Prefill: per group, scores = Q K^T and out = softmax(scores) V as two GEMMs.
+            let body = |(h, oh): (usize, &mut [f32])| {
+                let (kh, vh) = (
+                    &k[h * kv_stride..h * kv_stride + tk * d],
+                    &v[h * kv_stride..h * kv_stride + tk * d],
+                );
+                let mut scores = vec![0.0f32; tq * tk];
+                let mut probs = vec![0.0f32; tq * tk];
+                gemm::matmul_nt(
+                    &q[h * tq * d..(h + 1) * tq * d],
+                    kh,
+                    None,
+                    &mut scores,
+                    tq,
+                    d,
+                    tk,
+                );
+                math::masked_softmax_rows(&mut scores, &mut probs, tk, tk - tq, causal, scale);
+                gemm::matmul(&probs, vh, None, oh, tq, tk, d);
+            };
+            return threads::install(|| {
+                out.par_chunks_exact_mut(tq * d).enumerate().for_each(body)
+            });
+        }
+        // Decode and short queries: one task per (batch, head) group, row by row.
         let body = |(h, oh): (usize, &mut [f32])| {
             let (kh, vh) = (
                 &k[h * kv_stride..h * kv_stride + tk * d],
@@ -135,7 +161,6 @@ impl Backend for Cpu {
                 }
             })
         };
-        let out = &mut out[..g * tq * d];
         if g == 1 || g * tq * tk * d < PAR_MIN_ELEMS {
             out.chunks_exact_mut(tq * d).enumerate().for_each(body);
         } else {
