@@ -32,8 +32,12 @@ impl Proj {
         backend: BackendKind,
     ) -> Result<Self> {
         let w = f.tensor(&format!("{name}.weight"), &[k, n], backend)?;
+        let weight_t = transpose(&w, k, n, backend)?;
+        // The transposed copy is what the model keeps: let the mapped pages go now, so loading
+        // never holds both copies.
+        f.release_tensor(&format!("{name}.weight"));
         Ok(Self {
-            weight_t: transpose(&w, k, n, backend)?,
+            weight_t,
             bias: f.tensor(&format!("{name}.bias"), &[n], backend)?,
         })
     }
