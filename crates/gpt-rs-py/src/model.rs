@@ -603,7 +603,7 @@ impl TextStreamIter {
                 return Ok(None);
             }
             let gen = &mut *gen;
-            py.detach(|| threads::install(|| gen.step(be)))
+            py.detach(|| crate::errors::catch_panics(|| threads::install(|| gen.step(be))))
                 .map_err(to_py)?;
         }
     }
