@@ -69,7 +69,7 @@ impl PyTokenizer {
     /// Token ids to text (special tokens skipped). Raises ValueError for ids outside the vocabulary.
     fn decode(&self, ids: Vec<i64>) -> PyResult<String> {
         let ids = ids_from_py(ids, "decode")?;
-        self.inner.decode(&ids).map_err(to_py)
+        crate::errors::catch_panics(|| self.inner.decode(&ids)).map_err(to_py)
     }
 
     #[getter]
@@ -281,11 +281,9 @@ impl PyModel {
     fn from_dir(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let be = backend::current();
         let p = path.clone();
-        let (model, tok) = py
-            .detach(move || -> gpt_rs::Result<_> {
-                Ok((gpt2::load_dir(&p, be)?, load_tokenizer(&p)?))
-            })
-            .map_err(to_py)?;
+        let (model, tok) = crate::errors::run(py, usize::MAX, move || -> gpt_rs::Result<_> {
+            Ok((gpt2::load_dir(&p, be)?, load_tokenizer(&p)?))
+        })?;
         if let Some(t) = &tok {
             if t.vocab_size() > model.config.vocab_size {
                 return Err(PyValueError::new_err(format!(
