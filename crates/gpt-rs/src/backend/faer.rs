@@ -9,6 +9,30 @@ use crate::threads;
 
 pub struct Faer;
 
+/// `c = a @ rhs (+ bias)` with `rhs(k, n)` the right-hand view (plain or transposed).
+fn product<'b>(
+    a: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    rhs: impl FnOnce(usize, usize) -> MatRef<'b, f32>,
+) {
+    super::init_output(c, bias, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let accum = if bias.is_some() {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    let (lhs, rhs) = (MatRef::from_row_major_slice(a, m, k), rhs(k, n));
+    let dst = MatMut::from_row_major_slice_mut(c, m, n);
+    threads::install(|| matmul(dst, accum, lhs, rhs, 1.0f32, par()))
+}
+
 /// faer's parallelism for the engine's current pool size (call inside `threads::install`).
 fn par() -> Par {
     match rayon::current_num_threads() {
@@ -32,19 +56,9 @@ impl Backend for Faer {
         k: usize,
         n: usize,
     ) {
-        super::init_output(c, bias, n);
-        let accum = if bias.is_some() {
-            Accum::Add
-        } else {
-            Accum::Replace
-        };
-        if m == 0 || n == 0 {
-            return;
-        }
-        let lhs = MatRef::from_row_major_slice(a, m, k);
-        let rhs = MatRef::from_row_major_slice(b, k, n);
-        let dst = MatMut::from_row_major_slice_mut(c, m, n);
-        threads::install(|| matmul(dst, accum, lhs, rhs, 1.0f32, par()))
+        product(a, bias, c, m, k, n, |k, n| {
+            MatRef::from_row_major_slice(b, k, n)
+        })
     }
 
     fn matmul_nt(
@@ -57,19 +71,9 @@ impl Backend for Faer {
         k: usize,
         n: usize,
     ) {
-        super::init_output(c, bias, n);
-        let accum = if bias.is_some() {
-            Accum::Add
-        } else {
-            Accum::Replace
-        };
-        if m == 0 || n == 0 {
-            return;
-        }
-        let lhs = MatRef::from_row_major_slice(a, m, k);
-        let rhs = MatRef::from_row_major_slice(b, n, k).transpose();
-        let dst = MatMut::from_row_major_slice_mut(c, m, n);
-        threads::install(|| matmul(dst, accum, lhs, rhs, 1.0f32, par()))
+        product(a, bias, c, m, k, n, |k, n| {
+            MatRef::from_row_major_slice(b, n, k).transpose()
+        })
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
