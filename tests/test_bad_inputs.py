@@ -2,8 +2,9 @@
 OverflowError with a message. Never a crash, an abort, a RuntimeError (an internal failure)
 or silent garbage. Hypothesis draws the arguments; the number of cases run is printed.
 
-Set GPT_RS_FUZZ_EXAMPLES (default 1000 per test, about 20,000 calls in all) for longer runs:
-`GPT_RS_FUZZ_EXAMPLES=20000 pytest -s tests/test_bad_inputs.py`.
+The normal run draws 1000 examples per test (about 20,000 calls in all, GPT_RS_FUZZ_EXAMPLES
+changes it); the long run, 20 times more, is behind the `slow` marker:
+`pytest -m slow -s tests/test_bad_inputs.py`.
 """
 
 import os
@@ -140,11 +141,11 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# The long run, behind the `slow` marker: `pytest -m slow -s tests/test_bad_inputs.py`.
+LONG = settings(FUZZ, max_examples=20 * EXAMPLES)
 
 
-@FUZZ
-@given(backend=st.sampled_from(gpt_rs.list_backends()), a=args())
-def test_one_argument_functions(backend, a):
+def _one_argument_functions(backend, a):
     gpt_rs.set_backend(backend)
     for name, fn in FUNCS_1.items():
         out = check(name, fn, a)
@@ -167,9 +168,7 @@ def test_one_argument_functions(backend, a):
             check(name, fn)
 
 
-@FUZZ
-@given(backend=st.sampled_from(gpt_rs.list_backends()), a=args(), b=args())
-def test_two_argument_functions(backend, a, b):
+def _two_argument_functions(backend, a, b):
     gpt_rs.set_backend(backend)
     for name, fn in FUNCS_2.items():
         check(name, fn, a, b)
@@ -184,9 +183,7 @@ def test_two_argument_functions(backend, a, b):
             check(name, op)
 
 
-@FUZZ
-@given(backend=st.sampled_from(gpt_rs.list_backends()), a=args(), b=args(), c=args())
-def test_three_argument_functions(backend, a, b, c):
+def _three_argument_functions(backend, a, b, c):
     gpt_rs.set_backend(backend)
     for name, fn in FUNCS_3.items():
         check(name, fn, a, b, c)
@@ -254,15 +251,6 @@ def test_nan_and_inf_propagate_like_numpy():
             np.testing.assert_array_equal(np.isnan(op(t(x)).numpy()), np.isnan(x), err_msg=backend)
 
 
-def test_zz_report_counts():
-    """Prints how many bad-input cases ran per function (runs last in this module)."""
-    total = sum(c[0] for c in COUNTS.values())
-    print(f"\nbad-input calls: {total} in all")
-    for name, (calls, raised) in sorted(COUNTS.items()):
-        print(f"  {name:28s} {calls:6d} calls, {raised:6d} raised Value/Type/OverflowError")
-    assert total > 1000
-
-
 def test_a_rust_panic_becomes_runtime_error():
     from gpt_rs import _native
 
@@ -270,3 +258,48 @@ def test_a_rust_panic_becomes_runtime_error():
         with pytest.raises(RuntimeError, match="internal error in gpt_rs.*deliberate test panic"):
             _native._panic_for_tests(release)
     assert gpt_rs.functional.gelu(np.zeros(2, np.float32)).shape == [2]  # still usable
+
+
+test_one_argument_functions = FUZZ(
+    given(backend=st.sampled_from(gpt_rs.list_backends()), a=args())(_one_argument_functions)
+)
+test_one_argument_functions_long = pytest.mark.slow(
+    LONG(given(backend=st.sampled_from(gpt_rs.list_backends()), a=args())(_one_argument_functions))
+)
+
+
+test_two_argument_functions = FUZZ(
+    given(backend=st.sampled_from(gpt_rs.list_backends()), a=args(), b=args())(
+        _two_argument_functions
+    )
+)
+test_two_argument_functions_long = pytest.mark.slow(
+    LONG(
+        given(backend=st.sampled_from(gpt_rs.list_backends()), a=args(), b=args())(
+            _two_argument_functions
+        )
+    )
+)
+
+
+test_three_argument_functions = FUZZ(
+    given(backend=st.sampled_from(gpt_rs.list_backends()), a=args(), b=args(), c=args())(
+        _three_argument_functions
+    )
+)
+test_three_argument_functions_long = pytest.mark.slow(
+    LONG(
+        given(backend=st.sampled_from(gpt_rs.list_backends()), a=args(), b=args(), c=args())(
+            _three_argument_functions
+        )
+    )
+)
+
+
+def test_zz_report_counts():
+    """Prints how many bad-input cases ran per function (runs last in this module)."""
+    total = sum(c[0] for c in COUNTS.values())
+    print(f"\nbad-input calls: {total} in all")
+    for name, (calls, raised) in sorted(COUNTS.items()):
+        print(f"  {name:28s} {calls:6d} calls, {raised:6d} raised Value/Type/OverflowError")
+    assert total > 1000
