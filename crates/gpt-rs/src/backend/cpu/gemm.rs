@@ -19,7 +19,9 @@ const SMALL_M: usize = 8;
 /// Depth of a packed block.
 const KC: usize = 256;
 /// Column chunk of the GEMV path (accumulators live on the stack, in L1).
-const GEMV_CHUNK: usize = 512;
+const GEMV_CHUNK: usize = 2048;
+/// Rows of `b` per task in `matmul_nt`'s dot-product path.
+const NT_CHUNK: usize = 512;
 
 /// A vector of f32 lanes with fused multiply-add.
 trait Vf: Copy {
@@ -483,7 +485,7 @@ pub fn matmul(
     if m < SMALL_M {
         let cp = SendPtr(c.as_mut_ptr());
         // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
-        column_chunks(n, m * k * n, |j0, cw| unsafe {
+        column_chunks(n, m * k * n, GEMV_CHUNK, |j0, cw| unsafe {
             gemv_fn(a, b, cp, m, k, n, j0, cw)
         });
         return;
@@ -511,11 +513,10 @@ pub fn matmul_nt(
     }
     if m < NT_SMALL_M {
         let cp = SendPtr(c.as_mut_ptr());
-        column_chunks(n, m * k * n, |j0, cw| {
-            for i in 0..m {
-                // SAFETY: this chunk owns columns j0..j0+cw of every row of C.
-                let dst = unsafe { std::slice::from_raw_parts_mut(cp.get().add(i * n + j0), cw) };
-                super::math::dots_add(&a[i * k..(i + 1) * k], &b[j0 * k..(j0 + cw) * k], dst, k);
+        column_chunks(n, m * k * n, NT_CHUNK, |j0, cw| {
+            // SAFETY: this chunk writes only columns j0..j0+cw of the m rows of C (row stride n).
+            unsafe {
+                super::math::dots_add_rows(a, &b[j0 * k..(j0 + cw) * k], cp.get().add(j0), k, n, m)
             }
         });
         return;
@@ -523,13 +524,24 @@ pub fn matmul_nt(
     gemm(a, b, BLayout::NK, c, m, k, n)
 }
 
-/// Calls `f(j0, width)` over column chunks of `0..n`, in parallel when `work` is large.
-fn column_chunks(n: usize, work: usize, f: impl Fn(usize, usize) + Sync + Send) {
-    let threads = rayon::current_num_threads();
+/// Threads to split over: the engine pool's size on a pool thread, 1 elsewhere (small products
+/// run on the caller's thread and must not fork onto rayon's global pool).
+fn pool_threads() -> usize {
+    if rayon::current_thread_index().is_some() {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+/// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
+/// thread), in parallel when `work` is large.
+fn column_chunks(n: usize, work: usize, max_chunk: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    let threads = pool_threads();
     let per_task = n
         .div_ceil(threads * 2)
         .next_multiple_of(16)
-        .clamp(16, GEMV_CHUNK);
+        .clamp(16, max_chunk);
     let chunks = n.div_ceil(per_task);
     let run = |t: usize| {
         let j0 = t * per_task;
@@ -556,7 +568,7 @@ fn gemm(a: &[f32], b: &[f32], layout: BLayout, c: &mut [f32], m: usize, k: usize
     let (tile_fn, _) = kernels(level());
     let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
-    let threads = rayon::current_num_threads();
+    let threads = pool_threads();
     let strips = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
     let kblocks = k.div_ceil(KC);

@@ -38,6 +38,16 @@ pub(crate) fn par_rows(
     })
 }
 
+/// Runs `f` on the engine's pool, or right here when `work` (multiply-adds) is too small to
+/// split: handing a call to the pool costs 8-15 us, more than a small product itself.
+fn on_pool<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
+    if work < 1 << 15 {
+        f()
+    } else {
+        threads::install(f)
+    }
+}
+
 impl Backend for Cpu {
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
@@ -53,7 +63,7 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
-        threads::install(|| gemm::matmul(a, b, bias, c, m, k, n))
+        on_pool(m * k * n, || gemm::matmul(a, b, bias, c, m, k, n))
     }
 
     fn matmul_nt(
@@ -66,7 +76,7 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
-        threads::install(|| gemm::matmul_nt(a, b, bias, c, m, k, n))
+        on_pool(m * k * n, || gemm::matmul_nt(a, b, bias, c, m, k, n))
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
