@@ -368,8 +368,8 @@ impl PyModel {
             stop_token_ids,
             None,
         )?;
-        let mut gen = self.run_generator(py, vec![prompt], args, false)?;
-        Ok(std::mem::take(&mut gen.seqs[0].tokens))
+        let gen = self.run_generator(py, vec![prompt], args, false)?;
+        Ok(gen.seqs[0].tokens.clone())
     }
 
     /// Generates text after ``prompt`` and returns only the new text.

@@ -149,50 +149,52 @@ impl Generator {
         if self.is_done() {
             return Ok(false);
         }
-        let model = &*self.model;
+        let model = self.model.clone();
+        let active: Vec<usize> = (0..self.seqs.len())
+            .filter(|&i| !self.seqs[i].finished)
+            .collect();
         if !self.started {
             // Prefill each prompt on its own (prefill is compute-bound, so nothing is lost), so
             // that every sequence sees exactly the arithmetic of a one-by-one run.
             let v = model.config.vocab_size;
-            let mut logits = vec![0.0f32; self.seqs.len() * v];
-            for (row, seq) in self.seqs.iter_mut().enumerate() {
-                let input = SeqInput {
-                    tokens: &seq.tokens,
-                    cache: &mut seq.cache,
-                };
-                model.forward(be, &mut [input], Logits::Last, &mut self.ws)?;
+            let mut logits = vec![0.0f32; active.len() * v];
+            for (row, &i) in active.iter().enumerate() {
+                let seq = &mut self.seqs[i];
+                model.forward(
+                    be,
+                    &mut [SeqInput {
+                        tokens: &seq.tokens,
+                        cache: &mut seq.cache,
+                    }],
+                    Logits::Last,
+                    &mut self.ws,
+                )?;
                 logits[row * v..(row + 1) * v].copy_from_slice(&self.ws.logits[..v]);
             }
             self.ws.logits = logits;
         } else {
-            // One decode step over every unfinished sequence: its last token against its cache.
-            let mut inputs: Vec<SeqInput<'_>> = self
-                .seqs
-                .iter_mut()
-                .filter(|s| !s.finished)
-                .map(|s| SeqInput {
-                    tokens: &s.tokens[s.tokens.len() - 1..],
-                    cache: &mut s.cache,
-                })
-                .collect();
+            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
+            let mut rest: &mut [Sequence] = &mut self.seqs;
+            let mut offset = 0;
+            for &i in &active {
+                let (_, tail) = rest.split_at_mut(i - offset);
+                let (seq, tail) = tail.split_first_mut().expect("active index in range");
+                rest = tail;
+                offset = i + 1;
+                inputs.push(SeqInput {
+                    tokens: &seq.tokens[seq.tokens.len() - 1..],
+                    cache: &mut seq.cache,
+                });
+            }
             model.forward(be, &mut inputs, Logits::Last, &mut self.ws)?;
         }
         self.started = true;
-        // Logits row `row` belongs to the `row`-th unfinished sequence (all of them at prefill:
-        // a sequence is only finished at the start when max_new_tokens is 0, and then every
-        // sequence is, so `step` returned early).
-        let v = self.model.config.vocab_size;
-        let mut row = 0;
-        for i in 0..self.seqs.len() {
-            if self.seqs[i].finished {
-                continue;
-            }
+        let v = model.config.vocab_size;
+        for (row, &i) in active.iter().enumerate() {
+            let logits = &mut self.ws.logits[row * v..(row + 1) * v];
             let seq = &mut self.seqs[i];
-            let next = seq
-                .sampler
-                .sample(&mut self.ws.logits[row * v..(row + 1) * v], &seq.tokens);
+            let next = seq.sampler.sample(logits, &seq.tokens);
             self.push(i, next)?;
-            row += 1;
         }
         Ok(!self.is_done())
     }

@@ -304,12 +304,32 @@ fn masked_softmax_rows_body(
 
 multiversion! { pub fn masked_softmax_rows(scores: &mut [f32], probs: &mut [f32], tk: usize, offset: usize, causal: bool, scale: f32) = masked_softmax_rows_body; }
 
-multiversion! {
-/// `dots_add_rows_body` at the best SIMD level.
+/// See `dots_add_rows_body` for the safety contract.
 ///
 /// # Safety
-/// As `dots_add_rows_body`: `out` is valid for writes at `i * ldo + j` and not aliased.
-pub unsafe fn dots_add_rows(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) = dots_add_rows_body; }
+/// As `dots_add_rows_body`.
+pub unsafe fn dots_add_rows(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn v512(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
+            unsafe { dots_add_rows_body(a, b, out, k, ldo, m) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v256(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
+            unsafe { dots_add_rows_body(a, b, out, k, ldo, m) }
+        }
+        match super::simd::level() {
+            // SAFETY: level() only reports features the CPU has; the caller upholds the rest.
+            super::simd::SimdLevel::Avx512 => return unsafe { v512(a, b, out, k, ldo, m) },
+            super::simd::SimdLevel::Avx2 => return unsafe { v256(a, b, out, k, ldo, m) },
+            super::simd::SimdLevel::Scalar => {}
+        }
+    }
+    // SAFETY: the caller upholds the contract.
+    unsafe { dots_add_rows_body(a, b, out, k, ldo, m) }
+}
+
 multiversion! { pub fn gelu_kernel(x: &[f32], out: &mut [f32]) = gelu_slice; }
 multiversion! { pub fn gelu_tanh_kernel(x: &[f32], out: &mut [f32]) = gelu_tanh_slice; }
 multiversion! { pub fn softmax_rows_kernel(x: &[f32], out: &mut [f32], cols: usize) = softmax_rows_body; }

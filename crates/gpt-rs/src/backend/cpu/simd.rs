@@ -130,27 +130,5 @@ macro_rules! multiversion {
             $body($($a),*)
         }
     };
-    // The same for an `unsafe fn` (the caller upholds the body's safety contract).
-    ($(#[$doc:meta])* $vis:vis unsafe fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $body:path;) => {
-        $(#[$doc])*
-        $vis unsafe fn $name($($a: $t),*) $(-> $r)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn v512($($a: $t),*) $(-> $r)? { unsafe { $body($($a),*) } }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v256($($a: $t),*) $(-> $r)? { unsafe { $body($($a),*) } }
-                match $crate::backend::cpu::simd::level() {
-                    // SAFETY: level() only reports CPU features that exist; the caller upholds
-                    // the body's contract.
-                    $crate::backend::cpu::simd::SimdLevel::Avx512 => return unsafe { v512($($a),*) },
-                    $crate::backend::cpu::simd::SimdLevel::Avx2 => return unsafe { v256($($a),*) },
-                    $crate::backend::cpu::simd::SimdLevel::Scalar => {}
-                }
-            }
-            // SAFETY: the caller upholds the body's contract.
-            unsafe { $body($($a),*) }
-        }
-    };
 }
 pub(crate) use multiversion;
