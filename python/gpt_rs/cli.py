@@ -4,14 +4,18 @@ gpt-rs generate --model DIR --prompt "Hello" [--max-new-tokens N --temperature T
                 --top-p P --seed S --backend B --threads N]
 gpt-rs info
 gpt-rs bench --model DIR
+gpt-rs train --data PATH --out DIR [--n-layer --n-head --n-embd --context --steps --batch-size
+             --lr --seed --threads --resume ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
 import gpt_rs
@@ -126,6 +130,79 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    _setup(args)
+    out = Path(args.out)
+    data = train.prepare_data(
+        args.data,
+        out / "data",
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        pattern=args.glob,
+        seed=args.seed,
+    )
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "grad_accum": args.grad_accum,
+            "context": args.context,
+            "lr": args.lr,
+            "min_lr": args.min_lr,
+            "warmup": args.warmup,
+            "weight_decay": args.weight_decay,
+            "grad_clip": args.grad_clip,
+            "eval_interval": args.eval_interval,
+            "eval_batches": args.eval_batches,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    if args.resume and (out / "trainer_state.json").is_file():
+        trainer = train.Trainer.resume(out, data)
+        trainer.config = dataclasses.replace(trainer.config, **overrides)
+        trainer.config.validate()
+        print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
+    else:
+        context = args.context or 256
+        model = train.new_model(
+            vocab_size=data.tokenizer.vocab_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            n_positions=context,
+            seed=args.seed or 0,
+            eos_token_id=data.tokenizer.eos_token_id,
+        )
+        config = train.TrainConfig(**{**overrides, "context": context})
+        trainer = train.Trainer(model, data, config)
+    cfg = trainer.config
+    print(
+        f"{trainer.model!r}\n{cfg.steps} steps of {cfg.batch_size} x {trainer.context} tokens"
+        f" (x{cfg.grad_accum} accumulation), lr {cfg.lr}, {gpt_rs.get_num_threads()} threads,"
+        f" backend {gpt_rs.get_backend()}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    start = trainer.step
+    try:
+        trainer.fit(out_dir=out, sample_prompt=args.sample_prompt)
+    except KeyboardInterrupt:
+        print(f"resume with: gpt-rs train --data {args.data} --out {out} --resume", file=sys.stderr)
+        return 130
+    dt = time.perf_counter() - t0
+    tokens = (trainer.step - start) * cfg.batch_size * cfg.grad_accum * trainer.context
+    print(
+        f"done: {trainer.step} steps in {dt:.0f} s ({tokens / max(dt, 1e-9):,.0f} tokens/s); "
+        f"model saved to {out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpt-rs", description="GPT inference on the CPU with gpt_rs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,6 +232,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--decode-tokens", type=int, default=64)
     b.set_defaults(func=cmd_bench)
+    t = sub.add_parser(
+        "train",
+        help="train a GPT-2-architecture model on text",
+        description="Trains a byte-level BPE tokenizer and a GPT-2-architecture model on a text "
+        "file or folder; writes a Hugging Face GPT-2 folder to --out (checkpointed every "
+        "--eval-interval steps and on Ctrl-C).",
+    )
+    t.add_argument("--data", required=True, help="a text file or a folder of them")
+    t.add_argument("--out", required=True, help="output folder (checkpoint, tokenizer, data)")
+    t.add_argument("--glob", default="*", help="file-name pattern inside a folder (default: *)")
+    t.add_argument("--vocab-size", type=int, default=4096)
+    t.add_argument("--val-fraction", type=float, default=0.05)
+    t.add_argument("--n-layer", type=int, default=4)
+    t.add_argument("--n-head", type=int, default=4)
+    t.add_argument("--n-embd", type=int, default=256)
+    t.add_argument("--context", type=int, help="tokens per window = n_positions (default 256)")
+    t.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
+    t.add_argument("--batch-size", type=int, help="windows per step (default 8)")
+    t.add_argument("--grad-accum", type=int, help="batches accumulated per step (default 1)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    t.add_argument("--min-lr", type=float, help="final learning rate (default lr/10)")
+    t.add_argument("--warmup", type=int, help="warmup steps (default min(100, steps/10))")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
+    t.add_argument("--grad-clip", type=float, help="max gradient norm (default 1.0)")
+    t.add_argument("--eval-interval", type=int, help="steps between eval/checkpoints (default 200)")
+    t.add_argument("--eval-batches", type=int, help="held-out batches per eval (default 10)")
+    t.add_argument("--sample-prompt", help="prompt of the sample printed at each eval")
+    t.add_argument("--seed", type=int, help="seed for initialization, data split and batches")
+    t.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    t.add_argument("--backend", choices=gpt_rs.list_backends(), help="compute backend")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.set_defaults(func=cmd_train)
     return p
 
 

@@ -7,6 +7,7 @@ mod functional;
 mod model;
 mod nn;
 mod tensor;
+mod train;
 
 use gpt_rs::backend::cpu::simd;
 use gpt_rs::backend::{self, BackendKind};
@@ -110,5 +111,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     functional::register(m)?;
     nn::register(m)?;
     model::register(m)?;
+    train::register(m)?;
     Ok(())
 }

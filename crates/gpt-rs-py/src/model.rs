@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use gpt_rs::backend::{self, BackendKind};
+use gpt_rs::checkpoint::Gpt2Config;
 use gpt_rs::generate::{Generator, SamplingParams, StopCriteria};
 use gpt_rs::models::gpt2::{self, Gpt2, KvCache, Logits, SeqInput, Workspace};
 use gpt_rs::tokenizer::Tokenizer;
@@ -83,6 +84,47 @@ impl PyTokenizer {
         self.inner.eos_token_id()
     }
 
+    /// Trains a byte-level BPE tokenizer (GPT-2's kind) on ``texts``.
+    ///
+    /// Args:
+    ///     texts: the training documents.
+    ///     vocab_size: the number of tokens, at least 257 (256 byte symbols + ``<|endoftext|>``).
+    ///     min_frequency: merges seen fewer times than this are not learned.
+    #[staticmethod]
+    #[pyo3(signature = (texts, vocab_size, min_frequency = 2))]
+    fn train(py: Python<'_>, texts: Vec<String>, vocab_size: usize, min_frequency: u64) -> PyResult<Self> {
+        if texts.iter().all(|t| t.is_empty()) {
+            return Err(PyValueError::new_err("cannot train a tokenizer on an empty corpus"));
+        }
+        let work = texts.iter().map(String::len).sum();
+        let tok = crate::errors::run(py, work, move || {
+            Tokenizer::train_bpe(texts.iter(), vocab_size, min_frequency)
+        })?;
+        Ok(Self { inner: Arc::new(tok) })
+    }
+
+    /// Saves ``tokenizer.json``, ``vocab.json`` and ``merges.txt`` into the folder ``path``.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let t = self.inner.clone();
+        crate::errors::run(py, usize::MAX, move || t.save(&path))
+    }
+
+    /// Encodes documents (in parallel) into one uint32 array, each followed by the
+    /// end-of-text token when the vocabulary has one.
+    fn encode_documents<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let t = self.inner.clone();
+        let work = texts.iter().map(String::len).sum();
+        let ids = crate::errors::run(py, work, move || {
+            let docs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            t.encode_documents(&docs, t.eos_token_id())
+        })?;
+        Ok(PyArray1::from_vec(py, ids))
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Tokenizer(vocab_size={}, eos_token_id={:?})",
@@ -90,6 +132,22 @@ impl PyTokenizer {
             self.inner.eos_token_id()
         )
     }
+}
+
+/// A model's hyper-parameters as the dict `Model.config` and `TrainableModel.config` return.
+pub fn config_dict<'py>(py: Python<'py>, c: &Gpt2Config) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("model_type", "gpt2")?;
+    d.set_item("vocab_size", c.vocab_size)?;
+    d.set_item("n_positions", c.n_positions)?;
+    d.set_item("n_embd", c.n_embd)?;
+    d.set_item("n_layer", c.n_layer)?;
+    d.set_item("n_head", c.n_head)?;
+    d.set_item("n_inner", c.n_inner)?;
+    d.set_item("layer_norm_epsilon", c.layer_norm_epsilon)?;
+    d.set_item("bos_token_id", c.bos_token_id)?;
+    d.set_item("eos_token_id", c.eos_token_id)?;
+    Ok(d)
 }
 
 /// tokenizer.json (a file, or in a folder), else vocab.json + merges.txt; None if neither exists.
@@ -507,19 +565,7 @@ impl PyModel {
     /// The model's hyper-parameters, as in ``config.json``.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.model.config;
-        let d = PyDict::new(py);
-        d.set_item("model_type", "gpt2")?;
-        d.set_item("vocab_size", c.vocab_size)?;
-        d.set_item("n_positions", c.n_positions)?;
-        d.set_item("n_embd", c.n_embd)?;
-        d.set_item("n_layer", c.n_layer)?;
-        d.set_item("n_head", c.n_head)?;
-        d.set_item("n_inner", c.n_inner)?;
-        d.set_item("layer_norm_epsilon", c.layer_norm_epsilon)?;
-        d.set_item("bos_token_id", c.bos_token_id)?;
-        d.set_item("eos_token_id", c.eos_token_id)?;
-        Ok(d)
+        config_dict(py, &self.model.config)
     }
 
     /// The tokenizer found with the checkpoint, or None.

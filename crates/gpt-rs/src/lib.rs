@@ -1,6 +1,6 @@
 //! gpt_rs engine: tensors, CPU backends, functional ops and neural-network layers.
 //!
-//! Dependencies point one way: `tensor`/`backend` <- `ops` <- `nn` <- `models` <- `generate`
+//! Dependencies point one way: `tensor`/`backend` <- `ops` <- `nn` <- `models` <- `generate` / `train`
 //! (`checkpoint` and `tokenizer` are leaves). Nothing here knows
 //! about Python; the `gpt-rs-py` crate translates.
 
@@ -15,6 +15,7 @@ pub mod storage;
 pub mod tensor;
 pub mod threads;
 pub mod tokenizer;
+pub mod train;
 
 pub use backend::{Backend, BackendKind};
 pub use error::{Error, Result};

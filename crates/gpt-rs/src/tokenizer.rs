@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::{AddedToken, Model};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::Tokenizer as HfTokenizer;
@@ -113,6 +115,67 @@ impl Tokenizer {
 
     pub fn stream(&self) -> TextStream {
         TextStream::default()
+    }
+
+    /// Trains GPT-2's kind of tokenizer on `texts`: byte-level BPE (every byte string is
+    /// encodable), with `<|endoftext|>` as a special token (id 0).
+    pub fn train_bpe<S: AsRef<str> + Send>(
+        texts: impl Iterator<Item = S> + Send,
+        vocab_size: usize,
+        min_frequency: u64,
+    ) -> Result<Self> {
+        let alphabet = ByteLevel::alphabet();
+        if vocab_size < alphabet.len() + 1 {
+            return Err(Error::Value(format!(
+                "vocab_size must be at least {} (the 256 byte symbols and <|endoftext|>), got {vocab_size}",
+                alphabet.len() + 1
+            )));
+        }
+        let trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(min_frequency)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(EOS_NAMES[0], true)])
+            .initial_alphabet(alphabet.into_iter().collect())
+            .build();
+        let mut inner = HfTokenizer::new(BPE::default());
+        inner
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevelDecoder::default()))
+            .with_post_processor(Some(ByteLevelProcessor::new(true, false, true)));
+        inner
+            .train(&mut TrainerWrapper::BpeTrainer(trainer), texts)
+            .map_err(|e| Error::Value(format!("tokenizer training failed: {e}")))?;
+        Ok(Self::wrap(inner))
+    }
+
+    /// Writes `tokenizer.json`, and GPT-2's `vocab.json` + `merges.txt`, into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |e: String| Error::Io(format!("cannot save the tokenizer to {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+        self.inner
+            .save(dir.join("tokenizer.json"), false)
+            .map_err(|e| io(e.to_string()))?;
+        self.inner
+            .get_model()
+            .save(dir, None)
+            .map_err(|e| io(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Encodes documents in parallel into one id sequence, each followed by `separator`.
+    pub fn encode_documents(&self, docs: &[&str], separator: Option<u32>) -> Result<Vec<u32>> {
+        let encs = self
+            .inner
+            .encode_batch(docs.to_vec(), false)
+            .map_err(|e| Error::Value(format!("cannot encode text: {e}")))?;
+        let total: usize = encs.iter().map(|e| e.len() + 1).sum();
+        let mut out = Vec::with_capacity(total);
+        for e in &encs {
+            out.extend_from_slice(e.get_ids());
+            out.extend(separator);
+        }
+        Ok(out)
     }
 }
 

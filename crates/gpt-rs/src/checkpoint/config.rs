@@ -111,6 +111,34 @@ impl Gpt2Config {
         Ok(cfg)
     }
 
+    /// The Hugging Face `config.json` for this model (GPT2LMHeadModel, tied embeddings).
+    pub fn to_json(&self) -> Value {
+        // Through the shortest decimal form, so 1e-5 is written as 1e-05, not 9.99999974e-06.
+        let eps: f64 = self.layer_norm_epsilon.to_string().parse().unwrap_or(1e-5);
+        let n_inner = (self.n_inner != 4 * self.n_embd).then_some(self.n_inner);
+        serde_json::json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": n_inner,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": eps,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "initializer_range": 0.02,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "tie_word_embeddings": true,
+            "torch_dtype": "float32",
+        })
+    }
+
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }

@@ -98,7 +98,7 @@ fn gelu_tanh_slice(x: &[f32], out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn sum(x: &[f32]) -> f32 {
+pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
@@ -110,7 +110,7 @@ fn sum(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn max(x: &[f32]) -> f32 {
+pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
@@ -194,7 +194,7 @@ fn add_bias_body(x: &[f32], bias: &[f32], out: &mut [f32]) {
 
 /// `sum_i a[i] * b[i]`.
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut ca = a.chunks_exact(LANES);
     let mut cb = b.chunks_exact(LANES);
@@ -213,7 +213,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += alpha * x`.
 #[inline(always)]
-fn axpy_body(alpha: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) fn axpy_body(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
     }

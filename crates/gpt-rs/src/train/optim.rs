@@ -1,0 +1,180 @@
+//! AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update, step for step)
+//! and global-norm gradient clipping, over the flat parameter buffer.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use super::params::Layout;
+use crate::error::{Error, Result};
+
+/// AdamW hyper-parameters for one step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Applied to the tensors the layout marks `decay` (matrices, embeddings).
+    pub weight_decay: f32,
+}
+
+/// The optimizer's state: first and second moments and the step count.
+pub struct AdamW {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl AdamW {
+    pub fn new(n: usize) -> Self {
+        Self {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            step: 0,
+        }
+    }
+
+    /// One update of `params` from `grads`. Per element, as PyTorch:
+    /// `p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    /// p -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)`.
+    pub fn update(&mut self, params: &mut [f32], grads: &[f32], layout: &Layout, hp: &AdamWConfig) {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
+        let bc2_sqrt = (1.0 - (hp.beta2 as f64).powi(t)).sqrt() as f32;
+        let step_size = (hp.lr as f64 / bc1) as f32;
+        // Tasks: chunks of each tensor, tagged with whether it decays.
+        let mut tasks = Vec::new();
+        for s in &layout.specs {
+            let r = s.range();
+            for start in (r.start..r.end).step_by(CHUNK) {
+                tasks.push((start, (start + CHUNK).min(r.end), s.decay));
+            }
+        }
+        let p = SharedParams(params.as_mut_ptr(), self.m.as_mut_ptr(), self.v.as_mut_ptr());
+        crate::threads::install(|| {
+            tasks.par_iter().for_each(|&(a, b, decay)| {
+                // SAFETY: tasks cover disjoint ranges of the three equally long buffers.
+                let (p, m, v) = unsafe { p.slices(a, b) };
+                let g = &grads[a..b];
+                let shrink = if decay { 1.0 - hp.lr * hp.weight_decay } else { 1.0 };
+                for i in 0..p.len() {
+                    m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
+                    v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];
+                    let denom = v[i].sqrt() / bc2_sqrt + hp.eps;
+                    p[i] = p[i] * shrink - step_size * m[i] / denom;
+                }
+            })
+        });
+    }
+
+    /// Saves the moments to a safetensors file (`exp_avg`, `exp_avg_sq`; the step in metadata).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let (m, v) = (to_le_bytes(&self.m), to_le_bytes(&self.v));
+        let n = self.m.len();
+        let view = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("sizes match");
+        let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
+        safetensors::serialize_to_file(
+            [("exp_avg", view(&m[..])), ("exp_avg_sq", view(&v[..]))],
+            Some(meta),
+            path,
+        )
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Loads state saved by `save` for a model with `n` parameters.
+    pub fn load(path: &Path, n: usize) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let bad = |what: String| Error::Value(format!("{}: {what}", path.display()));
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let step = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| bad("missing the optimizer step in its metadata".into()))?;
+        let read = |name: &str| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("missing tensor '{name}'")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != [n] {
+                return Err(bad(format!(
+                    "'{name}' is {:?} {:?}, expected F32 [{n}] (was it saved for another model size?)",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        Ok(Self {
+            m: read("exp_avg")?,
+            v: read("exp_avg_sq")?,
+            step,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedParams(*mut f32, *mut f32, *mut f32);
+// SAFETY: used only to hand disjoint ranges of the buffers to parallel tasks.
+unsafe impl Send for SharedParams {}
+unsafe impl Sync for SharedParams {}
+impl SharedParams {
+    /// # Safety
+    /// `a..b` must be inside all three buffers and not used by any other task.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slices(&self, a: usize, b: usize) -> (&mut [f32], &mut [f32], &mut [f32]) {
+        let n = b - a;
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.0.add(a), n),
+                std::slice::from_raw_parts_mut(self.1.add(a), n),
+                std::slice::from_raw_parts_mut(self.2.add(a), n),
+            )
+        }
+    }
+}
+
+pub(crate) fn to_le_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The global L2 norm of the gradients (accumulated in f64).
+pub fn grad_norm(grads: &[f32]) -> f64 {
+    crate::threads::install(|| {
+        grads
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+            .sum::<f64>()
+            .sqrt()
+    })
+}
+
+/// Scales the gradients so their global norm is at most `max_norm` (as PyTorch's
+/// `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)`, capped at 1). Returns the norm before.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f64 {
+    let norm = grad_norm(grads);
+    let coef = max_norm as f64 / (norm + 1e-6);
+    if coef < 1.0 {
+        let coef = coef as f32;
+        crate::threads::install(|| {
+            grads
+                .par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|g| *g *= coef))
+        });
+    }
+    norm
+}
