@@ -53,7 +53,9 @@ def attention_fwd(qkv, b, t, h):
     """Causal multi-head attention over packed rows [q | k | v] -> (out [b*t, c], cache)."""
     c = qkv.shape[-1] // 3
     d = c // h
-    q, k, v = (qkv[:, i * c : (i + 1) * c].reshape(b, t, h, d).transpose(0, 2, 1, 3) for i in range(3))
+    q, k, v = (
+        qkv[:, i * c : (i + 1) * c].reshape(b, t, h, d).transpose(0, 2, 1, 3) for i in range(3)
+    )
     s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
     s = np.where(np.tril(np.ones((t, t), dtype=bool)), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -103,7 +105,7 @@ def gpt2_loss_and_grads(params, cfg, x, y, want_grads=True):
     res = P["wte.weight"][xs] + P["wpe.weight"][np.tile(np.arange(t), b)]
     caches = []
     for i in range(cfg["n_layer"]):
-        g = lambda n: P[f"h.{i}.{n}"]  # noqa: E731
+        g = lambda n, i=i: P[f"h.{i}.{n}"]  # noqa: E731
         ln1, c1 = layer_norm_fwd(res, g("ln_1.weight"), g("ln_1.bias"), eps)
         qkv, _ = linear_fwd(ln1, g("attn.c_attn.weight"), g("attn.c_attn.bias"))
         att, ca = attention_fwd(qkv, b, t, h)
@@ -125,15 +127,19 @@ def gpt2_loss_and_grads(params, cfg, x, y, want_grads=True):
     G["wte.weight"] += dlogits.T @ lnf
     dres, G["ln_f.weight"], G["ln_f.bias"] = layer_norm_bwd(dlnf, cf, P["ln_f.weight"])
     for i in reversed(range(cfg["n_layer"])):
-        g = lambda n: P[f"h.{i}.{n}"]  # noqa: E731
+        g = lambda n, i=i: P[f"h.{i}.{n}"]  # noqa: E731
         res_in, ln1, c1, qkv, att, ca, res2, ln2, c2, fc, act = caches[i]
         pre = f"h.{i}."
         dact, G[pre + "mlp.c_proj.weight"], G[pre + "mlp.c_proj.bias"] = linear_bwd(
             dres, act, g("mlp.c_proj.weight")
         )
         dfc = gelu_bwd(dact, fc)
-        dln2, G[pre + "mlp.c_fc.weight"], G[pre + "mlp.c_fc.bias"] = linear_bwd(dfc, ln2, g("mlp.c_fc.weight"))
-        dx, G[pre + "ln_2.weight"], G[pre + "ln_2.bias"] = layer_norm_bwd(dln2, c2, g("ln_2.weight"))
+        dln2, G[pre + "mlp.c_fc.weight"], G[pre + "mlp.c_fc.bias"] = linear_bwd(
+            dfc, ln2, g("mlp.c_fc.weight")
+        )
+        dx, G[pre + "ln_2.weight"], G[pre + "ln_2.bias"] = layer_norm_bwd(
+            dln2, c2, g("ln_2.weight")
+        )
         dres = dres + dx
         datt, G[pre + "attn.c_proj.weight"], G[pre + "attn.c_proj.bias"] = linear_bwd(
             dres, att, g("attn.c_proj.weight")
@@ -142,7 +148,9 @@ def gpt2_loss_and_grads(params, cfg, x, y, want_grads=True):
         dln1, G[pre + "attn.c_attn.weight"], G[pre + "attn.c_attn.bias"] = linear_bwd(
             dqkv, ln1, g("attn.c_attn.weight")
         )
-        dx, G[pre + "ln_1.weight"], G[pre + "ln_1.bias"] = layer_norm_bwd(dln1, c1, g("ln_1.weight"))
+        dx, G[pre + "ln_1.weight"], G[pre + "ln_1.bias"] = layer_norm_bwd(
+            dln1, c1, g("ln_1.weight")
+        )
         dres = dres + dx
     np.add.at(G["wte.weight"], xs, dres)
     np.add.at(G["wpe.weight"], np.tile(np.arange(t), b), dres)

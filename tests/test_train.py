@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference_train as ref
-from conftest import assert_close
 from gpt2_fixture import UNICODE_TEXT, corpus
 
 import gpt_rs
 from gpt_rs import train
+
+from conftest import assert_close
 
 TINY = dict(vocab_size=23, n_positions=8, n_embd=12, n_layer=2, n_head=3)
 
@@ -165,7 +166,9 @@ def test_gradients_do_not_depend_on_thread_count():
         m.forward_backward(x, y)
         grads.append(m.gradients())
     for k in grads[0]:
-        assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6 * np.abs(grads[0][k]).max(), what=k)
+        assert_close(
+            grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6 * np.abs(grads[0][k]).max(), what=k
+        )
 
 
 def write_tokens(path: Path, n: int, vocab: int, seed=0) -> train.TokenData:
@@ -177,7 +180,14 @@ def test_adamw_steps_match_reference(tmp_path):
     m, cfg = tiny_model(scale=0.5)
     data = train.DataSplit(write_tokens(tmp_path / "t.bin", 500, cfg["vocab_size"]), None)
     tc = train.TrainConfig(
-        steps=10, batch_size=2, grad_accum=2, context=6, lr=3e-2, warmup=3, grad_clip=1.0, weight_decay=0.1
+        steps=10,
+        batch_size=2,
+        grad_accum=2,
+        context=6,
+        lr=3e-2,
+        warmup=3,
+        grad_clip=1.0,
+        weight_decay=0.1,
     )
     params = {k: v.astype(np.float64) for k, v in m.parameters().items()}
     opt = ref.AdamW(params, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
@@ -255,15 +265,22 @@ def small_corpus(folder: Path) -> Path:
 def test_prepare_data_splits_and_reuses(tmp_path):
     src = small_corpus(tmp_path / "corpus")
     logs = []
-    d = train.prepare_data(src, tmp_path / "data", vocab_size=300, val_fraction=0.2, log=logs.append)
+    d = train.prepare_data(
+        src, tmp_path / "data", vocab_size=300, val_fraction=0.2, log=logs.append
+    )
     assert any("2 binary or non-UTF-8 files skipped" in m for m in logs)
     n_docs = len(corpus())
-    assert d.info["documents"] == {"train": n_docs - round(n_docs * 0.2), "val": round(n_docs * 0.2)}
+    assert d.info["documents"] == {
+        "train": n_docs - round(n_docs * 0.2),
+        "val": round(n_docs * 0.2),
+    }
     assert len(d.train) == d.info["tokens"]["train"] > 1000 and d.val is not None and len(d.val) > 0
     assert d.train.tokens.dtype == np.uint16 and isinstance(d.train.tokens, np.memmap)
     assert d.train.tokens.max() < 300
     logs.clear()
-    again = train.prepare_data(src, tmp_path / "data", vocab_size=300, val_fraction=0.2, log=logs.append)
+    again = train.prepare_data(
+        src, tmp_path / "data", vocab_size=300, val_fraction=0.2, log=logs.append
+    )
     assert logs == [f"using the data prepared in {tmp_path / 'data'}"]
     assert np.array_equal(again.train.tokens, d.train.tokens)
     x, y = d.train.sample(np.random.default_rng(0), 3, 16)
@@ -317,9 +334,15 @@ def test_bad_batches_get_clear_errors():
 def test_overfits_a_tiny_corpus(tmp_path):
     text = "the quick brown fox jumps over the lazy dog. " * 40
     (tmp_path / "c.txt").write_text(text)
-    d = train.prepare_data(tmp_path / "c.txt", tmp_path / "d", vocab_size=300, val_fraction=0.1, log=lambda m: None)
-    m = train.new_model(vocab_size=d.tokenizer.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2, seed=0)
-    tc = train.TrainConfig(steps=150, batch_size=8, context=32, lr=1e-2, warmup=10, eval_interval=1000)
+    d = train.prepare_data(
+        tmp_path / "c.txt", tmp_path / "d", vocab_size=300, val_fraction=0.1, log=lambda m: None
+    )
+    m = train.new_model(
+        vocab_size=d.tokenizer.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2, seed=0
+    )
+    tc = train.TrainConfig(
+        steps=150, batch_size=8, context=32, lr=1e-2, warmup=10, eval_interval=1000
+    )
     t = train.Trainer(m, d, tc)
     t0 = time.perf_counter()
     first = t.train_step().loss
@@ -339,7 +362,13 @@ def test_checkpoint_reloads_with_identical_logits(tmp_path):
         t.train_step()
     out = t.save(tmp_path / "ck")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+    } <= names
     assert {"optimizer.safetensors", "trainer_state.json"} <= names
     conf = json.loads((out / "config.json").read_text())
     assert conf["model_type"] == "gpt2" and conf["n_embd"] == 12 and conf["eos_token_id"] == 0
@@ -373,7 +402,11 @@ def test_resume_continues_exactly(tmp_path):
 
 def run_cli(*args, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "gpt_rs", *map(str, args)], capture_output=True, text=True, timeout=600, **kw
+        [sys.executable, "-m", "gpt_rs", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
     )
 
 
@@ -393,7 +426,9 @@ def test_cli_train_then_generate(tmp_path):
     assert g.returncode == 0, g.stderr
     assert g.stdout.startswith("def ")
     # Resuming a finished run with more steps continues from step 20.
-    r = run_cli("train", "--data", src, "--out", out, "--vocab-size", 300, "--steps", 25, "--resume")
+    r = run_cli(
+        "train", "--data", src, "--out", out, "--vocab-size", 300, "--steps", 25, "--resume"
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 25
 
@@ -406,7 +441,17 @@ def test_cli_train_bad_data(tmp_path):
     r = run_cli("train", "--data", tmp_path / "e", "--out", tmp_path / "o")
     assert r.returncode != 0 and "empty" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "s.txt").write_text("short text " * 5)
-    r = run_cli("train", "--data", tmp_path / "s.txt", "--out", tmp_path / "o2", "--vocab-size", 260, "--context", 128)
+    r = run_cli(
+        "train",
+        "--data",
+        tmp_path / "s.txt",
+        "--out",
+        tmp_path / "o2",
+        "--vocab-size",
+        260,
+        "--context",
+        128,
+    )
     assert r.returncode != 0 and "fewer than context" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -414,11 +459,10 @@ def test_cli_train_bad_data(tmp_path):
 def test_cli_ctrl_c_saves_a_checkpoint(tmp_path):
     src = small_corpus(tmp_path / "corpus")
     out = tmp_path / "run"
-    p = subprocess.Popen(
-        [sys.executable, "-m", "gpt_rs", "train", "--data", str(src), "--out", str(out), "--vocab-size", "300",
-         "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "32", "--steps", "100000"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    args = ["--data", src, "--out", out, "--vocab-size", 300, "--n-layer", 1, "--n-embd", 32]
+    args += ["--n-head", 2, "--context", 32, "--steps", 100000]
+    cmd = [sys.executable, "-m", "gpt_rs", "train", *map(str, args)]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "data.json").exists() and not (out / "data" / "data.json").exists():
         assert p.poll() is None and time.time() < deadline

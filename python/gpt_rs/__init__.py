@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _native, functional, nn  # noqa: E402  (submodules re-export the native functions)
+from . import (  # noqa: E402  (submodules re-export the native functions)
+    _native,
+    functional,
+    nn,
+    train,  # noqa: E402  (gpt_rs.train: training loop, data, checkpoints)
+)
 from ._native import (
     Model,
     Tensor,
     TextStream,
     Tokenizer,
+    TrainableModel,
     __version__,
     cpu_features,
     from_dlpack,
@@ -43,6 +49,7 @@ __all__ = [
     "Tensor",
     "TextStream",
     "Tokenizer",
+    "TrainableModel",
     "load_model",
     "__version__",
     "cpu_features",
@@ -56,6 +63,7 @@ __all__ = [
     "set_backend",
     "set_num_threads",
     "set_simd_level",
+    "train",
 ]
 
 

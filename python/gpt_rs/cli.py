@@ -141,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         val_fraction=args.val_fraction,
         pattern=args.glob,
+        exclude_dirs=args.exclude_dir,
         seed=args.seed,
     )
     overrides = {
@@ -242,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="a text file or a folder of them")
     t.add_argument("--out", required=True, help="output folder (checkpoint, tokenizer, data)")
     t.add_argument("--glob", default="*", help="file-name pattern inside a folder (default: *)")
+    t.add_argument(
+        "--exclude-dir",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="skip folders with this name (repeatable)",
+    )
     t.add_argument("--vocab-size", type=int, default=4096)
     t.add_argument("--val-fraction", type=float, default=0.05)
     t.add_argument("--n-layer", type=int, default=4)

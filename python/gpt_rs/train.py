@@ -98,9 +98,12 @@ def load_model(path: PathLike) -> TrainableModel:
 # Data
 
 
-def find_text_files(path: PathLike, pattern: str = "*") -> list[Path]:
+def find_text_files(
+    path: PathLike, pattern: str = "*", exclude_dirs: Sequence[str] = ()
+) -> list[Path]:
     """The corpus files: ``path`` itself, or the files under the folder ``path`` whose names
-    match ``pattern`` (hidden folders and ``__pycache__`` skipped), sorted."""
+    match ``pattern``, sorted. Hidden folders, ``__pycache__`` and folders named in
+    ``exclude_dirs`` are skipped."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"training data not found: {p}")
@@ -108,7 +111,8 @@ def find_text_files(path: PathLike, pattern: str = "*") -> list[Path]:
         return [p]
     files = []
     for root, dirs, names in os.walk(p):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        skip = {"__pycache__", *exclude_dirs}
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
         files += [Path(root) / n for n in sorted(names) if Path(n).match(pattern)]
     if not files:
         raise ValueError(f"no files matching {pattern!r} under {p}")
@@ -179,7 +183,9 @@ class TokenData:
         n = max(1, min(max_batches * batch_size, (len(self) - 1) // context))
         starts = np.linspace(0, len(self) - context - 1, n).astype(np.int64)
         for i in range(0, n, batch_size):
-            w = np.stack([np.asarray(self.tokens[s : s + context + 1]) for s in starts[i : i + batch_size]])
+            w = np.stack(
+                [np.asarray(self.tokens[s : s + context + 1]) for s in starts[i : i + batch_size]]
+            )
             w = w.astype(np.int64)
             yield w[:, :-1], w[:, 1:]
 
@@ -206,6 +212,7 @@ def prepare_data(
     vocab_size: int = 4096,
     val_fraction: float = 0.05,
     pattern: str = "*",
+    exclude_dirs: Sequence[str] = (),
     seed: int = 0,
     log: Optional[Callable[[str], None]] = None,
 ) -> PreparedData:
@@ -218,6 +225,7 @@ def prepare_data(
         vocab_size: tokenizer size (at least 257).
         val_fraction: share of documents held out for evaluation (of tokens, for one file).
         pattern: file-name pattern for folders, e.g. ``"*.py"``.
+        exclude_dirs: folder names to skip, e.g. ``["test", "site-packages"]``.
         seed: which documents are held out.
         log: called with progress messages (default: print to stderr).
 
@@ -234,6 +242,7 @@ def prepare_data(
     settings = {
         "source": str(src),
         "pattern": pattern,
+        "exclude_dirs": sorted(exclude_dirs),
         "vocab_size": vocab_size,
         "val_fraction": val_fraction,
         "seed": seed,
@@ -245,12 +254,13 @@ def prepare_data(
             say(f"using the data prepared in {out}")
             return _open_prepared(out, info)
 
-    files = find_text_files(src, pattern)
+    files = find_text_files(src, pattern, exclude_dirs)
     t0 = time.perf_counter()
     docs, skipped = _read_documents(files)
     if not docs:
         raise ValueError(
-            f"the training corpus is empty: no non-empty UTF-8 text in {len(files)} file(s) under {src}"
+            f"the training corpus is empty: no non-empty UTF-8 text in {len(files)} file(s) "
+            f"under {src}"
         )
     n_chars = sum(len(d) for d in docs)
     say(
@@ -346,7 +356,11 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+        }
         for name, v in positive.items():
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -406,9 +420,7 @@ class Trainer:
         n_pos = model.config["n_positions"]
         self.context = self.config.context or n_pos
         if self.context > n_pos:
-            raise ValueError(
-                f"context {self.context} exceeds the model's n_positions ({n_pos})"
-            )
+            raise ValueError(f"context {self.context} exceeds the model's n_positions ({n_pos})")
         data.train.check_context(self.context)
         if self.tokenizer is not None and self.tokenizer.vocab_size > model.config["vocab_size"]:
             raise ValueError(
@@ -444,7 +456,9 @@ class Trainer:
             return None
         losses = [
             self.model.loss(x, y)
-            for x, y in val.eval_batches(self.config.batch_size, self.context, self.config.eval_batches)
+            for x, y in val.eval_batches(
+                self.config.batch_size, self.context, self.config.eval_batches
+            )
         ]
         return float(np.mean(losses))
 

@@ -92,15 +92,24 @@ impl PyTokenizer {
     ///     min_frequency: merges seen fewer times than this are not learned.
     #[staticmethod]
     #[pyo3(signature = (texts, vocab_size, min_frequency = 2))]
-    fn train(py: Python<'_>, texts: Vec<String>, vocab_size: usize, min_frequency: u64) -> PyResult<Self> {
+    fn train(
+        py: Python<'_>,
+        texts: Vec<String>,
+        vocab_size: usize,
+        min_frequency: u64,
+    ) -> PyResult<Self> {
         if texts.iter().all(|t| t.is_empty()) {
-            return Err(PyValueError::new_err("cannot train a tokenizer on an empty corpus"));
+            return Err(PyValueError::new_err(
+                "cannot train a tokenizer on an empty corpus",
+            ));
         }
         let work = texts.iter().map(String::len).sum();
         let tok = crate::errors::run(py, work, move || {
             Tokenizer::train_bpe(texts.iter(), vocab_size, min_frequency)
         })?;
-        Ok(Self { inner: Arc::new(tok) })
+        Ok(Self {
+            inner: Arc::new(tok),
+        })
     }
 
     /// Saves ``tokenizer.json``, ``vocab.json`` and ``merges.txt`` into the folder ``path``.

@@ -97,7 +97,9 @@ impl PyTrainable {
             )));
         }
         let m = &mut self.model;
-        run(py, usize::MAX, move || m.forward_backward(&x, &y, b, t, loss_scale))
+        run(py, usize::MAX, move || {
+            m.forward_backward(&x, &y, b, t, loss_scale)
+        })
     }
 
     /// Mean cross-entropy loss on one batch, without gradients.
@@ -127,7 +129,9 @@ impl PyTrainable {
         let (x, b, t) = tokens(&inputs, "inputs")?;
         let v = self.model.config.vocab_size;
         let m = &mut self.model;
-        let out = run(py, usize::MAX, move || m.logits(&x, b, t).map(<[f32]>::to_vec))?;
+        let out = run(py, usize::MAX, move || {
+            m.logits(&x, b, t).map(<[f32]>::to_vec)
+        })?;
         PyArray1::from_vec(py, out).reshape([b, t, v])
     }
 
@@ -150,7 +154,9 @@ impl PyTrainable {
             )));
         }
         let g = &mut self.model.grads;
-        run(py, usize::MAX, move || Ok(train::clip_grad_norm(g, max_norm)))
+        run(py, usize::MAX, move || {
+            Ok(train::clip_grad_norm(g, max_norm))
+        })
     }
 
     /// One AdamW update from the accumulated gradients (PyTorch's AdamW; weight decay only on
@@ -253,7 +259,11 @@ impl PyTrainable {
     }
 
     /// Overwrites one parameter (same name and shape as in ``parameters()``).
-    fn set_parameter(&mut self, name: &str, value: numpy::PyReadonlyArrayDyn<'_, f32>) -> PyResult<()> {
+    fn set_parameter(
+        &mut self,
+        name: &str,
+        value: numpy::PyReadonlyArrayDyn<'_, f32>,
+    ) -> PyResult<()> {
         let spec = self
             .model
             .layout

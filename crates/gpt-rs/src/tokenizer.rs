@@ -7,10 +7,10 @@ use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
-use tokenizers::{AddedToken, Model};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::Tokenizer as HfTokenizer;
+use tokenizers::{AddedToken, Model};
 
 use crate::error::{Error, Result};
 
@@ -151,7 +151,12 @@ impl Tokenizer {
 
     /// Writes `tokenizer.json`, and GPT-2's `vocab.json` + `merges.txt`, into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let io = |e: String| Error::Io(format!("cannot save the tokenizer to {}: {e}", dir.display()));
+        let io = |e: String| {
+            Error::Io(format!(
+                "cannot save the tokenizer to {}: {e}",
+                dir.display()
+            ))
+        };
         std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
         self.inner
             .save(dir.join("tokenizer.json"), false)

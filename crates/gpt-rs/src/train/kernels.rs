@@ -49,7 +49,13 @@ pub fn embedding_forward(tokens: &[u32], wte: &[f32], wpe: &[f32], out: &mut [f3
 }
 
 /// Scatters `dout` rows into the token and position tables' gradients.
-pub fn embedding_backward(tokens: &[u32], dout: &[f32], dwte: &mut [f32], dwpe: &mut [f32], t: usize) {
+pub fn embedding_backward(
+    tokens: &[u32],
+    dout: &[f32],
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    t: usize,
+) {
     let c = dout.len() / tokens.len().max(1);
     // Positions: rows with the same position go to the same dwpe row; split by column blocks
     // so tasks never share an element.
@@ -278,7 +284,14 @@ pub fn transpose_add(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
 }
 
 /// `out[n, o] = x[n, i] @ w[i, o] + b`.
-pub fn linear_forward(be: &dyn Backend, x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], n: usize) {
+pub fn linear_forward(
+    be: &dyn Backend,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    n: usize,
+) {
     let (k, m) = (x.len() / n, b.len());
     be.matmul(x, w, Some(b), out, n, k, m);
 }
@@ -388,12 +401,9 @@ multiversion! { fn attention_forward_kernel(qkv: &[f32], probs: &mut [f32], out:
 pub fn attention_forward(qkv: &[f32], probs: &mut [f32], out: &mut [f32], dims: AttnDims) {
     let t = dims.t;
     let out_ptr = SharedMut(out.as_mut_ptr());
-    probs
-        .par_chunks_mut(t * t)
-        .enumerate()
-        .for_each(|(g, p)| {
-            attention_forward_kernel(qkv, p, out_ptr.get(), dims, g / dims.h, g % dims.h)
-        });
+    probs.par_chunks_mut(t * t).enumerate().for_each(|(g, p)| {
+        attention_forward_kernel(qkv, p, out_ptr.get(), dims, g / dims.h, g % dims.h)
+    });
 }
 
 #[inline(always)]
@@ -450,7 +460,16 @@ pub fn attention_backward(
     let ptr = SharedMut(dqkv.as_mut_ptr());
     probs.par_chunks(t * t).enumerate().for_each(|(g, p)| {
         crate::backend::cpu::math::with_scratch(t, |scratch| {
-            attention_backward_kernel(dout, qkv, p, ptr.get(), scratch, dims, g / dims.h, g % dims.h)
+            attention_backward_kernel(
+                dout,
+                qkv,
+                p,
+                ptr.get(),
+                scratch,
+                dims,
+                g / dims.h,
+                g % dims.h,
+            )
         })
     });
 }
@@ -459,7 +478,12 @@ pub fn attention_backward(
 // Softmax cross-entropy over the vocabulary, fused with its backward
 
 #[inline(always)]
-fn cross_entropy_body(logits: &mut [f32], targets: &[u32], v: usize, grad_scale: Option<f32>) -> f64 {
+fn cross_entropy_body(
+    logits: &mut [f32],
+    targets: &[u32],
+    v: usize,
+    grad_scale: Option<f32>,
+) -> f64 {
     let mut loss = 0.0f64;
     for (row, &y) in logits.chunks_exact_mut(v).zip(targets) {
         let m = max(row);
@@ -482,7 +506,12 @@ multiversion! { fn cross_entropy_kernel(logits: &mut [f32], targets: &[u32], v: 
 
 /// Sum over rows of `-log softmax(logits)[target]`. With `grad_scale`, each row of `logits`
 /// is replaced by its gradient `(softmax - onehot) * grad_scale`.
-pub fn cross_entropy(logits: &mut [f32], targets: &[u32], v: usize, grad_scale: Option<f32>) -> f64 {
+pub fn cross_entropy(
+    logits: &mut [f32],
+    targets: &[u32],
+    v: usize,
+    grad_scale: Option<f32>,
+) -> f64 {
     let rows = rows_per_task(targets.len(), v);
     logits
         .par_chunks_mut(rows * v)

@@ -157,7 +157,13 @@ impl TrainableGpt2 {
         self.grads.fill(0.0);
     }
 
-    fn check_batch(&self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
+    fn check_batch(
+        &self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
         let c = &self.config;
         if b == 0 || t == 0 {
             return Err(Error::Value(format!("empty batch: {b} x {t} tokens")));
@@ -168,7 +174,9 @@ impl TrainableGpt2 {
                 c.n_positions
             )));
         }
-        let n = b.checked_mul(t).ok_or_else(|| Error::Overflow("batch too large".into()))?;
+        let n = b
+            .checked_mul(t)
+            .ok_or_else(|| Error::Overflow("batch too large".into()))?;
         if tokens.len() != n || targets.is_some_and(|y| y.len() != n) {
             return Err(Error::Shape(format!(
                 "inputs and targets must both hold {b} x {t} token ids"
@@ -220,35 +228,99 @@ impl TrainableGpt2 {
         self.alloc(b, t);
         let c = &self.config;
         let (n, e, f, eps) = (b * t, c.n_embd, c.n_inner, c.layer_norm_epsilon);
-        let dims = AttnDims { b, t, h: c.n_head, d: c.head_dim() };
+        let dims = AttnDims {
+            b,
+            t,
+            h: c.n_head,
+            d: c.head_dim(),
+        };
         let (p, lay, a) = (&self.params, &self.layout, &mut self.acts);
         let w = |off: usize, len: usize| &p[off..off + len];
-        k::embedding_forward(tokens, w(lay.wte, c.vocab_size * e), w(lay.wpe, c.n_positions * e), &mut a.res[..n * e], t);
+        k::embedding_forward(
+            tokens,
+            w(lay.wte, c.vocab_size * e),
+            w(lay.wpe, c.n_positions * e),
+            &mut a.res[..n * e],
+            t,
+        );
         for (l, o) in lay.blocks.iter().enumerate() {
             let (ne, nf) = (n * e, n * f);
             let (res_in, res_out) = a.res[l * ne..(l + 2) * ne].split_at_mut(ne);
             let ln1 = &mut a.ln1[l * ne..(l + 1) * ne];
-            k::layer_norm_forward(res_in, w(o.ln_1_w, e), w(o.ln_1_b, e), ln1, &mut a.ln1_stats[l * n * 2..(l + 1) * n * 2], e, eps);
+            k::layer_norm_forward(
+                res_in,
+                w(o.ln_1_w, e),
+                w(o.ln_1_b, e),
+                ln1,
+                &mut a.ln1_stats[l * n * 2..(l + 1) * n * 2],
+                e,
+                eps,
+            );
             let qkv = &mut a.qkv[l * 3 * ne..(l + 1) * 3 * ne];
-            k::linear_forward(be, ln1, w(o.c_attn_w, e * 3 * e), w(o.c_attn_b, 3 * e), qkv, n);
+            k::linear_forward(
+                be,
+                ln1,
+                w(o.c_attn_w, e * 3 * e),
+                w(o.c_attn_b, 3 * e),
+                qkv,
+                n,
+            );
             let atty = &mut a.atty[l * ne..(l + 1) * ne];
             let pl = b * c.n_head * t * t;
             k::attention_forward(qkv, &mut a.probs[l * pl..(l + 1) * pl], atty, dims);
             let res2 = &mut a.res2[l * ne..(l + 1) * ne];
-            k::linear_forward(be, atty, w(o.attn_proj_w, e * e), w(o.attn_proj_b, e), res2, n);
+            k::linear_forward(
+                be,
+                atty,
+                w(o.attn_proj_w, e * e),
+                w(o.attn_proj_b, e),
+                res2,
+                n,
+            );
             k::add_assign(res2, res_in);
             let ln2 = &mut a.ln2[l * ne..(l + 1) * ne];
-            k::layer_norm_forward(res2, w(o.ln_2_w, e), w(o.ln_2_b, e), ln2, &mut a.ln2_stats[l * n * 2..(l + 1) * n * 2], e, eps);
+            k::layer_norm_forward(
+                res2,
+                w(o.ln_2_w, e),
+                w(o.ln_2_b, e),
+                ln2,
+                &mut a.ln2_stats[l * n * 2..(l + 1) * n * 2],
+                e,
+                eps,
+            );
             let fc = &mut a.fc[l * nf..(l + 1) * nf];
             k::linear_forward(be, ln2, w(o.c_fc_w, e * f), w(o.c_fc_b, f), fc, n);
             let g = &mut a.fc_gelu[l * nf..(l + 1) * nf];
             be.gelu_tanh(fc, g);
-            k::linear_forward(be, g, w(o.mlp_proj_w, f * e), w(o.mlp_proj_b, e), res_out, n);
+            k::linear_forward(
+                be,
+                g,
+                w(o.mlp_proj_w, f * e),
+                w(o.mlp_proj_b, e),
+                res_out,
+                n,
+            );
             k::add_assign(res_out, res2);
         }
         let last = &a.res[lay.blocks.len() * n * e..];
-        k::layer_norm_forward(last, w(lay.ln_f_w, e), w(lay.ln_f_b, e), &mut a.lnf, &mut a.lnf_stats, e, eps);
-        be.matmul_nt(&a.lnf, w(lay.wte, c.vocab_size * e), None, &mut a.logits, n, e, c.vocab_size);
+        k::layer_norm_forward(
+            last,
+            w(lay.ln_f_w, e),
+            w(lay.ln_f_b, e),
+            &mut a.lnf,
+            &mut a.lnf_stats,
+            e,
+            eps,
+        );
+        be.matmul_nt(
+            &a.lnf,
+            w(lay.wte, c.vocab_size * e),
+            None,
+            &mut a.logits,
+            n,
+            e,
+            c.vocab_size,
+        );
     }
 
     /// Logits `[b * t, vocab]` for `tokens` (`b` rows of `t`).
@@ -286,7 +358,12 @@ impl TrainableGpt2 {
         let v = self.config.vocab_size;
         Ok(crate::threads::install(|| {
             self.forward(be, tokens, b, t);
-            let loss = k::cross_entropy(&mut self.acts.logits, targets, v, Some(loss_scale / n as f32));
+            let loss = k::cross_entropy(
+                &mut self.acts.logits,
+                targets,
+                v,
+                Some(loss_scale / n as f32),
+            );
             self.backward(be, tokens, b, t);
             loss
         }) / n as f64)
@@ -296,7 +373,12 @@ impl TrainableGpt2 {
     fn backward(&mut self, be: &dyn Backend, tokens: &[u32], b: usize, t: usize) {
         let c = &self.config;
         let (n, e, f, v) = (b * t, c.n_embd, c.n_inner, c.vocab_size);
-        let dims = AttnDims { b, t, h: c.n_head, d: c.head_dim() };
+        let dims = AttnDims {
+            b,
+            t,
+            h: c.n_head,
+            d: c.head_dim(),
+        };
         let (p, gr, lay, a) = (&self.params, &mut self.grads, &self.layout, &mut self.acts);
         let w = |off: usize, len: usize| &p[off..off + len];
         // Tied output projection: d lnf = dlogits @ wte; d wte += (lnf^T @ dlogits)^T.
@@ -308,7 +390,16 @@ impl TrainableGpt2 {
         let last = &a.res[lay.blocks.len() * n * e..];
         {
             let (gw, gb) = grads_pair(gr, lay.ln_f_w, lay.ln_f_b, e);
-            k::layer_norm_backward(&a.dln, last, w(lay.ln_f_w, e), &a.lnf_stats, &mut a.dres, gw, gb, e);
+            k::layer_norm_backward(
+                &a.dln,
+                last,
+                w(lay.ln_f_w, e),
+                &a.lnf_stats,
+                &mut a.dres,
+                gw,
+                gb,
+                e,
+            );
         }
         for (l, o) in lay.blocks.iter().enumerate().rev() {
             let (ne, nf) = (n * e, n * f);
@@ -317,36 +408,100 @@ impl TrainableGpt2 {
             {
                 let (gw, gb) = grads_pair(gr, o.mlp_proj_w, o.mlp_proj_b, f * e);
                 let (gw, gb) = (gw, &mut gb[..e]);
-                k::linear_backward(be, &a.dres, &a.fc_gelu[l * nf..(l + 1) * nf], w(o.mlp_proj_w, f * e), Some(&mut a.dfc), gw, gb, n, &mut a.linear);
+                k::linear_backward(
+                    be,
+                    &a.dres,
+                    &a.fc_gelu[l * nf..(l + 1) * nf],
+                    w(o.mlp_proj_w, f * e),
+                    Some(&mut a.dfc),
+                    gw,
+                    gb,
+                    n,
+                    &mut a.linear,
+                );
             }
             k::gelu_backward(&a.fc[l * nf..(l + 1) * nf], &mut a.dfc);
             {
                 let (gw, gb) = grads_pair(gr, o.c_fc_w, o.c_fc_b, e * f);
                 let gb = &mut gb[..f];
-                k::linear_backward(be, &a.dfc, &a.ln2[l * ne..(l + 1) * ne], w(o.c_fc_w, e * f), Some(&mut a.dln), gw, gb, n, &mut a.linear);
+                k::linear_backward(
+                    be,
+                    &a.dfc,
+                    &a.ln2[l * ne..(l + 1) * ne],
+                    w(o.c_fc_w, e * f),
+                    Some(&mut a.dln),
+                    gw,
+                    gb,
+                    n,
+                    &mut a.linear,
+                );
             }
             {
                 let (gw, gb) = grads_pair(gr, o.ln_2_w, o.ln_2_b, e);
                 let gb = &mut gb[..e];
-                k::layer_norm_backward(&a.dln, &a.res2[l * ne..(l + 1) * ne], w(o.ln_2_w, e), &a.ln2_stats[l * n * 2..(l + 1) * n * 2], &mut a.dres, gw, gb, e);
+                k::layer_norm_backward(
+                    &a.dln,
+                    &a.res2[l * ne..(l + 1) * ne],
+                    w(o.ln_2_w, e),
+                    &a.ln2_stats[l * n * 2..(l + 1) * n * 2],
+                    &mut a.dres,
+                    gw,
+                    gb,
+                    e,
+                );
             }
             // Attention: res2 = res_in + c_proj(attn(c_attn(ln_1(res_in)))).
             {
                 let (gw, gb) = grads_pair(gr, o.attn_proj_w, o.attn_proj_b, e * e);
                 let gb = &mut gb[..e];
-                k::linear_backward(be, &a.dres, &a.atty[l * ne..(l + 1) * ne], w(o.attn_proj_w, e * e), Some(&mut a.datty), gw, gb, n, &mut a.linear);
+                k::linear_backward(
+                    be,
+                    &a.dres,
+                    &a.atty[l * ne..(l + 1) * ne],
+                    w(o.attn_proj_w, e * e),
+                    Some(&mut a.datty),
+                    gw,
+                    gb,
+                    n,
+                    &mut a.linear,
+                );
             }
             let pl = b * c.n_head * t * t;
-            k::attention_backward(&a.datty, &a.qkv[l * 3 * ne..(l + 1) * 3 * ne], &a.probs[l * pl..(l + 1) * pl], &mut a.dqkv, dims);
+            k::attention_backward(
+                &a.datty,
+                &a.qkv[l * 3 * ne..(l + 1) * 3 * ne],
+                &a.probs[l * pl..(l + 1) * pl],
+                &mut a.dqkv,
+                dims,
+            );
             {
                 let (gw, gb) = grads_pair(gr, o.c_attn_w, o.c_attn_b, e * 3 * e);
                 let gb = &mut gb[..3 * e];
-                k::linear_backward(be, &a.dqkv, &a.ln1[l * ne..(l + 1) * ne], w(o.c_attn_w, e * 3 * e), Some(&mut a.dln), gw, gb, n, &mut a.linear);
+                k::linear_backward(
+                    be,
+                    &a.dqkv,
+                    &a.ln1[l * ne..(l + 1) * ne],
+                    w(o.c_attn_w, e * 3 * e),
+                    Some(&mut a.dln),
+                    gw,
+                    gb,
+                    n,
+                    &mut a.linear,
+                );
             }
             {
                 let (gw, gb) = grads_pair(gr, o.ln_1_w, o.ln_1_b, e);
                 let gb = &mut gb[..e];
-                k::layer_norm_backward(&a.dln, res_in, w(o.ln_1_w, e), &a.ln1_stats[l * n * 2..(l + 1) * n * 2], &mut a.dres, gw, gb, e);
+                k::layer_norm_backward(
+                    &a.dln,
+                    res_in,
+                    w(o.ln_1_w, e),
+                    &a.ln1_stats[l * n * 2..(l + 1) * n * 2],
+                    &mut a.dres,
+                    gw,
+                    gb,
+                    e,
+                );
             }
         }
         let (dwte, dwpe) = gr[lay.wte..].split_at_mut(lay.wpe - lay.wte);

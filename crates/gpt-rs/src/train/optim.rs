@@ -57,13 +57,21 @@ impl AdamW {
                 tasks.push((start, (start + CHUNK).min(r.end), s.decay));
             }
         }
-        let p = SharedParams(params.as_mut_ptr(), self.m.as_mut_ptr(), self.v.as_mut_ptr());
+        let p = SharedParams(
+            params.as_mut_ptr(),
+            self.m.as_mut_ptr(),
+            self.v.as_mut_ptr(),
+        );
         crate::threads::install(|| {
             tasks.par_iter().for_each(|&(a, b, decay)| {
                 // SAFETY: tasks cover disjoint ranges of the three equally long buffers.
                 let (p, m, v) = unsafe { p.slices(a, b) };
                 let g = &grads[a..b];
-                let shrink = if decay { 1.0 - hp.lr * hp.weight_decay } else { 1.0 };
+                let shrink = if decay {
+                    1.0 - hp.lr * hp.weight_decay
+                } else {
+                    1.0
+                };
                 for i in 0..p.len() {
                     m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
                     v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];

@@ -198,12 +198,21 @@ mod tests {
         assert_ne!(a, init(&l, &c, 8));
         let wte = &a[l.get("wte.weight").unwrap().range()];
         let mean = wte.iter().map(|&x| x as f64).sum::<f64>() / wte.len() as f64;
-        let std = (wte.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / wte.len() as f64).sqrt();
-        assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 5e-4, "{mean} {std}");
+        let std =
+            (wte.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / wte.len() as f64).sqrt();
+        assert!(
+            mean.abs() < 1e-3 && (std - 0.02).abs() < 5e-4,
+            "{mean} {std}"
+        );
         let proj = &a[l.get("h.0.mlp.c_proj.weight").unwrap().range()];
-        let pstd = (proj.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / proj.len() as f64).sqrt();
+        let pstd =
+            (proj.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / proj.len() as f64).sqrt();
         assert!((pstd - 0.01).abs() < 1e-3, "{pstd}");
-        assert!(a[l.get("h.0.ln_1.weight").unwrap().range()].iter().all(|&x| x == 1.0));
-        assert!(a[l.get("h.0.attn.c_attn.bias").unwrap().range()].iter().all(|&x| x == 0.0));
+        assert!(a[l.get("h.0.ln_1.weight").unwrap().range()]
+            .iter()
+            .all(|&x| x == 1.0));
+        assert!(a[l.get("h.0.attn.c_attn.bias").unwrap().range()]
+            .iter()
+            .all(|&x| x == 0.0));
     }
 }
