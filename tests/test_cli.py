@@ -53,6 +53,19 @@ def test_generate_streams_text_and_reports_speed(model_dir):
     assert "tokens/s" in r.stderr and "backend c" in r.stderr and "1 threads" in r.stderr
 
 
+def test_default_model_completes_python():
+    if "(none installed)" in gpt_rs_cmd("info").stdout:
+        pytest.skip("no default model in this build")
+    prompt = "def fibonacci(n):"
+    r = gpt_rs_cmd("generate", "--prompt", prompt, "--max-new-tokens", "48", "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(prompt)
+    body = r.stdout[len(prompt) :]
+    # Recognisable Python: an indented block follows the signature, with code keywords.
+    assert body.startswith("\n    ") or body.startswith("\n        "), body
+    assert any(k in body for k in ("return", "if ", "self", "for ", "= ")), body
+
+
 def test_generate_without_model_says_how_to_get_one():
     if "(none installed)" not in gpt_rs_cmd("info").stdout:
         pytest.skip("a default model is installed")

@@ -86,6 +86,24 @@ on_every_backend! {
             assert_close(&got, &want, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("linear {m}x{k}x{n}"));
         }
     };
+    matmul_tn_acc_all_shapes => |be| {
+        let mut r = Rng(27);
+        for &(m, k, n) in &[(1, 5, 3), (3, 5, 7), (8, 300, 65), (37, 257, 51), (128, 64, 96), (5, 0, 3)] {
+            let (a, b, c0) = (r.vec(k * m, 1.0), r.vec(k * n, 1.0), r.vec(m * n, 1.0));
+            let mut got = c0.clone();
+            be.matmul_tn_acc(&a, &b, &mut got, m, k, n);
+            // Naive f64 reference: c[i, j] += sum_p a[p, i] * b[p, j].
+            let want: Vec<f32> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    let dot: f64 = (0..k).map(|p| a[p * m + i] as f64 * b[p * n + j] as f64).sum();
+                    (c0[ij] as f64 + dot) as f32
+                })
+                .collect();
+            let (g, w) = (Tensor::from_f32(got, vec![m, n], be.kind()).unwrap(), Tensor::from_f32(want, vec![m, n], be.kind()).unwrap());
+            assert_close(&g, &w, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul_tn_acc {m}x{k}x{n}"));
+        }
+    };
     matmul_nt_all_shapes => |be| {
         let mut r = Rng(17);
         for &(m, k, n) in &[(1, 768, 300), (3, 5, 7), (15, 64, 33), (16, 64, 33), (40, 129, 70), (1, 0, 3)] {

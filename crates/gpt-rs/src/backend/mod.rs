@@ -46,6 +46,22 @@ pub trait Backend: Send + Sync {
         n: usize,
     );
 
+    /// `c[m, n] += a[k, m]^T @ b[k, n]`: the weight gradient of a linear layer (`x^T @ dout`),
+    /// accumulated. The default transposes `a` and calls `matmul`; `cpu` packs `a` directly.
+    fn matmul_tn_acc(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        let mut at = vec![0.0f32; m * k];
+        for (p, row) in a.chunks_exact(m.max(1)).enumerate().take(k) {
+            for (i, &v) in row.iter().enumerate() {
+                at[i * k + p] = v;
+            }
+        }
+        let mut tmp = vec![0.0f32; m * n];
+        self.matmul(&at, b, None, &mut tmp, m, k, n);
+        for (ci, ti) in c.iter_mut().zip(&tmp) {
+            *ci += ti;
+        }
+    }
+
     /// Softmax over each row of length `cols`.
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize);
 

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::math::{axpy_body, dot_body, exp, max, sum};
+use crate::backend::cpu::math::{axpy_body, exp, max, sum};
 use crate::backend::cpu::simd::multiversion;
 use crate::backend::Backend;
 
@@ -229,60 +229,6 @@ pub fn bias_backward(dout: &[f32], db: &mut [f32]) {
 // ---------------------------------------------------------------------------------------------
 // Linear layers (HF Conv1D layout: weight `[in, out]`)
 
-/// Scratch space reused across linear backwards.
-#[derive(Default)]
-pub struct LinearScratch {
-    xt: Vec<f32>,
-    dw: Vec<f32>,
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
-}
-
-/// `(rows, cols)` row-major to `(cols, rows)`, in cache-sized tiles, on the engine's threads.
-pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const T: usize = 64;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    dst.par_chunks_mut(T * rows)
-        .enumerate()
-        .for_each(|(bj, out)| {
-            let j0 = bj * T;
-            let jn = out.len() / rows;
-            for i0 in (0..rows).step_by(T) {
-                for i in i0..(i0 + T).min(rows) {
-                    for (jj, &v) in src[i * cols + j0..i * cols + j0 + jn].iter().enumerate() {
-                        out[jj * rows + i] = v;
-                    }
-                }
-            }
-        });
-}
-
-/// `dst[cols, rows] += src[rows, cols]^T`.
-pub fn transpose_add(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const T: usize = 64;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    dst.par_chunks_mut(T * rows)
-        .enumerate()
-        .for_each(|(bj, out)| {
-            let j0 = bj * T;
-            let jn = out.len() / rows;
-            for i in 0..rows {
-                for (jj, &v) in src[i * cols + j0..i * cols + j0 + jn].iter().enumerate() {
-                    out[jj * rows + i] += v;
-                }
-            }
-        });
-}
-
 /// `out[n, o] = x[n, i] @ w[i, o] + b`.
 pub fn linear_forward(
     be: &dyn Backend,
@@ -296,29 +242,22 @@ pub fn linear_forward(
     be.matmul(x, w, Some(b), out, n, k, m);
 }
 
-/// Linear backward: `dx = dout @ w^T` (if wanted), `dw += x^T @ dout`, `db += sum(dout)`.
+/// Linear backward: `dx = dout @ w^T`, `dw += x^T @ dout`, `db += sum(dout)`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     be: &dyn Backend,
     dout: &[f32],
     x: &[f32],
     w: &[f32],
-    dx: Option<&mut [f32]>,
+    dx: &mut [f32],
     dw: &mut [f32],
     db: &mut [f32],
     n: usize,
-    scratch: &mut LinearScratch,
 ) {
     let (k, m) = (x.len() / n, db.len());
-    if let Some(dx) = dx {
-        // w is [k, m] = "[n_out=k, k_in=m]" for matmul_nt: dout[n, m] @ w^T.
-        be.matmul_nt(dout, w, None, dx, n, m, k);
-    }
-    let xt = grow(&mut scratch.xt, k * n);
-    transpose(x, n, k, xt);
-    let tmp = grow(&mut scratch.dw, k * m);
-    be.matmul(xt, dout, None, tmp, k, n, m);
-    add_assign(dw, tmp);
+    // w is [k, m]: as matmul_nt's `[n, k]` operand it gives dout[n, m] @ w^T.
+    be.matmul_nt(dout, w, None, dx, n, m, k);
+    be.matmul_tn_acc(x, dout, dw, k, n, m);
     bias_backward(dout, db);
 }
 
@@ -348,6 +287,11 @@ pub fn gelu_backward(x: &[f32], d: &mut [f32]) {
 
 // ---------------------------------------------------------------------------------------------
 // Causal self-attention over packed qkv rows `[q (C) | k (C) | v (C)]`
+//
+// Per (sequence, head) group, as matrix products on the backend's GEMM: the group's q, k, v
+// (and output gradient) are gathered into contiguous `[t, d]` blocks, scores are a full
+// `t x t` product (the masked half is wasted, but a GEMM at full speed beats dot-product
+// loops), and the causal softmax and its backward run row by row.
 
 /// Sizes of one attention call: `b` sequences of `t` tokens, `h` heads of width `d`.
 #[derive(Clone, Copy)]
@@ -358,120 +302,154 @@ pub struct AttnDims {
     pub d: usize,
 }
 
+impl AttnDims {
+    /// Scratch floats per group that `attention_backward` needs (the forward uses a prefix).
+    pub fn scratch_per_group(&self) -> usize {
+        7 * self.t * self.d + self.t * self.t
+    }
+}
+
+/// Copies column block `col0..col0+d` of rows `row0..row0+t` (row stride `stride`) into `dst`.
+fn gather(src: &[f32], stride: usize, row0: usize, col0: usize, dst: &mut [f32], d: usize) {
+    for (i, out) in dst.chunks_exact_mut(d).enumerate() {
+        let s = (row0 + i) * stride + col0;
+        out.copy_from_slice(&src[s..s + d]);
+    }
+}
+
+/// The inverse of `gather`, through a shared pointer (each group owns its column block).
+///
+/// # Safety
+/// `dst` must point to a buffer of at least `(row0 + rows) * stride` floats, and no other
+/// task may write these elements concurrently.
+unsafe fn scatter(src: &[f32], dst: SharedMut, stride: usize, row0: usize, col0: usize, d: usize) {
+    for (i, row) in src.chunks_exact(d).enumerate() {
+        // SAFETY: in bounds and exclusively this group's, per the contract above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                row.as_ptr(),
+                dst.get().add((row0 + i) * stride + col0),
+                d,
+            )
+        };
+    }
+}
+
 #[inline(always)]
-fn attention_forward_body(
-    qkv: &[f32],
-    probs: &mut [f32],
-    out: *mut f32,
-    dims: AttnDims,
-    bi: usize,
-    hi: usize,
-) {
-    let AttnDims { t, h, d, .. } = dims;
-    let c = h * d;
-    let scale = 1.0 / (d as f32).sqrt();
-    let row = |i: usize| (bi * t + i) * 3 * c;
-    for i in 0..t {
-        let q = &qkv[row(i) + hi * d..][..d];
-        let p = &mut probs[i * t..(i + 1) * t];
-        for j in 0..=i {
-            p[j] = dot_body(q, &qkv[row(j) + c + hi * d..][..d]) * scale;
+fn causal_softmax_body(p: &mut [f32], t: usize, scale: f32) {
+    for (i, row) in p.chunks_exact_mut(t).enumerate() {
+        let (seen, masked) = row.split_at_mut(i + 1);
+        for v in seen.iter_mut() {
+            *v *= scale;
         }
-        let m = max(&p[..=i]);
-        for v in p[..=i].iter_mut() {
+        let m = max(seen);
+        for v in seen.iter_mut() {
             *v = exp(*v - m);
         }
-        let inv = 1.0 / sum(&p[..=i]);
-        for v in p[..=i].iter_mut() {
+        let inv = 1.0 / sum(seen);
+        for v in seen.iter_mut() {
             *v *= inv;
         }
-        p[i + 1..].fill(0.0);
-        // SAFETY: this task owns columns [hi*d, hi*d + d) of rows of sequence bi.
-        let o = unsafe { std::slice::from_raw_parts_mut(out.add((bi * t + i) * c + hi * d), d) };
-        o.fill(0.0);
-        for j in 0..=i {
-            axpy_body(p[j], &qkv[row(j) + 2 * c + hi * d..][..d], o);
-        }
+        masked.fill(0.0);
     }
 }
-multiversion! { fn attention_forward_kernel(qkv: &[f32], probs: &mut [f32], out: *mut f32, dims: AttnDims, bi: usize, hi: usize) = attention_forward_body; }
+multiversion! { fn causal_softmax(p: &mut [f32], t: usize, scale: f32) = causal_softmax_body; }
+
+/// `ds = p * (dp - rowsum(p * dp)) * scale`, in place in `dp` (zero above the diagonal).
+#[inline(always)]
+fn causal_softmax_backward_body(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
+    for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+        let mut s = 0.0f32;
+        for (&a, &b) in pr[..=i].iter().zip(&dr[..=i]) {
+            s += a * b;
+        }
+        for (d, &a) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+            *d = a * (*d - s) * scale;
+        }
+        dr[i + 1..].fill(0.0);
+    }
+}
+multiversion! { fn causal_softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32) = causal_softmax_backward_body; }
 
 /// Causal attention: `out[b, i, head] = softmax(q_i k_j^T / sqrt(d), j <= i) v`; saves the
-/// probabilities `probs[b, head, i, j]` for the backward.
-pub fn attention_forward(qkv: &[f32], probs: &mut [f32], out: &mut [f32], dims: AttnDims) {
-    let t = dims.t;
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    probs.par_chunks_mut(t * t).enumerate().for_each(|(g, p)| {
-        attention_forward_kernel(qkv, p, out_ptr.get(), dims, g / dims.h, g % dims.h)
-    });
-}
-
-#[inline(always)]
-fn attention_backward_body(
-    dout: &[f32],
+/// probabilities `probs[b, head, i, j]` for the backward. `scratch` holds
+/// `b * h * dims.scratch_per_group()` floats.
+pub fn attention_forward(
+    be: &dyn Backend,
     qkv: &[f32],
-    probs: &[f32],
-    dqkv: *mut f32,
+    probs: &mut [f32],
+    out: &mut [f32],
     scratch: &mut [f32],
     dims: AttnDims,
-    bi: usize,
-    hi: usize,
 ) {
     let AttnDims { t, h, d, .. } = dims;
     let c = h * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let row = |i: usize| (bi * t + i) * 3 * c;
-    // SAFETY: this task owns the q, k and v columns of head hi in the rows of sequence bi;
-    // `at` stays inside dqkv (row < b*t, column < 3c).
-    let at = |off: usize| unsafe { std::slice::from_raw_parts_mut(dqkv.add(off), d) };
-    for i in 0..t {
-        let g = &dout[(bi * t + i) * c + hi * d..][..d];
-        let p = &probs[i * t..(i + 1) * t];
-        let datt = &mut scratch[..=i];
-        for j in 0..=i {
-            datt[j] = dot_body(g, &qkv[row(j) + 2 * c + hi * d..][..d]);
-            axpy_body(p[j], g, at(row(j) + 2 * c + hi * d));
-        }
-        let mut s = 0.0f32;
-        for j in 0..=i {
-            s += p[j] * datt[j];
-        }
-        let q = &qkv[row(i) + hi * d..][..d];
-        let dq = at(row(i) + hi * d);
-        for j in 0..=i {
-            let dpre = p[j] * (datt[j] - s) * scale;
-            axpy_body(dpre, &qkv[row(j) + c + hi * d..][..d], dq);
-            axpy_body(dpre, q, at(row(j) + c + hi * d));
-        }
-    }
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    probs
+        .par_chunks_mut(t * t)
+        .zip(scratch.par_chunks_mut(dims.scratch_per_group()))
+        .enumerate()
+        .for_each(|(g, (p, sc))| {
+            let (bi, hi) = (g / h, g % h);
+            let (q, rest) = sc.split_at_mut(t * d);
+            let (k, rest) = rest.split_at_mut(t * d);
+            let (v, rest) = rest.split_at_mut(t * d);
+            let o = &mut rest[..t * d];
+            gather(qkv, 3 * c, bi * t, hi * d, q, d);
+            gather(qkv, 3 * c, bi * t, c + hi * d, k, d);
+            gather(qkv, 3 * c, bi * t, 2 * c + hi * d, v, d);
+            be.matmul_nt(q, k, None, p, t, d, t);
+            causal_softmax(p, t, scale);
+            be.matmul(p, v, None, o, t, t, d);
+            // SAFETY: group (bi, hi) owns columns hi*d..hi*d+d of rows bi*t..bi*t+t of out.
+            unsafe { scatter(o, out_ptr, c, bi * t, hi * d, d) };
+        });
 }
-multiversion! { fn attention_backward_kernel(dout: &[f32], qkv: &[f32], probs: &[f32], dqkv: *mut f32, scratch: &mut [f32], dims: AttnDims, bi: usize, hi: usize) = attention_backward_body; }
 
-/// Attention backward: writes `dqkv` (zeroed here) from `dout` `[b*t, c]`.
+/// Attention backward: writes `dqkv` `[b*t, 3c]` from `dout` `[b*t, c]`.
 pub fn attention_backward(
+    be: &dyn Backend,
     dout: &[f32],
     qkv: &[f32],
     probs: &[f32],
     dqkv: &mut [f32],
+    scratch: &mut [f32],
     dims: AttnDims,
 ) {
-    dqkv.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
-    let t = dims.t;
+    let AttnDims { t, h, d, .. } = dims;
+    let c = h * d;
+    let scale = 1.0 / (d as f32).sqrt();
     let ptr = SharedMut(dqkv.as_mut_ptr());
-    probs.par_chunks(t * t).enumerate().for_each(|(g, p)| {
-        crate::backend::cpu::math::with_scratch(t, |scratch| {
-            attention_backward_kernel(
-                dout,
-                qkv,
-                p,
-                ptr.get(),
-                scratch,
-                dims,
-                g / dims.h,
-                g % dims.h,
-            )
-        })
-    });
+    probs
+        .par_chunks(t * t)
+        .zip(scratch.par_chunks_mut(dims.scratch_per_group()))
+        .enumerate()
+        .for_each(|(g, (p, sc))| {
+            let (bi, hi) = (g / h, g % h);
+            let (blocks, dp) = sc.split_at_mut(7 * t * d);
+            let mut blocks = blocks.chunks_exact_mut(t * d);
+            let mut next = || blocks.next().expect("scratch holds 7 blocks");
+            let (q, k, v, go, dq, dk, dv) =
+                (next(), next(), next(), next(), next(), next(), next());
+            gather(qkv, 3 * c, bi * t, hi * d, q, d);
+            gather(qkv, 3 * c, bi * t, c + hi * d, k, d);
+            gather(qkv, 3 * c, bi * t, 2 * c + hi * d, v, d);
+            gather(dout, c, bi * t, hi * d, go, d);
+            be.matmul_nt(go, v, None, dp, t, d, t); // dp = dout v^T
+            dv.fill(0.0);
+            be.matmul_tn_acc(p, go, dv, t, t, d); // dv = p^T dout
+            causal_softmax_backward(p, dp, t, scale); // dp -> d scores (scaled)
+            be.matmul(dp, k, None, dq, t, t, d); // dq = ds k
+            dk.fill(0.0);
+            be.matmul_tn_acc(dp, q, dk, t, t, d); // dk = ds^T q
+                                                  // SAFETY: group (bi, hi) owns its q, k and v columns in rows bi*t..bi*t+t.
+            unsafe {
+                scatter(dq, ptr, 3 * c, bi * t, hi * d, d);
+                scatter(dk, ptr, 3 * c, bi * t, c + hi * d, d);
+                scatter(dv, ptr, 3 * c, bi * t, 2 * c + hi * d, d);
+            }
+        });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::kernels::{self as k, AttnDims, LinearScratch};
+use super::kernels::{self as k, AttnDims};
 use super::optim::to_le_bytes;
 use super::params::{self, Layout};
 use crate::backend::{self, Backend};
@@ -41,8 +41,8 @@ struct Activations {
     dqkv: Vec<f32>,
     datty: Vec<f32>,
     dfc: Vec<f32>,
-    dwte_t: Vec<f32>,
-    linear: LinearScratch,
+    /// Per (sequence, head) blocks for the attention GEMMs.
+    attn_scratch: Vec<f32>,
 }
 
 fn sized(v: &mut Vec<f32>, n: usize) {
@@ -219,7 +219,13 @@ impl TrainableGpt2 {
         sized(&mut a.dqkv, n * 3 * e);
         sized(&mut a.datty, n * e);
         sized(&mut a.dfc, n * f);
-        sized(&mut a.dwte_t, e * v);
+        let dims = AttnDims {
+            b,
+            t,
+            h: c.n_head,
+            d: c.head_dim(),
+        };
+        sized(&mut a.attn_scratch, b * c.n_head * dims.scratch_per_group());
         self.shape = (b, t);
     }
 
@@ -267,7 +273,14 @@ impl TrainableGpt2 {
             );
             let atty = &mut a.atty[l * ne..(l + 1) * ne];
             let pl = b * c.n_head * t * t;
-            k::attention_forward(qkv, &mut a.probs[l * pl..(l + 1) * pl], atty, dims);
+            k::attention_forward(
+                be,
+                qkv,
+                &mut a.probs[l * pl..(l + 1) * pl],
+                atty,
+                &mut a.attn_scratch,
+                dims,
+            );
             let res2 = &mut a.res2[l * ne..(l + 1) * ne];
             k::linear_forward(
                 be,
@@ -383,9 +396,14 @@ impl TrainableGpt2 {
         let w = |off: usize, len: usize| &p[off..off + len];
         // Tied output projection: d lnf = dlogits @ wte; d wte += (lnf^T @ dlogits)^T.
         be.matmul(&a.logits, w(lay.wte, v * e), None, &mut a.dln, n, v, e);
-        k::transpose(&a.lnf, n, e, &mut a.dres);
-        be.matmul(&a.dres[..n * e], &a.logits, None, &mut a.dwte_t, e, n, v);
-        k::transpose_add(&a.dwte_t, e, v, &mut gr[lay.wte..lay.wte + v * e]);
+        be.matmul_tn_acc(
+            &a.logits,
+            &a.lnf,
+            &mut gr[lay.wte..lay.wte + v * e],
+            v,
+            n,
+            e,
+        );
         a.dres.fill(0.0);
         let last = &a.res[lay.blocks.len() * n * e..];
         {
@@ -413,11 +431,10 @@ impl TrainableGpt2 {
                     &a.dres,
                     &a.fc_gelu[l * nf..(l + 1) * nf],
                     w(o.mlp_proj_w, f * e),
-                    Some(&mut a.dfc),
+                    &mut a.dfc,
                     gw,
                     gb,
                     n,
-                    &mut a.linear,
                 );
             }
             k::gelu_backward(&a.fc[l * nf..(l + 1) * nf], &mut a.dfc);
@@ -429,11 +446,10 @@ impl TrainableGpt2 {
                     &a.dfc,
                     &a.ln2[l * ne..(l + 1) * ne],
                     w(o.c_fc_w, e * f),
-                    Some(&mut a.dln),
+                    &mut a.dln,
                     gw,
                     gb,
                     n,
-                    &mut a.linear,
                 );
             }
             {
@@ -459,19 +475,20 @@ impl TrainableGpt2 {
                     &a.dres,
                     &a.atty[l * ne..(l + 1) * ne],
                     w(o.attn_proj_w, e * e),
-                    Some(&mut a.datty),
+                    &mut a.datty,
                     gw,
                     gb,
                     n,
-                    &mut a.linear,
                 );
             }
             let pl = b * c.n_head * t * t;
             k::attention_backward(
+                be,
                 &a.datty,
                 &a.qkv[l * 3 * ne..(l + 1) * 3 * ne],
                 &a.probs[l * pl..(l + 1) * pl],
                 &mut a.dqkv,
+                &mut a.attn_scratch,
                 dims,
             );
             {
@@ -482,11 +499,10 @@ impl TrainableGpt2 {
                     &a.dqkv,
                     &a.ln1[l * ne..(l + 1) * ne],
                     w(o.c_attn_w, e * 3 * e),
-                    Some(&mut a.dln),
+                    &mut a.dln,
                     gw,
                     gb,
                     n,
-                    &mut a.linear,
                 );
             }
             {

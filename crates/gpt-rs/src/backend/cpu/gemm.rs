@@ -445,12 +445,38 @@ fn pack_b(
     }
 }
 
-/// Packs `A[0..m, p0..p0+kc]` (row stride `k`) into strips of `mr` rows, column-major within
-/// a strip (zero rows past `m`).
-fn pack_a(a: &[f32], m: usize, k: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+/// How A is stored: `[m, k]` row-major, or transposed (`[k, m]`, for `C += A^T B`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ALayout {
+    MK,
+    KM,
+}
+
+/// Packs `A[0..m, p0..p0+kc]` (row stride `k`, or transposed storage) into strips of `mr`
+/// rows, column-major within a strip (zero rows past `m`).
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    a: &[f32],
+    layout: ALayout,
+    m: usize,
+    k: usize,
+    p0: usize,
+    kc: usize,
+    mr: usize,
+    out: &mut [f32],
+) {
     for (strip, dst) in out.chunks_exact_mut(mr * kc).enumerate() {
         let i0 = strip * mr;
         let rows = m.saturating_sub(i0).min(mr);
+        if layout == ALayout::KM {
+            // Stored [k, m]: each packed column is `rows` contiguous values of one stored row.
+            for p in 0..kc {
+                let d = &mut dst[p * mr..(p + 1) * mr];
+                d[..rows].copy_from_slice(&a[(p0 + p) * m + i0..(p0 + p) * m + i0 + rows]);
+                d[rows..].fill(0.0);
+            }
+            continue;
+        }
         for i in 0..mr {
             if i < rows {
                 let src = &a[(i0 + i) * k + p0..(i0 + i) * k + p0 + kc];
@@ -490,7 +516,15 @@ pub fn matmul(
         });
         return;
     }
-    gemm(a, b, BLayout::KN, c, m, k, n)
+    gemm(a, ALayout::MK, b, BLayout::KN, c, m, k, n)
+}
+
+/// `c += a^T @ b` with `a` stored `[k, m]` (weight gradients); runs inside the engine's pool.
+pub fn matmul_tn_acc(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    gemm(a, ALayout::KM, b, BLayout::KN, c, m, k, n)
 }
 
 /// Rows below which `matmul_nt` uses dot products (no packing; each row is computed the same
@@ -521,7 +555,7 @@ pub fn matmul_nt(
         });
         return;
     }
-    gemm(a, b, BLayout::NK, c, m, k, n)
+    gemm(a, ALayout::MK, b, BLayout::NK, c, m, k, n)
 }
 
 /// Threads to split over: the engine pool's size on a pool thread, 1 elsewhere (small products
@@ -555,6 +589,8 @@ fn column_chunks(n: usize, work: usize, max_chunk: usize, f: impl Fn(usize, usiz
 }
 
 thread_local! {
+    /// Per-thread buffer for packed A strips, grown once and reused.
+    static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread buffer for packed B panels, grown once and reused.
     static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -564,7 +600,17 @@ thread_local! {
 /// A is packed once (all K blocks, strips in parallel). Then one parallel region over
 /// `column group` tasks of equal width (about 4 per thread): each walks the K blocks, packs
 /// its own B panels into a per-thread buffer and runs the micro-kernel over all strips.
-fn gemm(a: &[f32], b: &[f32], layout: BLayout, c: &mut [f32], m: usize, k: usize, n: usize) {
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    a: &[f32],
+    a_layout: ALayout,
+    b: &[f32],
+    layout: BLayout,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     let (tile_fn, _) = kernels(level());
     let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
@@ -572,19 +618,33 @@ fn gemm(a: &[f32], b: &[f32], layout: BLayout, c: &mut [f32], m: usize, k: usize
     let strips = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
     let kblocks = k.div_ceil(KC);
-    // A packed per K block: block `kb` holds all strips for columns kb*KC..kb*KC+kc.
-    let mut apack = vec![0.0f32; strips * mr * k];
-    apack
+    // A packed per K block: block `kb` holds all strips for columns kb*KC..kb*KC+kc. The
+    // buffer is the calling thread's, reused across calls (taken out while in use, so a
+    // nested GEMM that runs on this thread meanwhile gets its own).
+    let mut apack_buf = PACK_A.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if apack_buf.len() < strips * mr * k {
+        apack_buf.resize(strips * mr * k, 0.0);
+    }
+    apack_buf[..strips * mr * k]
         .par_chunks_mut(strips * mr * KC)
         .enumerate()
         .for_each(|(kb, dst)| {
             let kc = (k - kb * KC).min(KC);
-            pack_a(a, m, k, kb * KC, kc, mr, &mut dst[..strips * mr * kc]);
+            pack_a(
+                a,
+                a_layout,
+                m,
+                k,
+                kb * KC,
+                kc,
+                mr,
+                &mut dst[..strips * mr * kc],
+            );
         });
     let want_tasks = if threads == 1 { 1 } else { threads * 4 };
     let panels_per_group = panels.div_ceil(want_tasks.min(panels));
     let n_groups = panels.div_ceil(panels_per_group);
-    let apack = &apack;
+    let apack = &apack_buf[..];
     let task = |g: usize| {
         let pg = (
             g * panels_per_group,
@@ -626,4 +686,5 @@ fn gemm(a: &[f32], b: &[f32], layout: BLayout, c: &mut [f32], m: usize, k: usize
     } else {
         (0..n_groups).into_par_iter().for_each(task);
     }
+    PACK_A.with(|b| *b.borrow_mut() = apack_buf);
 }

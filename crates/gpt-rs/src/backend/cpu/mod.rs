@@ -66,6 +66,10 @@ impl Backend for Cpu {
         on_pool(m * k * n, || gemm::matmul(a, b, bias, c, m, k, n))
     }
 
+    fn matmul_tn_acc(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        on_pool(m * k * n, || gemm::matmul_tn_acc(a, b, c, m, k, n))
+    }
+
     fn matmul_nt(
         &self,
         a: &[f32],
