@@ -31,8 +31,14 @@ def fake_hub(tmp_path_factory):
 
 
 @pytest.mark.parametrize("i", range(len(python_blocks(ROOT / "README.md"))))
-def test_readme_blocks_run(i, fake_hub, monkeypatch):
+def test_readme_blocks_run(i, fake_hub, monkeypatch, tmp_path):
+    """Each Python block runs as written, from a scratch folder holding a copy of the
+    repository's docs (the training example reads them and writes its run there)."""
+    import shutil
+
     monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub))
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
     exec(compile(python_blocks(ROOT / "README.md")[i], f"README.md block {i}", "exec"), {})
 
 
@@ -54,6 +60,7 @@ def test_readme_cli_examples_run(line, fake_hub):
         text=True,
         env=env,
         timeout=600,
+        cwd=ROOT,
     )
     assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
 

@@ -465,15 +465,18 @@ fn cross_entropy_body(
     let mut loss = 0.0f64;
     for (row, &y) in logits.chunks_exact_mut(v).zip(targets) {
         let m = max(row);
-        let mut s = 0.0f32;
-        for &l in row.iter() {
-            s += exp(l - m);
+        let target = row[y as usize];
+        // Exponentials in place (a vectorized loop), then a lane-wise sum; they are reused for
+        // the gradient `softmax * scale - onehot * scale`.
+        for l in row.iter_mut() {
+            *l = exp(*l - m);
         }
-        let lse = m + s.ln();
-        loss += (lse - row[y as usize]) as f64;
+        let s = sum(row);
+        loss += (m + s.ln() - target) as f64;
         if let Some(scale) = grad_scale {
+            let f = scale / s;
             for l in row.iter_mut() {
-                *l = exp(*l - lse) * scale;
+                *l *= f;
             }
             row[y as usize] -= scale;
         }
@@ -482,8 +485,8 @@ fn cross_entropy_body(
 }
 multiversion! { fn cross_entropy_kernel(logits: &mut [f32], targets: &[u32], v: usize, grad_scale: Option<f32>) -> f64 = cross_entropy_body; }
 
-/// Sum over rows of `-log softmax(logits)[target]`. With `grad_scale`, each row of `logits`
-/// is replaced by its gradient `(softmax - onehot) * grad_scale`.
+/// Sum over rows of `-log softmax(logits)[target]`. `logits` is overwritten: with
+/// `grad_scale`, by its gradient `(softmax - onehot) * grad_scale`.
 pub fn cross_entropy(
     logits: &mut [f32],
     targets: &[u32],
