@@ -317,6 +317,21 @@ fn gather(src: &[f32], stride: usize, row0: usize, col0: usize, dst: &mut [f32],
     }
 }
 
+/// Group (bi, hi)'s query, key and value blocks `[t, d]` out of the packed qkv rows.
+fn gather_qkv(qkv: &[f32], dims: AttnDims, bi: usize, hi: usize, dst: [&mut [f32]; 3]) {
+    let c = dims.h * dims.d;
+    for (which, block) in dst.into_iter().enumerate() {
+        gather(
+            qkv,
+            3 * c,
+            bi * dims.t,
+            which * c + hi * dims.d,
+            block,
+            dims.d,
+        );
+    }
+}
+
 /// The inverse of `gather`, through a shared pointer (each group owns its column block).
 ///
 /// # Safety
@@ -396,9 +411,7 @@ pub fn attention_forward(
             let (k, rest) = rest.split_at_mut(t * d);
             let (v, rest) = rest.split_at_mut(t * d);
             let o = &mut rest[..t * d];
-            gather(qkv, 3 * c, bi * t, hi * d, q, d);
-            gather(qkv, 3 * c, bi * t, c + hi * d, k, d);
-            gather(qkv, 3 * c, bi * t, 2 * c + hi * d, v, d);
+            gather_qkv(qkv, dims, bi, hi, [q, k, v]);
             be.matmul_nt(q, k, None, p, t, d, t);
             causal_softmax(p, t, scale);
             be.matmul(p, v, None, o, t, t, d);
@@ -432,9 +445,7 @@ pub fn attention_backward(
             let mut next = || blocks.next().expect("scratch holds 7 blocks");
             let (q, k, v, go, dq, dk, dv) =
                 (next(), next(), next(), next(), next(), next(), next());
-            gather(qkv, 3 * c, bi * t, hi * d, q, d);
-            gather(qkv, 3 * c, bi * t, c + hi * d, k, d);
-            gather(qkv, 3 * c, bi * t, 2 * c + hi * d, v, d);
+            gather_qkv(qkv, dims, bi, hi, [q, k, v]);
             gather(dout, c, bi * t, hi * d, go, d);
             be.matmul_nt(go, v, None, dp, t, d, t); // dp = dout v^T
             dv.fill(0.0);

@@ -11,7 +11,7 @@ use safetensors::Dtype;
 
 use super::kernels::{self as k, AttnDims};
 use super::optim::to_le_bytes;
-use super::params::{self, Layout};
+use super::params::{self, Layout, LinearAt, NormAt};
 use crate::backend::{self, Backend};
 use crate::checkpoint::{Gpt2Config, SafetensorsFile};
 use crate::error::{Error, Result};
@@ -219,12 +219,7 @@ impl TrainableGpt2 {
         sized(&mut a.dqkv, n * 3 * e);
         sized(&mut a.datty, n * e);
         sized(&mut a.dfc, n * f);
-        let dims = AttnDims {
-            b,
-            t,
-            h: c.n_head,
-            d: c.head_dim(),
-        };
+        let dims = attn_dims(c, b, t);
         sized(&mut a.attn_scratch, b * c.n_head * dims.scratch_per_group());
         self.shape = (b, t);
     }
@@ -233,107 +228,67 @@ impl TrainableGpt2 {
     fn forward(&mut self, be: &dyn Backend, tokens: &[u32], b: usize, t: usize) {
         self.alloc(b, t);
         let c = &self.config;
-        let (n, e, f, eps) = (b * t, c.n_embd, c.n_inner, c.layer_norm_epsilon);
-        let dims = AttnDims {
-            b,
-            t,
-            h: c.n_head,
-            d: c.head_dim(),
-        };
-        let (p, lay, a) = (&self.params, &self.layout, &mut self.acts);
-        let w = |off: usize, len: usize| &p[off..off + len];
-        k::embedding_forward(
-            tokens,
-            w(lay.wte, c.vocab_size * e),
-            w(lay.wpe, c.n_positions * e),
-            &mut a.res[..n * e],
-            t,
+        let (n, e, f, v, eps) = (
+            b * t,
+            c.n_embd,
+            c.n_inner,
+            c.vocab_size,
+            c.layer_norm_epsilon,
         );
-        for (l, o) in lay.blocks.iter().enumerate() {
-            let (ne, nf) = (n * e, n * f);
+        let (ne, nf) = (n * e, n * f);
+        let dims = attn_dims(c, b, t);
+        let pl = b * c.n_head * t * t;
+        let (p, lay, a) = (&self.params, &self.layout, &mut self.acts);
+        let wte = &p[lay.wte..lay.wte + v * e];
+        let wpe = &p[lay.wpe..lay.wpe + c.n_positions * e];
+        k::embedding_forward(tokens, wte, wpe, &mut a.res[..ne], t);
+        for (l, blk) in lay.blocks.iter().enumerate() {
             let (res_in, res_out) = a.res[l * ne..(l + 2) * ne].split_at_mut(ne);
             let ln1 = &mut a.ln1[l * ne..(l + 1) * ne];
-            k::layer_norm_forward(
+            let qkv = &mut a.qkv[l * 3 * ne..(l + 1) * 3 * ne];
+            let atty = &mut a.atty[l * ne..(l + 1) * ne];
+            let res2 = &mut a.res2[l * ne..(l + 1) * ne];
+            let ln2 = &mut a.ln2[l * ne..(l + 1) * ne];
+            let fc = &mut a.fc[l * nf..(l + 1) * nf];
+            let act = &mut a.fc_gelu[l * nf..(l + 1) * nf];
+            // res2 = res_in + c_proj(attention(c_attn(ln_1(res_in))))
+            norm_forward(
+                p,
+                blk.ln_1,
                 res_in,
-                w(o.ln_1_w, e),
-                w(o.ln_1_b, e),
                 ln1,
-                &mut a.ln1_stats[l * n * 2..(l + 1) * n * 2],
-                e,
+                &mut a.ln1_stats[l * n * 2..][..n * 2],
                 eps,
             );
-            let qkv = &mut a.qkv[l * 3 * ne..(l + 1) * 3 * ne];
-            k::linear_forward(
-                be,
-                ln1,
-                w(o.c_attn_w, e * 3 * e),
-                w(o.c_attn_b, 3 * e),
-                qkv,
-                n,
-            );
-            let atty = &mut a.atty[l * ne..(l + 1) * ne];
-            let pl = b * c.n_head * t * t;
+            linear_forward(be, p, blk.c_attn, ln1, qkv, n);
             k::attention_forward(
                 be,
                 qkv,
-                &mut a.probs[l * pl..(l + 1) * pl],
+                &mut a.probs[l * pl..][..pl],
                 atty,
                 &mut a.attn_scratch,
                 dims,
             );
-            let res2 = &mut a.res2[l * ne..(l + 1) * ne];
-            k::linear_forward(
-                be,
-                atty,
-                w(o.attn_proj_w, e * e),
-                w(o.attn_proj_b, e),
-                res2,
-                n,
-            );
+            linear_forward(be, p, blk.attn_c_proj, atty, res2, n);
             k::add_assign(res2, res_in);
-            let ln2 = &mut a.ln2[l * ne..(l + 1) * ne];
-            k::layer_norm_forward(
+            // res_out = res2 + c_proj(gelu(c_fc(ln_2(res2))))
+            norm_forward(
+                p,
+                blk.ln_2,
                 res2,
-                w(o.ln_2_w, e),
-                w(o.ln_2_b, e),
                 ln2,
-                &mut a.ln2_stats[l * n * 2..(l + 1) * n * 2],
-                e,
+                &mut a.ln2_stats[l * n * 2..][..n * 2],
                 eps,
             );
-            let fc = &mut a.fc[l * nf..(l + 1) * nf];
-            k::linear_forward(be, ln2, w(o.c_fc_w, e * f), w(o.c_fc_b, f), fc, n);
-            let g = &mut a.fc_gelu[l * nf..(l + 1) * nf];
-            be.gelu_tanh(fc, g);
-            k::linear_forward(
-                be,
-                g,
-                w(o.mlp_proj_w, f * e),
-                w(o.mlp_proj_b, e),
-                res_out,
-                n,
-            );
+            linear_forward(be, p, blk.c_fc, ln2, fc, n);
+            be.gelu_tanh(fc, act);
+            linear_forward(be, p, blk.mlp_c_proj, act, res_out, n);
             k::add_assign(res_out, res2);
         }
-        let last = &a.res[lay.blocks.len() * n * e..];
-        k::layer_norm_forward(
-            last,
-            w(lay.ln_f_w, e),
-            w(lay.ln_f_b, e),
-            &mut a.lnf,
-            &mut a.lnf_stats,
-            e,
-            eps,
-        );
-        be.matmul_nt(
-            &a.lnf,
-            w(lay.wte, c.vocab_size * e),
-            None,
-            &mut a.logits,
-            n,
-            e,
-            c.vocab_size,
-        );
+        let last = &a.res[lay.blocks.len() * ne..];
+        norm_forward(p, lay.ln_f, last, &mut a.lnf, &mut a.lnf_stats, eps);
+        // Tied output projection: logits = lnf @ wte^T.
+        be.matmul_nt(&a.lnf, wte, None, &mut a.logits, n, e, v);
     }
 
     /// Logits `[b * t, vocab]` for `tokens` (`b` rows of `t`).
@@ -386,141 +341,79 @@ impl TrainableGpt2 {
     fn backward(&mut self, be: &dyn Backend, tokens: &[u32], b: usize, t: usize) {
         let c = &self.config;
         let (n, e, f, v) = (b * t, c.n_embd, c.n_inner, c.vocab_size);
-        let dims = AttnDims {
-            b,
-            t,
-            h: c.n_head,
-            d: c.head_dim(),
-        };
-        let (p, gr, lay, a) = (&self.params, &mut self.grads, &self.layout, &mut self.acts);
-        let w = |off: usize, len: usize| &p[off..off + len];
-        // Tied output projection: d lnf = dlogits @ wte; d wte += (lnf^T @ dlogits)^T.
-        be.matmul(&a.logits, w(lay.wte, v * e), None, &mut a.dln, n, v, e);
-        be.matmul_tn_acc(
-            &a.logits,
-            &a.lnf,
-            &mut gr[lay.wte..lay.wte + v * e],
-            v,
-            n,
-            e,
-        );
+        let (ne, nf) = (n * e, n * f);
+        let dims = attn_dims(c, b, t);
+        let pl = b * c.n_head * t * t;
+        let (p, g, lay, a) = (&self.params, &mut self.grads, &self.layout, &mut self.acts);
+        // Tied output projection: d lnf = dlogits @ wte; d wte += dlogits^T @ lnf.
+        let wte = &p[lay.wte..lay.wte + v * e];
+        be.matmul(&a.logits, wte, None, &mut a.dln, n, v, e);
+        be.matmul_tn_acc(&a.logits, &a.lnf, &mut g[lay.wte..lay.wte + v * e], v, n, e);
+        // `dres` carries d loss / d residual stream down through the blocks.
         a.dres.fill(0.0);
-        let last = &a.res[lay.blocks.len() * n * e..];
-        {
-            let (gw, gb) = grads_pair(gr, lay.ln_f_w, lay.ln_f_b, e);
-            k::layer_norm_backward(
-                &a.dln,
-                last,
-                w(lay.ln_f_w, e),
-                &a.lnf_stats,
-                &mut a.dres,
-                gw,
-                gb,
-                e,
-            );
-        }
-        for (l, o) in lay.blocks.iter().enumerate().rev() {
-            let (ne, nf) = (n * e, n * f);
+        let last = &a.res[lay.blocks.len() * ne..];
+        norm_backward(p, g, lay.ln_f, &a.dln, last, &a.lnf_stats, &mut a.dres);
+        for (l, blk) in lay.blocks.iter().enumerate().rev() {
             let res_in = &a.res[l * ne..(l + 1) * ne];
-            // MLP: res_out = res2 + c_proj(gelu(c_fc(ln_2(res2)))).
-            {
-                let (gw, gb) = grads_pair(gr, o.mlp_proj_w, o.mlp_proj_b, f * e);
-                let (gw, gb) = (gw, &mut gb[..e]);
-                k::linear_backward(
-                    be,
-                    &a.dres,
-                    &a.fc_gelu[l * nf..(l + 1) * nf],
-                    w(o.mlp_proj_w, f * e),
-                    &mut a.dfc,
-                    gw,
-                    gb,
-                    n,
-                );
-            }
+            // MLP branch: res_out = res2 + c_proj(gelu(c_fc(ln_2(res2)))).
+            let act = &a.fc_gelu[l * nf..(l + 1) * nf];
+            linear_backward(be, p, g, blk.mlp_c_proj, &a.dres, act, &mut a.dfc, n);
             k::gelu_backward(&a.fc[l * nf..(l + 1) * nf], &mut a.dfc);
-            {
-                let (gw, gb) = grads_pair(gr, o.c_fc_w, o.c_fc_b, e * f);
-                let gb = &mut gb[..f];
-                k::linear_backward(
-                    be,
-                    &a.dfc,
-                    &a.ln2[l * ne..(l + 1) * ne],
-                    w(o.c_fc_w, e * f),
-                    &mut a.dln,
-                    gw,
-                    gb,
-                    n,
-                );
-            }
-            {
-                let (gw, gb) = grads_pair(gr, o.ln_2_w, o.ln_2_b, e);
-                let gb = &mut gb[..e];
-                k::layer_norm_backward(
-                    &a.dln,
-                    &a.res2[l * ne..(l + 1) * ne],
-                    w(o.ln_2_w, e),
-                    &a.ln2_stats[l * n * 2..(l + 1) * n * 2],
-                    &mut a.dres,
-                    gw,
-                    gb,
-                    e,
-                );
-            }
-            // Attention: res2 = res_in + c_proj(attn(c_attn(ln_1(res_in)))).
-            {
-                let (gw, gb) = grads_pair(gr, o.attn_proj_w, o.attn_proj_b, e * e);
-                let gb = &mut gb[..e];
-                k::linear_backward(
-                    be,
-                    &a.dres,
-                    &a.atty[l * ne..(l + 1) * ne],
-                    w(o.attn_proj_w, e * e),
-                    &mut a.datty,
-                    gw,
-                    gb,
-                    n,
-                );
-            }
-            let pl = b * c.n_head * t * t;
+            linear_backward(
+                be,
+                p,
+                g,
+                blk.c_fc,
+                &a.dfc,
+                &a.ln2[l * ne..][..ne],
+                &mut a.dln,
+                n,
+            );
+            let res2 = &a.res2[l * ne..(l + 1) * ne];
+            norm_backward(
+                p,
+                g,
+                blk.ln_2,
+                &a.dln,
+                res2,
+                &a.ln2_stats[l * n * 2..][..n * 2],
+                &mut a.dres,
+            );
+            // Attention branch: res2 = res_in + c_proj(attention(c_attn(ln_1(res_in)))).
+            let atty = &a.atty[l * ne..(l + 1) * ne];
+            linear_backward(be, p, g, blk.attn_c_proj, &a.dres, atty, &mut a.datty, n);
+            let qkv = &a.qkv[l * 3 * ne..(l + 1) * 3 * ne];
+            let probs = &a.probs[l * pl..(l + 1) * pl];
             k::attention_backward(
                 be,
                 &a.datty,
-                &a.qkv[l * 3 * ne..(l + 1) * 3 * ne],
-                &a.probs[l * pl..(l + 1) * pl],
+                qkv,
+                probs,
                 &mut a.dqkv,
                 &mut a.attn_scratch,
                 dims,
             );
-            {
-                let (gw, gb) = grads_pair(gr, o.c_attn_w, o.c_attn_b, e * 3 * e);
-                let gb = &mut gb[..3 * e];
-                k::linear_backward(
-                    be,
-                    &a.dqkv,
-                    &a.ln1[l * ne..(l + 1) * ne],
-                    w(o.c_attn_w, e * 3 * e),
-                    &mut a.dln,
-                    gw,
-                    gb,
-                    n,
-                );
-            }
-            {
-                let (gw, gb) = grads_pair(gr, o.ln_1_w, o.ln_1_b, e);
-                let gb = &mut gb[..e];
-                k::layer_norm_backward(
-                    &a.dln,
-                    res_in,
-                    w(o.ln_1_w, e),
-                    &a.ln1_stats[l * n * 2..(l + 1) * n * 2],
-                    &mut a.dres,
-                    gw,
-                    gb,
-                    e,
-                );
-            }
+            linear_backward(
+                be,
+                p,
+                g,
+                blk.c_attn,
+                &a.dqkv,
+                &a.ln1[l * ne..][..ne],
+                &mut a.dln,
+                n,
+            );
+            norm_backward(
+                p,
+                g,
+                blk.ln_1,
+                &a.dln,
+                res_in,
+                &a.ln1_stats[l * n * 2..][..n * 2],
+                &mut a.dres,
+            );
         }
-        let (dwte, dwpe) = gr[lay.wte..].split_at_mut(lay.wpe - lay.wte);
+        let (dwte, dwpe) = g[lay.wte..].split_at_mut(lay.wpe - lay.wte);
         k::embedding_backward(tokens, &a.dres, dwte, &mut dwpe[..c.n_positions * e], t);
     }
 
@@ -529,11 +422,51 @@ impl TrainableGpt2 {
     }
 }
 
-/// The gradient slices of a weight (`len` elements at `w`) and the bias right after it at `b`.
-fn grads_pair(g: &mut [f32], w: usize, b: usize, len: usize) -> (&mut [f32], &mut [f32]) {
-    debug_assert_eq!(b, w + len);
-    let (gw, gb) = g[w..].split_at_mut(b - w);
-    (&mut gw[..len], gb)
+fn attn_dims(c: &Gpt2Config, b: usize, t: usize) -> AttnDims {
+    AttnDims {
+        b,
+        t,
+        h: c.n_head,
+        d: c.head_dim(),
+    }
+}
+
+fn linear_forward(be: &dyn Backend, p: &[f32], at: LinearAt, x: &[f32], out: &mut [f32], n: usize) {
+    k::linear_forward(be, x, at.weight(p), at.bias(p), out, n);
+}
+
+/// `dx = dout @ W^T`; the layer's weight and bias gradients accumulate into `g`.
+#[allow(clippy::too_many_arguments)]
+fn linear_backward(
+    be: &dyn Backend,
+    p: &[f32],
+    g: &mut [f32],
+    at: LinearAt,
+    dout: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    n: usize,
+) {
+    let (gw, gb) = at.grads(g);
+    k::linear_backward(be, dout, x, at.weight(p), dx, gw, gb, n);
+}
+
+fn norm_forward(p: &[f32], at: NormAt, x: &[f32], out: &mut [f32], stats: &mut [f32], eps: f32) {
+    k::layer_norm_forward(x, at.weight(p), at.bias(p), out, stats, at.c, eps);
+}
+
+/// `dx += ...` (the residual stream's gradient); weight and bias gradients into `g`.
+fn norm_backward(
+    p: &[f32],
+    g: &mut [f32],
+    at: NormAt,
+    dout: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    dx: &mut [f32],
+) {
+    let (gw, gb) = at.grads(g);
+    k::layer_norm_backward(dout, x, at.weight(p), stats, dx, gw, gb, at.c);
 }
 
 fn validate(c: &Gpt2Config) -> Result<()> {

@@ -27,21 +27,61 @@ impl ParamSpec {
     }
 }
 
-/// Offsets of one transformer block's tensors.
+/// A linear layer's place in the flat buffers: weight `[n_in, n_out]` at `w`, bias right after.
 #[derive(Clone, Copy, Debug)]
-pub struct BlockOffsets {
-    pub ln_1_w: usize,
-    pub ln_1_b: usize,
-    pub c_attn_w: usize,
-    pub c_attn_b: usize,
-    pub attn_proj_w: usize,
-    pub attn_proj_b: usize,
-    pub ln_2_w: usize,
-    pub ln_2_b: usize,
-    pub c_fc_w: usize,
-    pub c_fc_b: usize,
-    pub mlp_proj_w: usize,
-    pub mlp_proj_b: usize,
+pub struct LinearAt {
+    pub w: usize,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl LinearAt {
+    pub fn weight<'a>(&self, buf: &'a [f32]) -> &'a [f32] {
+        &buf[self.w..self.w + self.n_in * self.n_out]
+    }
+
+    pub fn bias<'a>(&self, buf: &'a [f32]) -> &'a [f32] {
+        let b = self.w + self.n_in * self.n_out;
+        &buf[b..b + self.n_out]
+    }
+
+    /// The weight's and the bias's slices of a gradient buffer.
+    pub fn grads<'a>(&self, buf: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+        let len = self.n_in * self.n_out;
+        buf[self.w..self.w + len + self.n_out].split_at_mut(len)
+    }
+}
+
+/// A layer norm's place: weight `[c]` at `w`, bias right after.
+#[derive(Clone, Copy, Debug)]
+pub struct NormAt {
+    pub w: usize,
+    pub c: usize,
+}
+
+impl NormAt {
+    pub fn weight<'a>(&self, buf: &'a [f32]) -> &'a [f32] {
+        &buf[self.w..self.w + self.c]
+    }
+
+    pub fn bias<'a>(&self, buf: &'a [f32]) -> &'a [f32] {
+        &buf[self.w + self.c..self.w + 2 * self.c]
+    }
+
+    pub fn grads<'a>(&self, buf: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+        buf[self.w..self.w + 2 * self.c].split_at_mut(self.c)
+    }
+}
+
+/// One transformer block's tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockAt {
+    pub ln_1: NormAt,
+    pub c_attn: LinearAt,
+    pub attn_c_proj: LinearAt,
+    pub ln_2: NormAt,
+    pub c_fc: LinearAt,
+    pub mlp_c_proj: LinearAt,
 }
 
 /// Where every tensor lives in the flat parameter (and gradient, and optimizer) buffers.
@@ -50,58 +90,67 @@ pub struct Layout {
     pub specs: Vec<ParamSpec>,
     pub wte: usize,
     pub wpe: usize,
-    pub blocks: Vec<BlockOffsets>,
-    pub ln_f_w: usize,
-    pub ln_f_b: usize,
+    pub blocks: Vec<BlockAt>,
+    pub ln_f: NormAt,
     pub total: usize,
+}
+
+/// Appends tensors to a growing layout.
+#[derive(Default)]
+struct Builder {
+    specs: Vec<ParamSpec>,
+}
+
+impl Builder {
+    fn add(&mut self, name: String, shape: Vec<usize>) -> usize {
+        let offset = self.specs.last().map_or(0, |s| s.offset + s.numel());
+        let decay = shape.len() == 2;
+        self.specs.push(ParamSpec {
+            name,
+            shape,
+            offset,
+            decay,
+        });
+        offset
+    }
+
+    fn norm(&mut self, name: &str, c: usize) -> NormAt {
+        let w = self.add(format!("{name}.weight"), vec![c]);
+        self.add(format!("{name}.bias"), vec![c]);
+        NormAt { w, c }
+    }
+
+    fn linear(&mut self, name: &str, n_in: usize, n_out: usize) -> LinearAt {
+        let w = self.add(format!("{name}.weight"), vec![n_in, n_out]);
+        self.add(format!("{name}.bias"), vec![n_out]);
+        LinearAt { w, n_in, n_out }
+    }
 }
 
 impl Layout {
     pub fn new(cfg: &Gpt2Config) -> Self {
         let (c, v, p, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
-        let mut specs = Vec::new();
-        let mut add = |name: String, shape: Vec<usize>| -> usize {
-            let offset = specs.last().map_or(0, |s: &ParamSpec| s.offset + s.numel());
-            let decay = shape.len() == 2;
-            specs.push(ParamSpec {
-                name,
-                shape,
-                offset,
-                decay,
-            });
-            offset
-        };
-        let wte = add("wte.weight".into(), vec![v, c]);
-        let wpe = add("wpe.weight".into(), vec![p, c]);
+        let mut t = Builder::default();
+        let wte = t.add("wte.weight".into(), vec![v, c]);
+        let wpe = t.add("wpe.weight".into(), vec![p, c]);
         let blocks = (0..cfg.n_layer)
-            .map(|l| {
-                let mut t = |suffix: &str, shape: Vec<usize>| add(format!("h.{l}.{suffix}"), shape);
-                BlockOffsets {
-                    ln_1_w: t("ln_1.weight", vec![c]),
-                    ln_1_b: t("ln_1.bias", vec![c]),
-                    c_attn_w: t("attn.c_attn.weight", vec![c, 3 * c]),
-                    c_attn_b: t("attn.c_attn.bias", vec![3 * c]),
-                    attn_proj_w: t("attn.c_proj.weight", vec![c, c]),
-                    attn_proj_b: t("attn.c_proj.bias", vec![c]),
-                    ln_2_w: t("ln_2.weight", vec![c]),
-                    ln_2_b: t("ln_2.bias", vec![c]),
-                    c_fc_w: t("mlp.c_fc.weight", vec![c, f]),
-                    c_fc_b: t("mlp.c_fc.bias", vec![f]),
-                    mlp_proj_w: t("mlp.c_proj.weight", vec![f, c]),
-                    mlp_proj_b: t("mlp.c_proj.bias", vec![c]),
-                }
+            .map(|l| BlockAt {
+                ln_1: t.norm(&format!("h.{l}.ln_1"), c),
+                c_attn: t.linear(&format!("h.{l}.attn.c_attn"), c, 3 * c),
+                attn_c_proj: t.linear(&format!("h.{l}.attn.c_proj"), c, c),
+                ln_2: t.norm(&format!("h.{l}.ln_2"), c),
+                c_fc: t.linear(&format!("h.{l}.mlp.c_fc"), c, f),
+                mlp_c_proj: t.linear(&format!("h.{l}.mlp.c_proj"), f, c),
             })
             .collect();
-        let ln_f_w = add("ln_f.weight".into(), vec![c]);
-        let ln_f_b = add("ln_f.bias".into(), vec![c]);
-        let total = specs.last().map_or(0, |s| s.offset + s.numel());
+        let ln_f = t.norm("ln_f", c);
+        let total = t.specs.last().map_or(0, |s| s.offset + s.numel());
         Self {
-            specs,
+            specs: t.specs,
             wte,
             wpe,
             blocks,
-            ln_f_w,
-            ln_f_b,
+            ln_f,
             total,
         }
     }
