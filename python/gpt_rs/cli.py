@@ -60,7 +60,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.prompt,
         args.max_new_tokens,
         temperature=args.temperature,
-        top_k=args.top_k,
+        top_k=args.top_k or None,
         top_p=args.top_p,
         min_p=args.min_p,
         repetition_penalty=args.repetition_penalty,
@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(g)
     g.add_argument("--prompt", required=True, help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=50)
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=40, help="0 = no top-k filter (default 40)")
     g.add_argument("--top-p", type=float)
     g.add_argument("--min-p", type=float)
     g.add_argument("--repetition-penalty", type=float)

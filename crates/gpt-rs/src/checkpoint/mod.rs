@@ -1,4 +1,5 @@
-//! Reading checkpoints: memory-mapped safetensors files and Hugging Face `config.json`.
+//! Checkpoints: memory-mapped safetensors files, Hugging Face `config.json`, and writing
+//! files atomically.
 //!
 //! f32 tensors are used in place from the memory map (no copy, so a loaded model holds one
 //! copy of its weights); f16, bf16 and f64 tensors are converted to f32 once at load.
@@ -168,4 +169,19 @@ impl SafetensorsFile {
         };
         Tensor::new(data, shape.clone(), backend)
     }
+}
+
+/// Writes `path` through a temporary file in the same folder, then renames it into place, so
+/// an interrupted save never leaves a truncated checkpoint.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp)?;
+    // Checkpoints are meant to be shared (and shipped): readable by all, like a plain file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644));
+    }
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::Io(format!("cannot move {} into place: {e}", path.display())))
 }

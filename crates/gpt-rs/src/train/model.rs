@@ -13,7 +13,7 @@ use super::kernels::{self as k, AttnDims};
 use super::optim::to_le_bytes;
 use super::params::{self, Layout, LinearAt, NormAt};
 use crate::backend::{self, Backend};
-use crate::checkpoint::{Gpt2Config, SafetensorsFile};
+use crate::checkpoint::{write_atomically, Gpt2Config, SafetensorsFile};
 use crate::error::{Error, Result};
 
 /// Activations saved by the forward for the backward, and the backward's scratch. Sized for
@@ -480,13 +480,4 @@ fn validate(c: &Gpt2Config) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Writes `path` through a temporary file in the same folder, then renames it into place, so
-/// an interrupted save never leaves a truncated checkpoint.
-pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::Io(format!("cannot move {} into place: {e}", path.display())))
 }

@@ -9,6 +9,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::params::Layout;
+use crate::checkpoint::write_atomically;
 use crate::error::{Error, Result};
 
 /// AdamW hyper-parameters for one step.
@@ -88,12 +89,14 @@ impl AdamW {
         let n = self.m.len();
         let view = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("sizes match");
         let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
-        safetensors::serialize_to_file(
-            [("exp_avg", view(&m[..])), ("exp_avg_sq", view(&v[..]))],
-            Some(meta),
-            path,
-        )
-        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+        write_atomically(path, |tmp| {
+            safetensors::serialize_to_file(
+                [("exp_avg", view(&m[..])), ("exp_avg_sq", view(&v[..]))],
+                Some(meta),
+                tmp,
+            )
+            .map_err(|e| Error::Io(format!("cannot write {}: {e}", tmp.display())))
+        })
     }
 
     /// Loads state saved by `save` for a model with `n` parameters.
