@@ -1,8 +1,10 @@
 """Benchmark: GPT-2 124M (random weights, f32, batch 1) decode and prefill speed.
 
 gpt_rs next to a NumPy GPT-2 with a KV cache (always) and Hugging Face transformers (when
-torch + transformers are installed), same weights, same run, 1 and 2 threads. Checks that
-greedy tokens agree. Not a test: numbers depend on the machine and its load.
+torch + transformers are installed) and llama.cpp f32 (when llama-cpp-python is installed and
+GPT_RS_LLAMA_CPP_SRC points at the `vendor/llama.cpp` folder of its unpacked source
+distribution, whose converter makes the GGUF), same weights, same run, 1 and 2 threads. Checks
+that greedy tokens agree. Not a test: numbers depend on the machine and its load.
 
     python benchmarks/gpt2.py                # 1 and 2 threads
     python benchmarks/gpt2.py --threads 1 --repeats 5
@@ -76,6 +78,110 @@ def make_model(path: Path, quick: bool) -> Path:
     }
     (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+def synthetic_gpt2_tokenizer(path: Path, vocab_size: int) -> None:
+    """GPT-2-format `vocab.json` + `merges.txt` with exactly `vocab_size` tokens (256 byte
+    symbols, random valid merges, `<|endoftext|>` last). The benchmark feeds token ids, so
+    the merges' content does not matter; llama.cpp's converter just needs a tokenizer of the
+    model's size, and none of the real 50,257-token GPT-2 can be downloaded here."""
+    import numpy as np
+
+    # GPT-2's byte-to-unicode table.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    toks = [chr(c) for c in cs]
+    vocab = {t: i for i, t in enumerate(toks)}
+    merges = []
+    rng = np.random.default_rng(0)
+    while len(vocab) < vocab_size - 1:
+        a, b = toks[rng.integers(len(toks))], toks[rng.integers(256)]
+        t = a + b
+        if t in vocab or len(t) > 12:
+            continue
+        vocab[t] = len(vocab)
+        toks.append(t)
+        merges.append(f"{a} {b}")
+    vocab["<|endoftext|>"] = vocab_size - 1
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def llama_cpp_gguf(path: Path) -> Path | None:
+    """The model converted to an f32 GGUF by the converter in llama-cpp-python's source
+    distribution (set GPT_RS_LLAMA_CPP_SRC to its unpacked `vendor/llama.cpp`), cached."""
+    gguf = path.parent / (path.name + "-f32.gguf")
+    if gguf.exists():
+        return gguf
+    src = os.environ.get("GPT_RS_LLAMA_CPP_SRC")
+    if not src:
+        print(
+            "llama-cpp-python is installed but GPT_RS_LLAMA_CPP_SRC is not set: skipped",
+            file=sys.stderr,
+        )
+        return None
+    conv = path.parent / (path.name + "-for-gguf")
+    conv.mkdir(exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        if not (conv / f).exists():
+            (conv / f).symlink_to(path / f)
+    V = json.loads((path / "config.json").read_text())["vocab_size"]
+    synthetic_gpt2_tokenizer(conv, V)
+    # The converter identifies a BPE pre-tokenizer by hashing a test encoding; the synthetic
+    # merges are unknown to it, but the pre-tokenizer is GPT-2's, so it is named directly.
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py'];"
+        "import conversion.base as b; b.TextModel.get_vocab_base_pre = lambda self, t: 'gpt-2';"
+        "import convert_hf_to_gguf as c; sys.argv = ['convert', sys.argv[2], '--outfile',"
+        " sys.argv[3], '--outtype', 'f32']; c.main()"
+    )
+    subprocess.run([sys.executable, "-c", code, src, str(conv), str(gguf)], check=True)
+    return gguf
+
+
+def llama_cpp_impl(path: Path, threads: int):
+    """(generate, prefill) through llama-cpp-python, or None when it is not available."""
+    try:
+        import llama_cpp
+        import numpy as np
+    except ImportError:
+        return None
+    gguf = llama_cpp_gguf(path)
+    if gguf is None:
+        return None
+    llm = llama_cpp.Llama(
+        str(gguf),
+        n_ctx=1024,
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+
+    def last_logits():
+        return llm.scores[llm.n_tokens - 1]
+
+    def gen(ids, n):
+        llm.reset()
+        llm.eval(ids)
+        out = list(ids)
+        for i in range(n):
+            out.append(int(np.argmax(last_logits())))
+            if i < n - 1:
+                llm.eval([out[-1]])
+        return out
+
+    def prefill(ids):
+        llm.reset()
+        llm.eval(ids)
+        return last_logits()
+
+    return gen, prefill
 
 
 class NumpyGPT2:
@@ -207,6 +313,9 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
         impls["transformers"] = (hf_gen, hf_prefill)
     except ImportError:
         pass
+    llama = llama_cpp_impl(path, threads)
+    if llama is not None:
+        impls["llama.cpp"] = llama
     results = {}
     tokens = {}
     for name, (gen, prefill) in impls.items():
