@@ -331,7 +331,33 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
         results[name] = r
         tokens[name] = gen(prompt8, new)
     agree = {n: sum(a == b for a, b in zip(t[8:], tokens["gpt_rs"][8:])) for n, t in tokens.items()}
-    return {"threads": threads, "results": results, "agree": agree, "simd": gpt_rs.get_simd_level()}
+    # sgemm peak of this machine in this run (1024^3, the best of NumPy's BLAS and gpt_rs), and
+    # the prefill's achieved rate: 2 flops per multiply-add of the projections and attention.
+    m = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    tm = gpt_rs.Tensor.from_numpy(m)
+    peaks = {
+        "numpy": 2 * 1024**3 / median_time(lambda: m @ m, repeats) / 1e9,
+        "gpt_rs": 2
+        * 1024**3
+        / median_time(lambda: gpt_rs.functional.matmul(tm, tm), repeats)
+        / 1e9,
+    }
+    cfg = json.loads((path / "config.json").read_text())
+    L, C = cfg["n_layer"], cfg["n_embd"]
+    gflops = {}
+    for key in results["gpt_rs"]:
+        if key.startswith("prefill"):
+            T = int(key.split("=")[1].split()[0])
+            flop = 2 * T * L * 12 * C * C + 2 * L * T * T * C + 2 * C * cfg["vocab_size"]
+            gflops[T] = flop / (results["gpt_rs"][key] / 1e3) / 1e9
+    return {
+        "threads": threads,
+        "results": results,
+        "agree": agree,
+        "simd": gpt_rs.get_simd_level(),
+        "peaks": peaks,
+        "prefill_gflops": gflops,
+    }
 
 
 def report(all_runs: list[dict]) -> None:
@@ -368,6 +394,16 @@ def report(all_runs: list[dict]) -> None:
         print(
             "\ngreedy tokens agreeing with gpt_rs (of 64): "
             + ", ".join(f"{n} {a}" for n, a in run_["agree"].items() if n != "gpt_rs")
+        )
+        peak = max(run_["peaks"].values())
+        print(
+            "sgemm 1024^3 GFLOP/s: "
+            + ", ".join(f"{n} {g:.1f}" for n, g in run_["peaks"].items())
+            + "; gpt_rs prefill: "
+            + ", ".join(
+                f"T={t} {g:.1f} GFLOP/s ({100 * g / peak:.0f}% of peak)"
+                for t, g in run_["prefill_gflops"].items()
+            )
         )
 
 
