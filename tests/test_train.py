@@ -331,6 +331,16 @@ def test_bad_batches_get_clear_errors():
         m.set_parameter("nope", np.zeros(3, np.float32))
 
 
+def test_oversized_models_and_batches_are_refused_not_fatal():
+    with pytest.raises(ValueError, match="GB"):
+        train.new_model(vocab_size=2_000_000, n_embd=32768, n_head=8, n_layer=64)
+    m = train.new_model(vocab_size=50_000, n_embd=8, n_head=2, n_layer=1, n_positions=8)
+    x = np.zeros((200_000, 8), dtype=np.int64)  # logits alone would need 320 GB
+    with pytest.raises(ValueError, match="lower the batch size"):
+        m.forward_backward(x, x)
+    assert m.loss(x[:2], x[:2]) > 0  # still usable
+
+
 def test_overfits_a_tiny_corpus(tmp_path):
     text = "the quick brown fox jumps over the lazy dog. " * 40
     (tmp_path / "c.txt").write_text(text)

@@ -20,11 +20,16 @@ fn main() {
         gpt_rs::threads::install(|| {
             for _ in 0..n {
                 spin(Duration::from_micros(gap_us));
-                (0..4).into_par_iter().for_each(|_| spin(Duration::from_micros(25)));
+                (0..4)
+                    .into_par_iter()
+                    .for_each(|_| spin(Duration::from_micros(25)));
             }
         });
         let per = t.elapsed().as_secs_f64() * 1e6 / n as f64;
         // Ideal: gap + 2 x 25 us of parallel work on 2 threads.
-        println!("gap {gap_us:3} us: {per:6.1} us per region (ideal {:.0})", gap_us as f64 + 50.0);
+        println!(
+            "gap {gap_us:3} us: {per:6.1} us per region (ideal {:.0})",
+            gap_us as f64 + 50.0
+        );
     }
 }

@@ -45,10 +45,19 @@ struct Activations {
     attn_scratch: Vec<f32>,
 }
 
-fn sized(v: &mut Vec<f32>, n: usize) {
+/// Resizes a buffer to `n` zeros, reporting an allocation failure instead of aborting.
+fn sized(v: &mut Vec<f32>, n: usize) -> Result<()> {
     if v.len() != n {
-        *v = vec![0.0; n];
+        *v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            Error::Value(format!(
+                "cannot allocate {:.1} GB of training activations: lower the batch size or context",
+                n as f64 * 4.0 / 1e9
+            ))
+        })?;
+        v.resize(n, 0.0);
     }
+    Ok(())
 }
 
 /// A GPT-2 being trained.
@@ -193,40 +202,53 @@ impl TrainableGpt2 {
         Ok(())
     }
 
-    fn alloc(&mut self, b: usize, t: usize) {
+    /// Sizes the activations for `b` windows of `t` tokens (kept for the next call).
+    fn alloc(&mut self, b: usize, t: usize) -> Result<()> {
         if self.shape == (b, t) {
-            return;
+            return Ok(());
         }
         let c = &self.config;
         let (n, e, l, f, v) = (b * t, c.n_embd, c.n_layer, c.n_inner, c.vocab_size);
+        // All buffers together, in 128-bit arithmetic so absurd sizes cannot overflow.
+        let (n128, t128) = (n as u128, t as u128);
+        let total = n128
+            * ((l as u128) * (8 * e + 2 * f + 4) as u128 + (8 * e + f + 2 + v) as u128)
+            + (l as u128 + 1) * b as u128 * c.n_head as u128 * t128 * t128;
+        check_memory(
+            total * 4,
+            &format!(
+                "the activations of a batch of {b} x {t} tokens (lower the batch size or context)"
+            ),
+        )?;
+        self.shape = (0, 0);
         let a = &mut self.acts;
-        sized(&mut a.res, (l + 1) * n * e);
-        sized(&mut a.ln1, l * n * e);
-        sized(&mut a.ln1_stats, l * n * 2);
-        sized(&mut a.qkv, l * n * 3 * e);
-        sized(&mut a.probs, l * b * c.n_head * t * t);
-        sized(&mut a.atty, l * n * e);
-        sized(&mut a.res2, l * n * e);
-        sized(&mut a.ln2, l * n * e);
-        sized(&mut a.ln2_stats, l * n * 2);
-        sized(&mut a.fc, l * n * f);
-        sized(&mut a.fc_gelu, l * n * f);
-        sized(&mut a.lnf, n * e);
-        sized(&mut a.lnf_stats, n * 2);
-        sized(&mut a.logits, n * v);
-        sized(&mut a.dres, n * e);
-        sized(&mut a.dln, n * e);
-        sized(&mut a.dqkv, n * 3 * e);
-        sized(&mut a.datty, n * e);
-        sized(&mut a.dfc, n * f);
+        sized(&mut a.res, (l + 1) * n * e)?;
+        sized(&mut a.ln1, l * n * e)?;
+        sized(&mut a.ln1_stats, l * n * 2)?;
+        sized(&mut a.qkv, l * n * 3 * e)?;
+        sized(&mut a.probs, l * b * c.n_head * t * t)?;
+        sized(&mut a.atty, l * n * e)?;
+        sized(&mut a.res2, l * n * e)?;
+        sized(&mut a.ln2, l * n * e)?;
+        sized(&mut a.ln2_stats, l * n * 2)?;
+        sized(&mut a.fc, l * n * f)?;
+        sized(&mut a.fc_gelu, l * n * f)?;
+        sized(&mut a.lnf, n * e)?;
+        sized(&mut a.lnf_stats, n * 2)?;
+        sized(&mut a.logits, n * v)?;
+        sized(&mut a.dres, n * e)?;
+        sized(&mut a.dln, n * e)?;
+        sized(&mut a.dqkv, n * 3 * e)?;
+        sized(&mut a.datty, n * e)?;
+        sized(&mut a.dfc, n * f)?;
         let dims = attn_dims(c, b, t);
-        sized(&mut a.attn_scratch, b * c.n_head * dims.scratch_per_group());
+        sized(&mut a.attn_scratch, b * c.n_head * dims.scratch_per_group())?;
         self.shape = (b, t);
+        Ok(())
     }
 
     /// Runs the forward pass up to the logits (left in the activations).
     fn forward(&mut self, be: &dyn Backend, tokens: &[u32], b: usize, t: usize) {
-        self.alloc(b, t);
         let c = &self.config;
         let (n, e, f, v, eps) = (
             b * t,
@@ -294,6 +316,7 @@ impl TrainableGpt2 {
     /// Logits `[b * t, vocab]` for `tokens` (`b` rows of `t`).
     pub fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[f32]> {
         self.check_batch(tokens, None, b, t)?;
+        self.alloc(b, t)?;
         let be = backend::current().get()?;
         crate::threads::install(|| self.forward(be, tokens, b, t));
         Ok(&self.acts.logits[..b * t * self.config.vocab_size])
@@ -302,6 +325,7 @@ impl TrainableGpt2 {
     /// Mean cross-entropy of predicting `targets` from `tokens`, without gradients.
     pub fn loss(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
         self.check_batch(tokens, Some(targets), b, t)?;
+        self.alloc(b, t)?;
         let be = backend::current().get()?;
         let v = self.config.vocab_size;
         Ok(crate::threads::install(|| {
@@ -321,6 +345,7 @@ impl TrainableGpt2 {
         loss_scale: f32,
     ) -> Result<f64> {
         self.check_batch(tokens, Some(targets), b, t)?;
+        self.alloc(b, t)?;
         let be = backend::current().get()?;
         let n = b * t;
         let v = self.config.vocab_size;
@@ -473,11 +498,34 @@ fn validate(c: &Gpt2Config) -> Result<()> {
     if c.vocab_size >= u32::MAX as usize {
         return Err(Error::Value("vocab_size is too large".into()));
     }
-    let total = Layout::new(c).total;
-    if total > (1usize << 34) {
+    // Parameters, in 128-bit arithmetic (absurd configs must not overflow), then the memory
+    // for parameters, gradients and AdamW's two moments.
+    let [v, p, e, l, f] =
+        [c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_inner].map(|x| x as u128);
+    let params = (v + p) * e + l * (4 * e * e + 2 * e * f + 9 * e + f) + 2 * e;
+    check_memory(
+        params * 4 * 4,
+        "the model's parameters, gradients and optimizer state",
+    )
+}
+
+/// Errors when `bytes` exceed the machine's physical memory (Linux; elsewhere only absurd
+/// sizes are refused), instead of letting the allocation abort or the OOM killer strike.
+fn check_memory(bytes: u128, what: &str) -> Result<()> {
+    let limit = physical_memory().map_or(isize::MAX as u128, u128::from);
+    if bytes > limit {
         return Err(Error::Value(format!(
-            "a model of {total} parameters is too large to train here"
+            "{what} would need {:.1} GB, more than this machine's {:.1} GB of memory",
+            bytes as f64 / 1e9,
+            limit as f64 / 1e9
         )));
     }
     Ok(())
+}
+
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
