@@ -17,4 +17,11 @@ for simd in avx2 scalar; do
     --errors-for-leak-kinds=definite "$bin" --test-threads=1 cpu:: c:: 2>&1 \
     | grep -E "test result|ERROR SUMMARY|definitely lost|possibly lost"
 done
+# The training kernels (shared-pointer writes in attention and AdamW), unit tests of the lib.
+lib=$(cargo test -q -p gpt-rs --lib --no-run --message-format=json 2>/dev/null \
+      | grep -o '"executable":"[^"]*gpt_rs-[^"]*"' | head -1 | cut -d'"' -f4)
+[ -n "$lib" ] || { echo "could not build the engine's unit-test binary" >&2; exit 1; }
+echo "== memcheck: train:: unit tests"
+valgrind --tool=memcheck --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+  "$lib" --test-threads=1 train:: 2>&1 | grep -E "test result|ERROR SUMMARY|definitely lost"
 echo "valgrind: no memory errors"

@@ -511,3 +511,212 @@ pub fn cross_entropy(
         .map(|(l, y)| cross_entropy_kernel(l, y, v, grad_scale))
         .sum()
 }
+
+/// Each backward against central finite differences of an independent float64 forward.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    self.0 = self
+                        .0
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+                })
+                .collect()
+        }
+    }
+
+    /// Central differences of `f` at `x` (in f64, step 1e-5).
+    fn numeric_grad(f: &dyn Fn(&[f64]) -> f64, x: &[f32]) -> Vec<f64> {
+        let mut p: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        (0..p.len())
+            .map(|i| {
+                let old = p[i];
+                p[i] = old + 1e-5;
+                let up = f(&p);
+                p[i] = old - 1e-5;
+                let down = f(&p);
+                p[i] = old;
+                (up - down) / 2e-5
+            })
+            .collect()
+    }
+
+    fn assert_grad(got: &[f32], want: &[f64], what: &str) {
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 1e-3, "{what}: degenerate test");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= 1e-3 * scale,
+                "{what}[{i}]: {g} vs finite differences {w}"
+            );
+        }
+    }
+
+    fn dot64(a: &[f64], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(x, &y)| x * y as f64).sum()
+    }
+
+    fn layer_norm64(x: &[f64], w: &[f64], b: &[f64], c: usize) -> Vec<f64> {
+        x.chunks(c)
+            .flat_map(|r| {
+                let mean = r.iter().sum::<f64>() / c as f64;
+                let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+                let rstd = 1.0 / (var + 1e-5).sqrt();
+                r.iter()
+                    .enumerate()
+                    .map(move |(j, v)| (v - mean) * rstd * w[j] + b[j])
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_norm_backward_matches_finite_differences() {
+        let (n, c) = (5, 7);
+        let mut r = Lcg(1);
+        let (x, w, b, up) = (
+            r.vec(n * c, 2.0),
+            r.vec(c, 1.5),
+            r.vec(c, 1.0),
+            r.vec(n * c, 1.0),
+        );
+        let (mut out, mut stats) = (vec![0.0; n * c], vec![0.0; n * 2]);
+        layer_norm_forward(&x, &w, &b, &mut out, &mut stats, c, 1e-5);
+        let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+        layer_norm_backward(&up, &x, &w, &stats, &mut dx, &mut dw, &mut db, c);
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let (x64, w64, b64) = (f64s(&x), f64s(&w), f64s(&b));
+        assert_grad(
+            &dx,
+            &numeric_grad(&|p| dot64(&layer_norm64(p, &w64, &b64, c), &up), &x),
+            "dx",
+        );
+        assert_grad(
+            &dw,
+            &numeric_grad(&|p| dot64(&layer_norm64(&x64, p, &b64, c), &up), &w),
+            "dw",
+        );
+        assert_grad(
+            &db,
+            &numeric_grad(&|p| dot64(&layer_norm64(&x64, &w64, p, c), &up), &b),
+            "db",
+        );
+    }
+
+    #[test]
+    fn gelu_backward_matches_finite_differences() {
+        let mut r = Lcg(2);
+        let (x, up) = (r.vec(300, 6.0), r.vec(300, 1.0));
+        let mut d = up.clone();
+        gelu_backward(&x, &mut d);
+        let gelu64 = |v: f64| {
+            0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+        };
+        let want = numeric_grad(
+            &|p| p.iter().zip(&up).map(|(&v, &u)| gelu64(v) * u as f64).sum(),
+            &x,
+        );
+        assert_grad(&d, &want, "gelu");
+    }
+
+    fn attention64(qkv: &[f64], dims: AttnDims) -> Vec<f64> {
+        let AttnDims { b, t, h, d } = dims;
+        let c = h * d;
+        let mut out = vec![0.0; b * t * c];
+        for bi in 0..b {
+            for hi in 0..h {
+                let at = |i: usize, which: usize, j: usize| {
+                    qkv[(bi * t + i) * 3 * c + which * c + hi * d + j]
+                };
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            (0..d).map(|x| at(i, 0, x) * at(j, 1, x)).sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for (j, sj) in s.iter().enumerate() {
+                        for x in 0..d {
+                            out[(bi * t + i) * c + hi * d + x] += (sj - m).exp() / z * at(j, 2, x);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_backward_matches_finite_differences_on_every_backend() {
+        let dims = AttnDims {
+            b: 2,
+            t: 5,
+            h: 2,
+            d: 3,
+        };
+        let (n, c) = (dims.b * dims.t, dims.h * dims.d);
+        let mut r = Lcg(3);
+        let (qkv, up) = (r.vec(n * 3 * c, 1.5), r.vec(n * c, 1.0));
+        let want = numeric_grad(&|p| dot64(&attention64(p, dims), &up), &qkv);
+        let q64: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
+        for kind in crate::backend::available() {
+            let be = kind.get().unwrap();
+            let groups = dims.b * dims.h;
+            let mut probs = vec![0.0; groups * dims.t * dims.t];
+            let mut scratch = vec![0.0; groups * dims.scratch_per_group()];
+            let mut out = vec![0.0; n * c];
+            attention_forward(be, &qkv, &mut probs, &mut out, &mut scratch, dims);
+            for (o, w) in out.iter().zip(attention64(&q64, dims)) {
+                assert!((*o as f64 - w).abs() < 1e-5, "{kind} forward: {o} vs {w}");
+            }
+            let mut dqkv = vec![0.0; n * 3 * c];
+            attention_backward(be, &up, &qkv, &probs, &mut dqkv, &mut scratch, dims);
+            assert_grad(&dqkv, &want, &format!("{kind} dqkv"));
+        }
+    }
+
+    #[test]
+    fn cross_entropy_gradient_matches_finite_differences() {
+        let (n, v) = (4, 9);
+        let mut r = Lcg(4);
+        let logits = r.vec(n * v, 3.0);
+        let targets = [0u32, 8, 3, 3];
+        let mut g = logits.clone();
+        let loss = cross_entropy(&mut g, &targets, v, Some(1.0));
+        let ce64 = |p: &[f64]| -> f64 {
+            p.chunks(v)
+                .zip(&targets)
+                .map(|(row, &y)| {
+                    let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                    m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln() - row[y as usize]
+                })
+                .sum()
+        };
+        let l64: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
+        assert!((loss - ce64(&l64)).abs() < 1e-5 * loss);
+        assert_grad(&g, &numeric_grad(&ce64, &logits), "dlogits");
+    }
+
+    #[test]
+    fn embedding_backward_scatters_into_both_tables() {
+        let (t, c) = (3, 2);
+        let tokens = [1u32, 1, 0, 2, 1, 0];
+        let dout: Vec<f32> = (0..tokens.len() * c).map(|i| i as f32).collect();
+        let (mut dwte, mut dwpe) = (vec![0.0; 3 * c], vec![0.0; 4 * c]);
+        embedding_backward(&tokens, &dout, &mut dwte, &mut dwpe, t);
+        // Token 1 is at rows 0, 1, 4; position 0 at rows 0 and 3.
+        assert_eq!(&dwte[2..4], &[0.0 + 2.0 + 8.0, 1.0 + 3.0 + 9.0]);
+        assert_eq!(&dwpe[0..2], &[0.0 + 6.0, 1.0 + 7.0]);
+        assert_eq!(&dwpe[6..8], &[0.0, 0.0]);
+    }
+}

@@ -189,3 +189,68 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f64 {
     }
     norm
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Gpt2Config;
+
+    #[test]
+    fn adamw_matches_the_pytorch_formula_and_decays_only_matrices() {
+        let cfg = Gpt2Config {
+            vocab_size: 7,
+            n_positions: 4,
+            n_embd: 4,
+            n_layer: 1,
+            n_head: 2,
+            n_inner: 8,
+            layer_norm_epsilon: 1e-5,
+            bos_token_id: None,
+            eos_token_id: None,
+        };
+        let layout = Layout::new(&cfg);
+        let n = layout.total;
+        let mut params: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
+        let grads: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.01).collect();
+        let hp = AdamWConfig {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let (mut p64, mut m64, mut v64) = (
+            params.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            vec![0.0f64; n],
+            vec![0.0f64; n],
+        );
+        let mut opt = AdamW::new(n);
+        for step in 1..=3 {
+            opt.update(&mut params, &grads, &layout, &hp);
+            for s in &layout.specs {
+                for i in s.range() {
+                    let g = grads[i] as f64;
+                    if s.decay {
+                        p64[i] *= 1.0 - 0.01 * 0.1;
+                    }
+                    m64[i] = 0.9 * m64[i] + 0.1 * g;
+                    v64[i] = 0.95 * v64[i] + 0.05 * g * g;
+                    let denom = v64[i].sqrt() / (1.0 - 0.95f64.powi(step)).sqrt() + 1e-8;
+                    p64[i] -= 0.01 / (1.0 - 0.9f64.powi(step)) * m64[i] / denom;
+                }
+            }
+        }
+        assert_eq!(opt.step, 3);
+        for (i, (&p, &w)) in params.iter().zip(&p64).enumerate() {
+            assert!((p as f64 - w).abs() < 1e-5, "param {i}: {p} vs {w}");
+        }
+        let mut g = grads.clone();
+        let norm = clip_grad_norm(&mut g, 0.01);
+        let want: f64 = grads
+            .iter()
+            .map(|&x| (x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - want).abs() < 1e-6 && grad_norm(&g) <= 0.01 + 1e-6);
+    }
+}
