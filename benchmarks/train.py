@@ -5,7 +5,7 @@ transformers' GPT2LMHeadModel), batches, AdamW settings and gradient clipping. S
 alternate, at each thread count; medians are reported. Before timing, the first steps' losses
 are checked to agree. Runs gpt_rs alone when torch/transformers are not installed.
 
-    python benchmarks/train.py                       # default: the shipped model's config
+    python benchmarks/train.py                       # 4 layers, 256 wide, vocab 4096
     python benchmarks/train.py --threads 1 --steps 5
     python benchmarks/train.py --quick               # tiny config, CI smoke run
 """
