@@ -178,9 +178,12 @@ class TokenData:
     def eval_batches(
         self, batch_size: int, context: int, max_batches: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Fixed windows spread evenly over the file (the same every call)."""
+        """Fixed windows spread evenly over the file (the same every call), in full batches
+        when there is room for one (so evaluation reuses the training step's buffers)."""
         self.check_context(context)
         n = max(1, min(max_batches * batch_size, (len(self) - 1) // context))
+        if n >= batch_size:
+            n -= n % batch_size
         starts = np.linspace(0, len(self) - context - 1, n).astype(np.int64)
         for i in range(0, n, batch_size):
             w = np.stack(

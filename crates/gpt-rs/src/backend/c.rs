@@ -7,7 +7,7 @@ use std::ffi::c_int;
 use rayon::prelude::*;
 
 use super::cpu::par_rows;
-use super::{Backend, BackendKind};
+use super::{Backend, BackendKind, SendPtr};
 use crate::threads;
 
 mod ffi {
@@ -70,18 +70,6 @@ mod ffi {
 }
 
 pub struct CBackend;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of C (see `matmul`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    /// A method (not a field access) so closures capture the whole Send wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 impl Backend for CBackend {
     fn kind(&self) -> BackendKind {

@@ -105,6 +105,19 @@ pub trait Backend: Send + Sync {
     );
 }
 
+/// A raw pointer that parallel tasks writing disjoint elements of one buffer can share.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: every user hands each task a disjoint set of elements (stated at each use).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// A method (not a field access) so closures capture the whole Send wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Starts an `(m, n)` output from `bias` broadcast over its rows, or from zeros: the shared
 /// first step of every backend's `matmul` / `matmul_nt`.
 pub fn init_output(c: &mut [f32], bias: Option<&[f32]>, n: usize) {

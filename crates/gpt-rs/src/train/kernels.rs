@@ -4,31 +4,19 @@
 //! each `multiversion!` instance, spread over the engine's threads.
 //!
 //! All buffers are row-major; `n` is the number of rows (batch * time). Gradients of
-//! parameters are accumulated (`+=`); gradients of activations are written unless the name
-//! says `_add`.
+//! parameters are accumulated (`+=`); gradients of activations are written, except the
+//! residual stream's (`layer_norm_backward`'s `dx`), which accumulates.
 
 use rayon::prelude::*;
 
 use crate::backend::cpu::math::{axpy_body, exp, max, sum};
 use crate::backend::cpu::simd::multiversion;
-use crate::backend::Backend;
+use crate::backend::{Backend, SendPtr};
 
 /// Rows per parallel task for row-wise kernels: enough work to amortize the task handoff.
 fn rows_per_task(n: usize, cols: usize) -> usize {
     let tasks = rayon::current_num_threads() * 4;
     n.div_ceil(tasks).max((1 << 14) / cols.max(1)).max(1)
-}
-
-/// A raw pointer shared by tasks that write disjoint elements of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: each task writes a disjoint set of elements (documented at every use).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-impl SharedMut {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +325,7 @@ fn gather_qkv(qkv: &[f32], dims: AttnDims, bi: usize, hi: usize, dst: [&mut [f32
 /// # Safety
 /// `dst` must point to a buffer of at least `(row0 + rows) * stride` floats, and no other
 /// task may write these elements concurrently.
-unsafe fn scatter(src: &[f32], dst: SharedMut, stride: usize, row0: usize, col0: usize, d: usize) {
+unsafe fn scatter(src: &[f32], dst: SendPtr, stride: usize, row0: usize, col0: usize, d: usize) {
     for (i, row) in src.chunks_exact(d).enumerate() {
         // SAFETY: in bounds and exclusively this group's, per the contract above.
         unsafe {
@@ -400,7 +388,7 @@ pub fn attention_forward(
     let AttnDims { t, h, d, .. } = dims;
     let c = h * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let out_ptr = SendPtr(out.as_mut_ptr());
     probs
         .par_chunks_mut(t * t)
         .zip(scratch.par_chunks_mut(dims.scratch_per_group()))
@@ -433,7 +421,7 @@ pub fn attention_backward(
     let AttnDims { t, h, d, .. } = dims;
     let c = h * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let ptr = SharedMut(dqkv.as_mut_ptr());
+    let ptr = SendPtr(dqkv.as_mut_ptr());
     probs
         .par_chunks(t * t)
         .zip(scratch.par_chunks_mut(dims.scratch_per_group()))

@@ -50,36 +50,29 @@ impl AdamW {
         let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
         let bc2_sqrt = (1.0 - (hp.beta2 as f64).powi(t)).sqrt() as f32;
         let step_size = (hp.lr as f64 / bc1) as f32;
-        // Tasks: chunks of each tensor, tagged with whether it decays.
-        let mut tasks = Vec::new();
-        for s in &layout.specs {
-            let r = s.range();
-            for start in (r.start..r.end).step_by(CHUNK) {
-                tasks.push((start, (start + CHUNK).min(r.end), s.decay));
-            }
-        }
-        let p = SharedParams(
-            params.as_mut_ptr(),
-            self.m.as_mut_ptr(),
-            self.v.as_mut_ptr(),
-        );
+        let (params, m, v) = (&mut params[..], &mut self.m[..], &mut self.v[..]);
         crate::threads::install(|| {
-            tasks.par_iter().for_each(|&(a, b, decay)| {
-                // SAFETY: tasks cover disjoint ranges of the three equally long buffers.
-                let (p, m, v) = unsafe { p.slices(a, b) };
-                let g = &grads[a..b];
-                let shrink = if decay {
+            for spec in &layout.specs {
+                let r = spec.range();
+                let shrink = if spec.decay {
                     1.0 - hp.lr * hp.weight_decay
                 } else {
                     1.0
                 };
-                for i in 0..p.len() {
-                    m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
-                    v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];
-                    let denom = v[i].sqrt() / bc2_sqrt + hp.eps;
-                    p[i] = p[i] * shrink - step_size * m[i] / denom;
-                }
-            })
+                params[r.clone()]
+                    .par_chunks_mut(CHUNK)
+                    .zip(m[r.clone()].par_chunks_mut(CHUNK))
+                    .zip(v[r.clone()].par_chunks_mut(CHUNK))
+                    .zip(grads[r].par_chunks(CHUNK))
+                    .for_each(|(((p, m), v), g)| {
+                        for i in 0..p.len() {
+                            m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
+                            v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];
+                            let denom = v[i].sqrt() / bc2_sqrt + hp.eps;
+                            p[i] = p[i] * shrink - step_size * m[i] / denom;
+                        }
+                    });
+            }
         });
     }
 
@@ -135,27 +128,6 @@ impl AdamW {
             v: read("exp_avg_sq")?,
             step,
         })
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SharedParams(*mut f32, *mut f32, *mut f32);
-// SAFETY: used only to hand disjoint ranges of the buffers to parallel tasks.
-unsafe impl Send for SharedParams {}
-unsafe impl Sync for SharedParams {}
-impl SharedParams {
-    /// # Safety
-    /// `a..b` must be inside all three buffers and not used by any other task.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slices(&self, a: usize, b: usize) -> (&mut [f32], &mut [f32], &mut [f32]) {
-        let n = b - a;
-        unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.0.add(a), n),
-                std::slice::from_raw_parts_mut(self.1.add(a), n),
-                std::slice::from_raw_parts_mut(self.2.add(a), n),
-            )
-        }
     }
 }
 

@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use super::simd::{level, SimdLevel};
+use crate::backend::SendPtr;
 
 /// Rows below which the GEMV path wins (no packing).
 const SMALL_M: usize = 8;
@@ -134,19 +135,6 @@ fn blocking(l: SimdLevel) -> (usize, usize) {
         SimdLevel::Avx512 => (8, 32),
         SimdLevel::Avx2 => (6, 16),
         SimdLevel::Scalar => (4, 4),
-    }
-}
-
-/// A raw pointer that tasks writing disjoint parts of one buffer can share.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (distinct rows/columns of C).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    /// A method (not a field access) so closures capture the whole Send wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
