@@ -1,10 +1,11 @@
 """Benchmark: GPT-2 124M (random weights, f32, batch 1) decode and prefill speed.
 
-gpt_rs next to a NumPy GPT-2 with a KV cache (always) and Hugging Face transformers (when
-torch + transformers are installed) and llama.cpp f32 (when llama-cpp-python is installed and
-GPT_RS_LLAMA_CPP_SRC points at the `vendor/llama.cpp` folder of its unpacked source
-distribution, whose converter makes the GGUF), same weights, same run, 1 and 2 threads. Checks
-that greedy tokens agree. Not a test: numbers depend on the machine and its load.
+gpt_rs next to a NumPy GPT-2 with a KV cache (always); Hugging Face transformers and a
+hand-tuned PyTorch GPT-2 (`TorchGPT2`) when torch + transformers are installed; and llama.cpp
+f32 when llama-cpp-python is installed and GPT_RS_LLAMA_CPP_SRC points at the
+`vendor/llama.cpp` folder of its unpacked source distribution (whose converter makes the
+GGUF). Same weights, same run, 1 and 2 threads. Checks that greedy tokens agree. Not a test:
+numbers depend on the machine and its load.
 
     python benchmarks/gpt2.py                # 1 and 2 threads
     python benchmarks/gpt2.py --threads 1 --repeats 5
@@ -259,6 +260,81 @@ class NumpyGPT2:
         return out
 
 
+class TorchGPT2:
+    """GPT-2 written directly in PyTorch for speed (the "hand-tuned torch" peer).
+
+    What a careful PyTorch user would do without leaving eager mode: weights stored `[out, in]`
+    once (so every projection is one `F.linear`, i.e. addmm / sgemv), a KV cache allocated once
+    and written in place, `scaled_dot_product_attention`, fused tanh GELU, `inference_mode`.
+    """
+
+    def __init__(self, path: Path, capacity: int = 1024):
+        import torch
+        import torch.nn.functional as F
+        from safetensors.torch import load_file
+
+        self.torch, self.F = torch, F
+        self.cfg = c = json.loads((path / "config.json").read_text())
+        p = {
+            k.removeprefix("transformer."): v
+            for k, v in load_file(str(path / "model.safetensors")).items()
+        }
+        for k in list(p):
+            if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                p[k] = p[k].t().contiguous()  # Conv1D [in, out] -> Linear [out, in]
+        self.p = p
+        L, H, C = c["n_layer"], c["n_head"], c["n_embd"]
+        shape = (L, 1, H, capacity, C // H)
+        self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
+        self.pos = 0
+
+    def forward(self, ids: list[int]):
+        """Appends `ids` to the cache; the last position's logits."""
+        torch, F, p, c = self.torch, self.F, self.p, self.cfg
+        H, C = c["n_head"], c["n_embd"]
+        T, s = len(ids), self.pos
+        x = p["wte.weight"][torch.tensor(ids)] + p["wpe.weight"][s : s + T]
+        for i in range(c["n_layer"]):
+            k = f"h.{i}."
+            h = F.layer_norm(x, (C,), p[k + "ln_1.weight"], p[k + "ln_1.bias"])
+            qkv = F.linear(h, p[k + "attn.c_attn.weight"], p[k + "attn.c_attn.bias"])
+            q, kk, vv = qkv.view(1, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            self.k_cache[i, :, :, s : s + T] = kk
+            self.v_cache[i, :, :, s : s + T] = vv
+            a = F.scaled_dot_product_attention(
+                q,
+                self.k_cache[i, :, :, : s + T],
+                self.v_cache[i, :, :, : s + T],
+                is_causal=T > 1 and s == 0,
+            )
+            a = a.transpose(1, 2).reshape(T, C)
+            x = x + F.linear(a, p[k + "attn.c_proj.weight"], p[k + "attn.c_proj.bias"])
+            h = F.layer_norm(x, (C,), p[k + "ln_2.weight"], p[k + "ln_2.bias"])
+            h = F.gelu(
+                F.linear(h, p[k + "mlp.c_fc.weight"], p[k + "mlp.c_fc.bias"]), approximate="tanh"
+            )
+            x = x + F.linear(h, p[k + "mlp.c_proj.weight"], p[k + "mlp.c_proj.bias"])
+        self.pos += T
+        x = F.layer_norm(x[-1], (C,), p["ln_f.weight"], p["ln_f.bias"])
+        return F.linear(x, p["wte.weight"])
+
+    def generate(self, ids, n):
+        with self.torch.inference_mode():
+            self.pos = 0
+            out = list(ids)
+            logits = self.forward(ids)
+            for i in range(n):
+                out.append(int(logits.argmax()))
+                if i < n - 1:
+                    logits = self.forward(out[-1:])
+            return out
+
+    def prefill(self, ids):
+        with self.torch.inference_mode():
+            self.pos = 0
+            return self.forward(ids)
+
+
 def median_time(fn, repeats):
     fn()
     ts = []
@@ -314,6 +390,8 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
                 return hf(torch.tensor([ids])).logits
 
         impls["transformers"] = (hf_gen, hf_prefill)
+        tuned = TorchGPT2(path)
+        impls["torch"] = (tuned.generate, tuned.prefill)
     except ImportError:
         pass
     llama = llama_cpp_impl(path, threads)

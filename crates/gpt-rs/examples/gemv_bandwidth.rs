@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use gpt_rs::backend::BackendKind;
+use gpt_rs::storage::Storage;
 
 fn main() {
     let threads: usize = std::env::args()
@@ -13,15 +14,15 @@ fn main() {
         .unwrap_or(1);
     gpt_rs::threads::set_num_threads(threads).unwrap();
     let be = BackendKind::Cpu.get().unwrap();
-    // 24 matrices of 768 x 3072 (226 MB), cycled so no matrix is still cached when reused.
-    let (k, n, count) = (768usize, 3072usize, 24usize);
-    let mats: Vec<Vec<f32>> = (0..count)
-        .map(|i| {
-            (0..k * n)
-                .map(|j| ((i * 7 + j) % 13) as f32 * 0.01)
-                .collect()
-        })
-        .collect();
+    // 64 matrices of 768 x 3072 (604 MB, more than the caches), cycled so no matrix is still
+    // cached when reused, in the weight memory the GPT-2 runtime uses (huge pages on Linux).
+    let (k, n, count) = (768usize, 3072usize, 64usize);
+    let all = Storage::weights_with(k * n * count, |w| {
+        for (j, v) in w.iter_mut().enumerate() {
+            *v = (j % 13) as f32 * 0.01;
+        }
+    });
+    let mats: Vec<&[f32]> = all.as_slice().chunks(k * n).collect();
     let x: Vec<f32> = (0..k).map(|i| i as f32 * 1e-3).collect();
     let mut y = vec![0.0f32; n];
     let bytes = (k * n * 4 * count) as f64;

@@ -13,7 +13,8 @@ use std::path::Path;
 use crate::backend::{Backend, BackendKind};
 use crate::checkpoint::{Gpt2Config, SafetensorsFile};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::storage::Storage;
+use crate::tensor::{Data, Tensor};
 
 /// A projection `y = x @ W + b`. The checkpoint stores W as `(in, out)` (HF's Conv1D); it is
 /// kept transposed, `(out, in)`, so decoding streams each output's weights contiguously
@@ -76,26 +77,34 @@ impl Proj {
     }
 }
 
+/// A copy of `t` in weight memory (huge pages where available: `Storage::weights_with`).
+fn to_weight_memory(t: &Tensor, backend: BackendKind) -> Result<Tensor> {
+    let src = t.f32s("weight")?;
+    let data = Storage::weights_with(src.len(), |d| d.copy_from_slice(src));
+    Tensor::new(Data::F32(data), t.shape().to_vec(), backend)
+}
+
 /// `(k, n)` row-major to `(n, k)` row-major, in cache-sized tiles, on the engine's threads.
 fn transpose(w: &Tensor, k: usize, n: usize, backend: BackendKind) -> Result<Tensor> {
     use rayon::prelude::*;
     let src = w.f32s("weight")?;
-    let mut dst = vec![0.0f32; k * n];
     const T: usize = 64;
-    crate::threads::install(|| {
-        dst.par_chunks_mut(T * k.max(1))
-            .enumerate()
-            .for_each(|(bj, rows)| {
-                let j0 = bj * T;
-                let jn = rows.len() / k.max(1);
-                for i in 0..k {
-                    for (jj, &v) in src[i * n + j0..i * n + j0 + jn].iter().enumerate() {
-                        rows[jj * k + i] = v;
+    let dst = Storage::weights_with(k * n, |dst| {
+        crate::threads::install(|| {
+            dst.par_chunks_mut(T * k.max(1))
+                .enumerate()
+                .for_each(|(bj, rows)| {
+                    let j0 = bj * T;
+                    let jn = rows.len() / k.max(1);
+                    for i in 0..k {
+                        for (jj, &v) in src[i * n + j0..i * n + j0 + jn].iter().enumerate() {
+                            rows[jj * k + i] = v;
+                        }
                     }
-                }
-            })
+                })
+        })
     });
-    Tensor::from_f32(dst, vec![n, k], backend)
+    Tensor::new(Data::F32(dst), vec![n, k], backend)
 }
 
 pub struct Block {
@@ -217,6 +226,11 @@ impl Gpt2 {
                 config.n_layer
             )));
         }
+        // The token embedding doubles as the output projection, streamed once per decoded
+        // token: copy it into weight memory first (before the projections, so loading never
+        // holds more than this one extra copy) and let its mapped pages go.
+        let wte = to_weight_memory(&get("wte.weight", &[v, c])?, backend)?;
+        f.release_tensor(&format!("{prefix}wte.weight"));
         let h = (0..config.n_layer)
             .map(|i| {
                 let g = |n: &str, s: &[usize]| get(&format!("h.{i}.{n}"), s);
@@ -232,7 +246,6 @@ impl Gpt2 {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let wte = get("wte.weight", &[v, c])?;
         // A separate lm_head only if the checkpoint has one that is not the tied wte.
         let lm_head = if f.contains("lm_head.weight") {
             Some(f.tensor("lm_head.weight", &[v, c], backend)?)
@@ -240,7 +253,8 @@ impl Gpt2 {
             None
         };
         let lm_head = lm_head.filter(|l| l.f32s("lm_head").ok() != wte.f32s("wte").ok());
-        // The projections were copied out of the map; let their pages go (wte, wpe and the
+        let lm_head = lm_head.map(|l| to_weight_memory(&l, backend)).transpose()?;
+        // The large tensors were copied out of the map; let their pages go (wpe and the
         // small tensors are still used in place and come back when touched).
         f.release_pages();
         Ok(Self {

@@ -1,8 +1,7 @@
 //! The `cpu` backend's matrix multiply: `C[m, n] = A[m, k] @ B[k, n] (+ bias[n])`.
 //!
 //! Two paths:
-//! - `m < SMALL_M` (decode, GEMV-like): B is streamed once, row by row, four rows at a time,
-//!   into accumulators that stay in L1; threads split the columns.
+//! - a few rows of A (decode, GEMV-like): `gemv`, which streams B once.
 //! - otherwise a GotoBLAS-style blocked GEMM: B is packed into `kc x NR` panels and A into
 //!   `MR x kc` strips, and an `MR x NR` register-blocked micro-kernel does the FMAs; threads
 //!   split the C tiles.
@@ -12,122 +11,17 @@
 
 use rayon::prelude::*;
 
+use super::gemv;
 use super::simd::{level, SimdLevel};
+#[cfg(target_arch = "x86_64")]
+use super::vector::x86;
+use super::vector::{Scalar, Vf};
 use crate::backend::SendPtr;
 
 /// Rows below which the GEMV path wins (no packing).
 const SMALL_M: usize = 8;
-/// Depth of a packed block.
-const KC: usize = 256;
-/// Column chunk of the GEMV path (accumulators live on the stack, in L1).
-const GEMV_CHUNK: usize = 2048;
-/// Rows of `b` per task in `matmul_nt`'s dot-product path.
-const NT_CHUNK: usize = 512;
-
-/// A vector of f32 lanes with fused multiply-add.
-trait Vf: Copy {
-    const W: usize;
-    unsafe fn zero() -> Self;
-    unsafe fn splat(x: f32) -> Self;
-    unsafe fn load(p: *const f32) -> Self;
-    unsafe fn store(self, p: *mut f32);
-    /// `a * b + c`.
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn add(a: Self, b: Self) -> Self;
-}
-
-#[derive(Clone, Copy)]
-struct Scalar(f32);
-impl Vf for Scalar {
-    const W: usize = 1;
-    unsafe fn zero() -> Self {
-        Scalar(0.0)
-    }
-    unsafe fn splat(x: f32) -> Self {
-        Scalar(x)
-    }
-    unsafe fn load(p: *const f32) -> Self {
-        Scalar(unsafe { *p })
-    }
-    unsafe fn store(self, p: *mut f32) {
-        unsafe { *p = self.0 }
-    }
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        Scalar(a.0 * b.0 + c.0)
-    }
-    unsafe fn add(a: Self, b: Self) -> Self {
-        Scalar(a.0 + b.0)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Vf;
-    use std::arch::x86_64::*;
-
-    // SAFETY (both impls): only instantiated inside functions compiled with the matching
-    // target features, which `simd::level()` guarantees the CPU has; loads and stores are
-    // unaligned and callers keep them within their slices.
-    #[derive(Clone, Copy)]
-    pub struct V256(__m256);
-    impl Vf for V256 {
-        const W: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { V256(_mm256_setzero_ps()) }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self {
-            unsafe { V256(_mm256_set1_ps(x)) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { V256(_mm256_loadu_ps(p)) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm256_storeu_ps(p, self.0) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            unsafe { V256(_mm256_fmadd_ps(a.0, b.0, c.0)) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            unsafe { V256(_mm256_add_ps(a.0, b.0)) }
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    pub struct V512(__m512);
-    impl Vf for V512 {
-        const W: usize = 16;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { V512(_mm512_setzero_ps()) }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self {
-            unsafe { V512(_mm512_set1_ps(x)) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { V512(_mm512_loadu_ps(p)) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm512_storeu_ps(p, self.0) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            unsafe { V512(_mm512_fmadd_ps(a.0, b.0, c.0)) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            unsafe { V512(_mm512_add_ps(a.0, b.0)) }
-        }
-    }
-}
+/// Depth of a packed block (the GEMV path accumulates in blocks of the same depth).
+pub(super) const KC: usize = 256;
 
 /// Register blocking per level: (MR rows, NV vectors of W lanes).
 fn blocking(l: SimdLevel) -> (usize, usize) {
@@ -216,88 +110,9 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     }
 }
 
-/// `C[i, j0..j0+cw] += a[i, :] @ B[:, j0..j0+cw]` for the few rows of the GEMV path.
-///
-/// B is streamed row by row (four rows at a time, contiguous `cw`-wide segments) into
-/// accumulators that stay in L1. Each `KC` block is accumulated from zero with one FMA per `k`
-/// in order, then added to C: exactly the blocked GEMM's arithmetic, so a row's result does not
-/// depend on how many rows share the call (batched generation equals one-by-one generation).
-#[inline(always)]
-unsafe fn gemv_chunk<V: Vf>(
-    a: &[f32],
-    b: &[f32],
-    c: SendPtr,
-    m: usize,
-    k: usize,
-    n: usize,
-    j0: usize,
-    cw: usize,
-) {
-    let mut acc = [0.0f32; GEMV_CHUNK];
-    let vec_end = cw - cw % V::W;
-    let bp = b.as_ptr();
-    let mut p0 = 0;
-    while p0 < k {
-        let kc = (k - p0).min(KC);
-        for i in 0..m {
-            let ai = &a[i * k + p0..i * k + p0 + kc];
-            let y = acc.as_mut_ptr();
-            // SAFETY: rows p0..p0+kc and columns j0..j0+cw lie inside B (k x n); y holds cw.
-            unsafe {
-                std::ptr::write_bytes(y, 0, cw);
-                let mut r = 0;
-                while r + 4 <= kc {
-                    let (x0, x1, x2, x3) = (
-                        V::splat(ai[r]),
-                        V::splat(ai[r + 1]),
-                        V::splat(ai[r + 2]),
-                        V::splat(ai[r + 3]),
-                    );
-                    let row = bp.add((p0 + r) * n + j0);
-                    let mut j = 0;
-                    while j < vec_end {
-                        let mut yv = V::load(y.add(j));
-                        yv = V::fma(x0, V::load(row.add(j)), yv);
-                        yv = V::fma(x1, V::load(row.add(n + j)), yv);
-                        yv = V::fma(x2, V::load(row.add(2 * n + j)), yv);
-                        yv = V::fma(x3, V::load(row.add(3 * n + j)), yv);
-                        yv.store(y.add(j));
-                        j += V::W;
-                    }
-                    r += 4;
-                }
-                while r < kc {
-                    let x0 = V::splat(ai[r]);
-                    let row = bp.add((p0 + r) * n + j0);
-                    let mut j = 0;
-                    while j < vec_end {
-                        V::fma(x0, V::load(row.add(j)), V::load(y.add(j))).store(y.add(j));
-                        j += V::W;
-                    }
-                    r += 1;
-                }
-                // Tail columns: `mul_add` is the same fused FMA as the vector lanes (W > 1 only
-                // happens in FMA-enabled instances; the scalar instance has no tail).
-                for j in vec_end..cw {
-                    let mut t = 0.0f32;
-                    for (r, &ar) in ai.iter().enumerate() {
-                        t = ar.mul_add(*bp.add((p0 + r) * n + j0 + j), t);
-                    }
-                    *y.add(j) = t;
-                }
-                let dst = c.0.add(i * n + j0);
-                for (j, &v) in acc[..cw].iter().enumerate() {
-                    *dst.add(j) += v;
-                }
-            }
-        }
-        p0 += kc;
-    }
-}
-
-/// Instantiates `tile` and `gemv_chunk` for one SIMD level.
-macro_rules! level_fns {
-    ($tile:ident, $gemv:ident, $feat:literal, $V:ty, $mr:literal, $nv:literal) => {
+/// Instantiates `tile` for one SIMD level.
+macro_rules! level_tile {
+    ($tile:ident, $feat:literal, $V:ty, $mr:literal, $nv:literal) => {
         #[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))]
         unsafe fn $tile(
             kc: usize,
@@ -312,26 +127,13 @@ macro_rules! level_fns {
         ) {
             unsafe { tile::<$V, $mr, $nv>(kc, ap, bp, c, ldc, m, n, s, p) }
         }
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))]
-        unsafe fn $gemv(
-            a: &[f32],
-            b: &[f32],
-            c: SendPtr,
-            m: usize,
-            k: usize,
-            n: usize,
-            j0: usize,
-            cw: usize,
-        ) {
-            unsafe { gemv_chunk::<$V>(a, b, c, m, k, n, j0, cw) }
-        }
     };
 }
 #[cfg(target_arch = "x86_64")]
-level_fns!(tile_512, gemv_512, "avx512f,avx2,fma", x86::V512, 8, 2);
+level_tile!(tile_512, "avx512f,avx2,fma", x86::V512, 8, 2);
 #[cfg(target_arch = "x86_64")]
-level_fns!(tile_256, gemv_256, "avx2,fma", x86::V256, 6, 2);
-
+level_tile!(tile_256, "avx2,fma", x86::V256, 6, 2);
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_scalar(
     kc: usize,
     ap: &[f32],
@@ -345,30 +147,17 @@ unsafe fn tile_scalar(
 ) {
     unsafe { tile::<Scalar, 4, 4>(kc, ap, bp, c, ldc, m, n, s, p) }
 }
-unsafe fn gemv_scalar(
-    a: &[f32],
-    b: &[f32],
-    c: SendPtr,
-    m: usize,
-    k: usize,
-    n: usize,
-    j0: usize,
-    cw: usize,
-) {
-    unsafe { gemv_chunk::<Scalar>(a, b, c, m, k, n, j0, cw) }
-}
 
 type TileFn =
     unsafe fn(usize, &[f32], &[f32], SendPtr, usize, usize, usize, (usize, usize), (usize, usize));
-type GemvFn = unsafe fn(&[f32], &[f32], SendPtr, usize, usize, usize, usize, usize);
 
-fn kernels(l: SimdLevel) -> (TileFn, GemvFn) {
+fn tile_kernel(l: SimdLevel) -> TileFn {
     match l {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => (tile_512, gemv_512),
+        SimdLevel::Avx512 => tile_512,
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => (tile_256, gemv_256),
-        _ => (tile_scalar, gemv_scalar),
+        SimdLevel::Avx2 => tile_256,
+        _ => tile_scalar,
     }
 }
 
@@ -495,14 +284,8 @@ pub fn matmul(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let (_, gemv_fn) = kernels(level());
     if m < SMALL_M {
-        let cp = SendPtr(c.as_mut_ptr());
-        // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
-        column_chunks(n, m * k * n, GEMV_CHUNK, |j0, cw| unsafe {
-            gemv_fn(a, b, cp, m, k, n, j0, cw)
-        });
-        return;
+        return gemv::matmul_rows(a, b, c, m, k, n);
     }
     gemm(a, ALayout::MK, b, BLayout::KN, c, m, k, n)
 }
@@ -534,45 +317,18 @@ pub fn matmul_nt(
         return;
     }
     if m < NT_SMALL_M {
-        let cp = SendPtr(c.as_mut_ptr());
-        column_chunks(n, m * k * n, NT_CHUNK, |j0, cw| {
-            // SAFETY: this chunk writes only columns j0..j0+cw of the m rows of C (row stride n).
-            unsafe {
-                super::math::dots_add_rows(a, &b[j0 * k..(j0 + cw) * k], cp.get().add(j0), k, n, m)
-            }
-        });
-        return;
+        return gemv::matmul_nt_rows(a, b, c, m, k, n);
     }
     gemm(a, ALayout::MK, b, BLayout::NK, c, m, k, n)
 }
 
 /// Threads to split over: the engine pool's size on a pool thread, 1 elsewhere (small products
 /// run on the caller's thread and must not fork onto rayon's global pool).
-fn pool_threads() -> usize {
+pub(super) fn pool_threads() -> usize {
     if rayon::current_thread_index().is_some() {
         rayon::current_num_threads()
     } else {
         1
-    }
-}
-
-/// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
-/// thread), in parallel when `work` is large.
-fn column_chunks(n: usize, work: usize, max_chunk: usize, f: impl Fn(usize, usize) + Sync + Send) {
-    let threads = pool_threads();
-    let per_task = n
-        .div_ceil(threads * 2)
-        .next_multiple_of(16)
-        .clamp(16, max_chunk);
-    let chunks = n.div_ceil(per_task);
-    let run = |t: usize| {
-        let j0 = t * per_task;
-        f(j0, (n - j0).min(per_task))
-    };
-    if threads == 1 || work < 1 << 15 {
-        (0..chunks).for_each(run);
-    } else {
-        (0..chunks).into_par_iter().for_each(run);
     }
 }
 
@@ -599,7 +355,7 @@ fn gemm(
     k: usize,
     n: usize,
 ) {
-    let (tile_fn, _) = kernels(level());
+    let tile_fn = tile_kernel(level());
     let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
     let threads = pool_threads();

@@ -260,23 +260,6 @@ pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// `out[i * ldo + j] += dot(a[i], b[j])` for the `m` rows of `a` (each `k` long) and every
-/// row `j` of `b`. Each row of `b` is loaded once for all rows of `a`, and each dot product is
-/// computed the same way whatever `m` is.
-///
-/// # Safety
-/// `out` must be valid for writes at `i * ldo + j` for `i < m`, `j < b.len() / k`, and no one
-/// else may access those elements meanwhile.
-#[inline(always)]
-unsafe fn dots_add_rows_body(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
-    for (j, bj) in b.chunks_exact(k.max(1)).enumerate() {
-        for i in 0..m {
-            // SAFETY: guaranteed by the caller (see above).
-            unsafe { *out.add(i * ldo + j) += dot_body(&a[i * k..(i + 1) * k], bj) };
-        }
-    }
-}
-
 /// Row `i` of `scores` (`tq x tk`) times `scale`, softmax over its first `i + offset + 1`
 /// entries (the causal mask; all `tk` when not causal), written to `probs` with zeros after.
 #[inline(always)]
@@ -303,32 +286,6 @@ fn masked_softmax_rows_body(
 }
 
 multiversion! { pub fn masked_softmax_rows(scores: &mut [f32], probs: &mut [f32], tk: usize, offset: usize, causal: bool, scale: f32) = masked_softmax_rows_body; }
-
-/// See `dots_add_rows_body` for the safety contract.
-///
-/// # Safety
-/// As `dots_add_rows_body`.
-pub unsafe fn dots_add_rows(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn v512(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
-            unsafe { dots_add_rows_body(a, b, out, k, ldo, m) }
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn v256(a: &[f32], b: &[f32], out: *mut f32, k: usize, ldo: usize, m: usize) {
-            unsafe { dots_add_rows_body(a, b, out, k, ldo, m) }
-        }
-        match super::simd::level() {
-            // SAFETY: level() only reports features the CPU has; the caller upholds the rest.
-            super::simd::SimdLevel::Avx512 => return unsafe { v512(a, b, out, k, ldo, m) },
-            super::simd::SimdLevel::Avx2 => return unsafe { v256(a, b, out, k, ldo, m) },
-            super::simd::SimdLevel::Scalar => {}
-        }
-    }
-    // SAFETY: the caller upholds the contract.
-    unsafe { dots_add_rows_body(a, b, out, k, ldo, m) }
-}
 
 multiversion! { pub fn gelu_kernel(x: &[f32], out: &mut [f32]) = gelu_slice; }
 multiversion! { pub fn gelu_tanh_kernel(x: &[f32], out: &mut [f32]) = gelu_tanh_slice; }

@@ -2,8 +2,10 @@
 //! engine's thread pool. Small inputs run on the calling thread to avoid fork/join overhead.
 
 mod gemm;
+mod gemv;
 pub mod math;
 pub mod simd;
+mod vector;
 
 use rayon::prelude::*;
 

@@ -1,0 +1,120 @@
+//! The SIMD vector types the `cpu` backend's matrix kernels are generic over: one instance per
+//! level (AVX-512, AVX2+FMA, scalar), picked at run time by `simd::level()`.
+
+/// A vector of f32 lanes with fused multiply-add.
+pub(super) trait Vf: Copy {
+    const W: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `a * b + c`.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Scalar(f32);
+impl Vf for Scalar {
+    const W: usize = 1;
+    unsafe fn zero() -> Self {
+        Scalar(0.0)
+    }
+    unsafe fn splat(x: f32) -> Self {
+        Scalar(x)
+    }
+    unsafe fn load(p: *const f32) -> Self {
+        Scalar(unsafe { *p })
+    }
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { *p = self.0 }
+    }
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Scalar(a.0 * b.0 + c.0)
+    }
+    unsafe fn add(a: Self, b: Self) -> Self {
+        Scalar(a.0 + b.0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod x86 {
+    use super::Vf;
+    use std::arch::x86_64::*;
+
+    // SAFETY (both impls): only instantiated inside functions compiled with the matching
+    // target features, which `simd::level()` guarantees the CPU has; loads and stores are
+    // unaligned and callers keep them within their slices.
+    #[derive(Clone, Copy)]
+    pub struct V256(__m256);
+    impl Vf for V256 {
+        const W: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { V256(_mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { V256(_mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { V256(_mm256_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { V256(_mm256_fmadd_ps(a.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { V256(_mm256_add_ps(a.0, b.0)) }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub struct V512(__m512);
+    impl Vf for V512 {
+        const W: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { V512(_mm512_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { V512(_mm512_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { V512(_mm512_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { V512(_mm512_fmadd_ps(a.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { V512(_mm512_add_ps(a.0, b.0)) }
+        }
+    }
+}
+
+/// Hints the CPU to fetch the cache line holding `p` into L1 (no-op off x86_64). Never faults,
+/// so `p` may point past the end of a buffer (computed with `wrapping_add`).
+#[inline(always)]
+pub(super) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it reads nothing architecturally and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
