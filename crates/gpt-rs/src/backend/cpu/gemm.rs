@@ -20,6 +20,8 @@ use crate::backend::SendPtr;
 
 /// Rows below which the GEMV path wins (no packing).
 const SMALL_M: usize = 8;
+/// Bytes of packed B panels that the strips of A meet before moving on (fits in L2).
+const B_BYTES: usize = 512 << 10;
 /// Depth of a packed block (the GEMV path accumulates in blocks of the same depth).
 pub(super) const KC: usize = 256;
 
@@ -84,24 +86,30 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     let nr = NV * V::W;
     let mut scratch = [0.0f32; 512];
     debug_assert!(MR * nr <= scratch.len());
-    for s in strips.0..strips.1 {
-        let rows = (m - s * MR).min(MR);
-        let a = apack[s * MR * kc..].as_ptr();
-        for p in panels.0..panels.1 {
-            let cols = (n - p * nr).min(nr);
-            let b = bpack[p * kc * nr..].as_ptr();
-            // SAFETY: C is m x n with row stride ldc; the block starts at (s*MR, p*nr) and
-            // a full block stays in bounds; partial blocks use the scratch tile.
-            unsafe {
-                let dst = c.0.add(s * MR * ldc + p * nr);
-                if rows == MR && cols == nr {
-                    micro::<V, MR, NV>(kc, a, b, dst, ldc);
-                } else {
-                    scratch[..MR * nr].fill(0.0);
-                    micro::<V, MR, NV>(kc, a, b, scratch.as_mut_ptr(), nr);
-                    for i in 0..rows {
-                        for j in 0..cols {
-                            *dst.add(i * ldc + j) += scratch[i * nr + j];
+    // Loop order: blocks of B panels (B_BYTES, kept in L2), then strips of A (one MR x kc strip
+    // stays in L1 while it meets the block's panels), then panels. Without the panel blocks a
+    // single-threaded product with a wide B streams every panel from L3 once per strip.
+    let block = (B_BYTES / (kc * nr * 4)).max(1);
+    for pb in (panels.0..panels.1).step_by(block) {
+        for s in strips.0..strips.1 {
+            let rows = (m - s * MR).min(MR);
+            let a = apack[s * MR * kc..].as_ptr();
+            for p in pb..(pb + block).min(panels.1) {
+                let cols = (n - p * nr).min(nr);
+                let b = bpack[p * kc * nr..].as_ptr();
+                // SAFETY: C is m x n with row stride ldc; the block starts at (s*MR, p*nr) and
+                // a full block stays in bounds; partial blocks use the scratch tile.
+                unsafe {
+                    let dst = c.0.add(s * MR * ldc + p * nr);
+                    if rows == MR && cols == nr {
+                        micro::<V, MR, NV>(kc, a, b, dst, ldc);
+                    } else {
+                        scratch[..MR * nr].fill(0.0);
+                        micro::<V, MR, NV>(kc, a, b, scratch.as_mut_ptr(), nr);
+                        for i in 0..rows {
+                            for j in 0..cols {
+                                *dst.add(i * ldc + j) += scratch[i * nr + j];
+                            }
                         }
                     }
                 }
@@ -195,10 +203,34 @@ fn pack_b(
                 }
             }
             BLayout::NK => {
-                // A transpose in 8-column strips: 8 rows of b are read side by side (each
-                // sequentially) and every packed row gets 8 contiguous values.
+                // A transpose: 16 x 16 blocks in registers where AVX-512 is on, then 8-column
+                // strips (8 rows of b read side by side, each sequentially, and every packed
+                // row gets 8 contiguous values), then single columns.
                 dst.fill(0.0);
                 let mut j = 0;
+                #[cfg(target_arch = "x86_64")]
+                if level() == SimdLevel::Avx512 {
+                    while j + 16 <= cols {
+                        let mut p = 0;
+                        while p + 16 <= kc {
+                            let src = &b[(c0 + j) * k + p0 + p..(c0 + j + 15) * k + p0 + p + 16];
+                            // SAFETY: the CPU has AVX-512 (level); `src` holds 16 rows of 16
+                            // floats at stride k, and the 16 packed rows of 16 floats at
+                            // stride nr from (p, j) lie inside this panel (j + 16 <= cols).
+                            unsafe {
+                                transpose16(src.as_ptr(), k, dst[p * nr + j..].as_mut_ptr(), nr)
+                            };
+                            p += 16;
+                        }
+                        for jj in j..j + 16 {
+                            let src = &b[(c0 + jj) * k + p0..(c0 + jj) * k + p0 + kc];
+                            for pp in p..kc {
+                                dst[pp * nr + jj] = src[pp];
+                            }
+                        }
+                        j += 16;
+                    }
+                }
                 while j + 8 <= cols {
                     let rows: [&[f32]; 8] = std::array::from_fn(|r| {
                         &b[(c0 + j + r) * k + p0..(c0 + j + r) * k + p0 + kc]
@@ -218,6 +250,56 @@ fn pack_b(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Transposes a 16 x 16 block: `dst[p * ldd + r] = src[r * lds + p]`, in registers (32-bit,
+/// 64-bit and two 128-bit-lane shuffle stages).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` must be readable for 16 rows of 16 floats at stride
+/// `lds`, `dst` writable for 16 rows of 16 floats at stride `ldd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
+        // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved, per 128-bit lane L holding p = 4L..4L+3.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + q], lane L: rows 4g..4g+3 at p = 4L + q.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let d = |x: __m512| _mm512_castps_pd(x);
+            let (a0, a1, b0, b1) = (
+                d(t[4 * g]),
+                d(t[4 * g + 1]),
+                d(t[4 * g + 2]),
+                d(t[4 * g + 3]),
+            );
+            u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+            u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+            u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+            u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+        }
+        // Output row p = 4L + q gathers lane L of u[q], u[4 + q], u[8 + q], u[12 + q].
+        for q in 0..4 {
+            let x0 = _mm512_shuffle_f32x4::<0x44>(u[q], u[4 + q]);
+            let x1 = _mm512_shuffle_f32x4::<0xEE>(u[q], u[4 + q]);
+            let y0 = _mm512_shuffle_f32x4::<0x44>(u[8 + q], u[12 + q]);
+            let y1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + q], u[12 + q]);
+            _mm512_storeu_ps(dst.add(q * ldd), _mm512_shuffle_f32x4::<0x88>(x0, y0));
+            _mm512_storeu_ps(dst.add((4 + q) * ldd), _mm512_shuffle_f32x4::<0xDD>(x0, y0));
+            _mm512_storeu_ps(dst.add((8 + q) * ldd), _mm512_shuffle_f32x4::<0x88>(x1, y1));
+            _mm512_storeu_ps(
+                dst.add((12 + q) * ldd),
+                _mm512_shuffle_f32x4::<0xDD>(x1, y1),
+            );
         }
     }
 }
