@@ -29,7 +29,7 @@ const PREFETCH_AHEAD: usize = 1024;
 
 /// `c[m, n] += a[m, k] @ b[k, n]` for a few rows of `a`; runs inside the engine's pool.
 pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    let kernel = kn_kernel(level());
+    let (kernel, _) = kernels(level());
     let cp = SendPtr(c.as_mut_ptr());
     // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
     column_chunks(n, m * k * n, GEMV_CHUNK, |j0, cw| unsafe {
@@ -39,7 +39,7 @@ pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
 
 /// `c[m, n] += a[m, k] @ b[n, k]^T` for a few rows of `a`; runs inside the engine's pool.
 pub(super) fn matmul_nt_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    let kernel = nk_kernel(level());
+    let (_, kernel) = kernels(level());
     let cp = SendPtr(c.as_mut_ptr());
     // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
     column_chunks(n, m * k * n, NT_CHUNK, |j0, cw| unsafe {
@@ -182,11 +182,12 @@ unsafe fn nk_chunk<V: Vf>(
     }
 }
 
-/// Instantiates `kn_chunk` and `nk_chunk` for one SIMD level.
-macro_rules! level_fns {
-    ($kn:ident, $nk:ident, $feat:literal, $V:ty) => {
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))]
-        unsafe fn $kn(
+/// Instantiates a chunk kernel (`kn_chunk` or `nk_chunk`) for one SIMD level.
+macro_rules! level_fn {
+    ($name:ident, $generic:ident, $V:ty $(, $feat:literal)?) => {
+        $(#[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))])?
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
             a: &[f32],
             b: &[f32],
             c: SendPtr,
@@ -196,74 +197,31 @@ macro_rules! level_fns {
             j0: usize,
             cw: usize,
         ) {
-            unsafe { kn_chunk::<$V>(a, b, c, m, k, n, j0, cw) }
-        }
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))]
-        unsafe fn $nk(
-            a: &[f32],
-            b: &[f32],
-            c: SendPtr,
-            m: usize,
-            k: usize,
-            n: usize,
-            j0: usize,
-            cw: usize,
-        ) {
-            unsafe { nk_chunk::<$V>(a, b, c, m, k, n, j0, cw) }
+            unsafe { $generic::<$V>(a, b, c, m, k, n, j0, cw) }
         }
     };
 }
 #[cfg(target_arch = "x86_64")]
-level_fns!(kn_512, nk_512, "avx512f,avx2,fma", x86::V512);
+level_fn!(kn_512, kn_chunk, x86::V512, "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_fns!(kn_256, nk_256, "avx2,fma", x86::V256);
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn kn_scalar(
-    a: &[f32],
-    b: &[f32],
-    c: SendPtr,
-    m: usize,
-    k: usize,
-    n: usize,
-    j0: usize,
-    cw: usize,
-) {
-    unsafe { kn_chunk::<Scalar>(a, b, c, m, k, n, j0, cw) }
-}
-#[allow(clippy::too_many_arguments)]
-unsafe fn nk_scalar(
-    a: &[f32],
-    b: &[f32],
-    c: SendPtr,
-    m: usize,
-    k: usize,
-    n: usize,
-    j0: usize,
-    cw: usize,
-) {
-    unsafe { nk_chunk::<Scalar>(a, b, c, m, k, n, j0, cw) }
-}
+level_fn!(nk_512, nk_chunk, x86::V512, "avx512f,avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level_fn!(kn_256, kn_chunk, x86::V256, "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level_fn!(nk_256, nk_chunk, x86::V256, "avx2,fma");
+level_fn!(kn_scalar, kn_chunk, Scalar);
+level_fn!(nk_scalar, nk_chunk, Scalar);
 
 type ChunkFn = unsafe fn(&[f32], &[f32], SendPtr, usize, usize, usize, usize, usize);
 
-fn kn_kernel(l: SimdLevel) -> ChunkFn {
+/// The `[k, n]` and `[n, k]` chunk kernels of a level.
+fn kernels(l: SimdLevel) -> (ChunkFn, ChunkFn) {
     match l {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => kn_512,
+        SimdLevel::Avx512 => (kn_512, nk_512),
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => kn_256,
-        _ => kn_scalar,
-    }
-}
-
-fn nk_kernel(l: SimdLevel) -> ChunkFn {
-    match l {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => nk_512,
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => nk_256,
-        _ => nk_scalar,
+        SimdLevel::Avx2 => (kn_256, nk_256),
+        _ => (kn_scalar, nk_scalar),
     }
 }
 
