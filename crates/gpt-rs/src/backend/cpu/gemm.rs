@@ -205,8 +205,13 @@ fn pack_b(
             BLayout::NK => {
                 // A transpose: 16 x 16 blocks in registers where AVX-512 is on, then 8-column
                 // strips (8 rows of b read side by side, each sequentially, and every packed
-                // row gets 8 contiguous values), then single columns.
-                dst.fill(0.0);
+                // row gets 8 contiguous values), then single columns. Together they write every
+                // value of the panel's `cols` columns, so only the padding needs zeros.
+                if cols < nr {
+                    for row in dst.chunks_exact_mut(nr) {
+                        row[cols..].fill(0.0);
+                    }
+                }
                 let mut j = 0;
                 #[cfg(target_arch = "x86_64")]
                 if level() == SimdLevel::Avx512 {
