@@ -152,6 +152,9 @@ def run(threads: int, quick: bool) -> None:
             targs = [torch.from_numpy(a) for a in args]
             row += f"{fmt(bench(lambda tor=tor, targs=targs: tor(*targs), repeats)):>11}"
         tens = [gpt_rs.Tensor.from_numpy(a) for a in args]
+        # OpenBLAS / OpenMP worker threads spin for a while after a call and would take a core
+        # from whatever is timed next: let them go to sleep first.
+        time.sleep(0.3 if threads > 1 else 0)
         for be in backends:
             if be == "cpu-portable" and "1024x1024" in name:
                 row += f"{'(skipped)':>12}{'':>6}"
