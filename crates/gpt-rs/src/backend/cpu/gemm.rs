@@ -11,19 +11,17 @@
 
 use rayon::prelude::*;
 
-use super::gemv;
 use super::simd::{level, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
 use super::vector::{Scalar, Vf};
+use super::{gemv, pool_threads, KC};
 use crate::backend::SendPtr;
 
 /// Rows below which the GEMV path wins (no packing).
 const SMALL_M: usize = 8;
 /// Bytes of packed B panels that the strips of A meet before moving on (fits in L2).
 const B_BYTES: usize = 512 << 10;
-/// Depth of a packed block (the GEMV path accumulates in blocks of the same depth).
-pub(super) const KC: usize = 256;
 
 /// Register blocking per level: (MR rows, NV vectors of W lanes).
 fn blocking(l: SimdLevel) -> (usize, usize) {
@@ -120,8 +118,9 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
 
 /// Instantiates `tile` for one SIMD level.
 macro_rules! level_tile {
-    ($tile:ident, $feat:literal, $V:ty, $mr:literal, $nv:literal) => {
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))]
+    ($tile:ident, $V:ty, $mr:literal, $nv:literal $(, $feat:literal)?) => {
+        $(#[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))])?
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $tile(
             kc: usize,
             ap: &[f32],
@@ -138,23 +137,10 @@ macro_rules! level_tile {
     };
 }
 #[cfg(target_arch = "x86_64")]
-level_tile!(tile_512, "avx512f,avx2,fma", x86::V512, 8, 2);
+level_tile!(tile_512, x86::V512, 8, 2, "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_tile!(tile_256, "avx2,fma", x86::V256, 6, 2);
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_scalar(
-    kc: usize,
-    ap: &[f32],
-    bp: &[f32],
-    c: SendPtr,
-    ldc: usize,
-    m: usize,
-    n: usize,
-    s: (usize, usize),
-    p: (usize, usize),
-) {
-    unsafe { tile::<Scalar, 4, 4>(kc, ap, bp, c, ldc, m, n, s, p) }
-}
+level_tile!(tile_256, x86::V256, 6, 2, "avx2,fma");
+level_tile!(tile_scalar, Scalar, 4, 4);
 
 type TileFn =
     unsafe fn(usize, &[f32], &[f32], SendPtr, usize, usize, usize, (usize, usize), (usize, usize));
@@ -407,16 +393,6 @@ pub fn matmul_nt(
         return gemv::matmul_nt_rows(a, b, c, m, k, n);
     }
     gemm(a, ALayout::MK, b, BLayout::NK, c, m, k, n)
-}
-
-/// Threads to split over: the engine pool's size on a pool thread, 1 elsewhere (small products
-/// run on the caller's thread and must not fork onto rayon's global pool).
-pub(super) fn pool_threads() -> usize {
-    if rayon::current_thread_index().is_some() {
-        rayon::current_num_threads()
-    } else {
-        1
-    }
 }
 
 thread_local! {

@@ -13,11 +13,11 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{pool_threads, KC};
 use super::simd::{level, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
 use super::vector::{prefetch, Scalar, Vf};
+use super::{pool_threads, KC};
 use crate::backend::SendPtr;
 
 /// Column chunk of the `[k, n]` path (accumulators live on the stack, in L1).

@@ -40,6 +40,20 @@ pub(crate) fn par_rows(
     })
 }
 
+/// Depth of a packed block of the blocked GEMM. The GEMV path accumulates in blocks of the same
+/// depth, so a row's result does not depend on which path computed it.
+const KC: usize = 256;
+
+/// Threads to split over: the engine pool's size on a pool thread, 1 elsewhere (small products
+/// run on the caller's thread and must not fork onto rayon's global pool).
+fn pool_threads() -> usize {
+    if rayon::current_thread_index().is_some() {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
 /// Runs `f` on the engine's pool, or right here when `work` (multiply-adds) is too small to
 /// split: handing a call to the pool costs 8-15 us, more than a small product itself.
 fn on_pool<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
