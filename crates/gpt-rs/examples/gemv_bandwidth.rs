@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use gpt_rs::backend::BackendKind;
+use gpt_rs::backend::{BackendKind, Panels};
 use gpt_rs::storage::Storage;
 
 fn main() {
@@ -52,6 +52,20 @@ fn main() {
     });
     println!(
         "{threads} thread(s): matmul_nt [N,K] GEMV {:6.1} GB/s",
+        bytes / t / 1e9
+    );
+    // The same values as `Panels` (how the GPT-2 runtime keeps its projections).
+    let panels: Vec<Panels> = mats.iter().map(|w| Panels::from_kn(w, k, n)).collect();
+    drop(all);
+    let t = time(&mut || {
+        gpt_rs::threads::install(|| {
+            panels
+                .iter()
+                .for_each(|w| be.matmul_panels(&x, w, None, &mut y, 1))
+        })
+    });
+    println!(
+        "{threads} thread(s): matmul_panels GEMV  {:6.1} GB/s",
         bytes / t / 1e9
     );
 }

@@ -2,7 +2,7 @@
 //! SIMD level this CPU has. `on_every_backend!` makes one #[test] per backend.
 
 use gpt_rs::backend::cpu::simd::{self, SimdLevel};
-use gpt_rs::backend::{Backend, BackendKind};
+use gpt_rs::backend::{Backend, BackendKind, Panels, PANEL};
 use gpt_rs::ops;
 use gpt_rs::Tensor;
 
@@ -116,6 +116,23 @@ on_every_backend! {
             assert_close(&g, &w, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul_nt {m}x{k}x{n}"));
         }
     };
+    matmul_panels_all_shapes => |be| {
+        // Weights prepared as panels (read in place by `cpu`, panel by panel elsewhere) against
+        // the plain product; shapes cover partial panels, the GEMV/GEMM switch at 16 rows,
+        // several K blocks and several task groups.
+        let mut r = Rng(29);
+        for &(m, k, n) in &[(1, 768, 300), (2, 1000, 1100), (3, 5, 7), (15, 64, 33), (16, 64, 33), (40, 129, 70), (64, 300, 100), (130, 513, 96), (1, 0, 3), (0, 4, 5)] {
+            let (a, w, bias) = (r.vec(m * k, 1.0), r.vec(k * n, 1.0), r.vec(n, 1.0));
+            let panels = Panels::from_kn(&w, k, n);
+            assert_eq!((panels.k(), panels.n(), panels.panels()), (k, n, n.div_ceil(PANEL)));
+            let (mut got, mut want) = (vec![f32::NAN; m * n], vec![0.0; m * n]);
+            let bias = if m % 2 == 0 { Some(&bias[..]) } else { None };
+            be.matmul_panels(&a, &panels, bias, &mut got, m);
+            reference().matmul(&a, &w, bias, &mut want, m, k, n);
+            let (g, wt) = (Tensor::from_f32(got, vec![m, n], be.kind()).unwrap(), Tensor::from_f32(want, vec![m, n], be.kind()).unwrap());
+            assert_close(&g, &wt, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul_panels {m}x{k}x{n}"));
+        }
+    };
     attention_strided_cache => |be| {
         // Keys/values read in place from a preallocated [g, max_t, d] cache.
         let mut r = Rng(19);
@@ -210,12 +227,15 @@ fn cpu_matmul_rows_are_independent_of_batch() {
         let mut r = Rng(23);
         let (k, n) = (700, 301);
         let (w, bias) = (r.vec(k * n, 1.0), r.vec(n, 1.0));
+        let panels = Panels::from_kn(&w, k, n);
         for m in [1usize, 3, 7, 8, 20] {
             let a = r.vec(m * k, 1.0);
             let mut all = vec![0.0; m * n];
             be.matmul(&a, &w, Some(&bias), &mut all, m, k, n);
             let mut all_nt = vec![0.0; m * n];
             be.matmul_nt(&a, &w[..n * k], Some(&bias), &mut all_nt, m, k, n);
+            let mut all_panels = vec![0.0; m * n];
+            be.matmul_panels(&a, &panels, Some(&bias), &mut all_panels, m);
             for i in 0..m {
                 let mut one = vec![0.0; n];
                 be.matmul(&a[i * k..(i + 1) * k], &w, Some(&bias), &mut one, 1, k, n);
@@ -234,6 +254,12 @@ fn cpu_matmul_rows_are_independent_of_batch() {
                         &all_nt[i * n..(i + 1) * n],
                         &one[..],
                         "matmul_nt row {i} of {m}"
+                    );
+                    be.matmul_panels(&a[i * k..(i + 1) * k], &panels, Some(&bias), &mut one, 1);
+                    assert_eq!(
+                        &all_panels[i * n..(i + 1) * n],
+                        &one[..],
+                        "matmul_panels row {i} of {m}"
                     );
                 }
             }

@@ -13,7 +13,10 @@ pub mod c;
 pub mod cpu;
 #[cfg(feature = "faer")]
 pub mod faer;
+pub mod panels;
 pub mod portable;
+
+pub use panels::{Panels, PANEL};
 
 /// The kernels every backend provides. All buffers are row-major and contiguous.
 pub trait Backend: Send + Sync {
@@ -45,6 +48,14 @@ pub trait Backend: Send + Sync {
         k: usize,
         n: usize,
     );
+
+    /// `c[m, n] = a[m, k] @ W (+ bias[n])` with `W` (`[k, n]`) prepared as `Panels`: how a
+    /// model's linear layers run. For one to 15 rows, each row's result must not depend on
+    /// how many rows share the call (as for `matmul_nt`). The default multiplies panel by
+    /// panel through `matmul`; `cpu` reads the panels in place.
+    fn matmul_panels(&self, a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+        panels::matmul_by_panel(self, a, w, bias, c, m)
+    }
 
     /// `c[m, n] += a[k, m]^T @ b[k, n]`: the weight gradient of a linear layer (`x^T @ dout`),
     /// accumulated. The default transposes `a` and calls `matmul`; `cpu` packs `a` directly.

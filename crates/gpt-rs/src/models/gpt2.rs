@@ -10,18 +10,19 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, BackendKind, Panels};
 use crate::checkpoint::{Gpt2Config, SafetensorsFile};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::tensor::{Data, Tensor};
 
 /// A projection `y = x @ W + b`. The checkpoint stores W as `(in, out)` (HF's Conv1D); it is
-/// kept transposed, `(out, in)`, so decoding streams each output's weights contiguously
-/// (measured: the `[out, in]` GEMV runs at the memory's full bandwidth, `[in, out]` does not).
+/// kept as `Panels` (32 output columns at a time, each panel contiguous), the layout the `cpu`
+/// backend multiplies in place: prefill skips packing W per call, and decoding streams every
+/// weight once, front to back.
 pub struct Proj {
-    pub weight_t: Tensor, // (out, in)
-    pub bias: Tensor,     // (out)
+    pub weight: Panels, // (in, out)
+    pub bias: Tensor,   // (out)
 }
 
 impl Proj {
@@ -33,18 +34,19 @@ impl Proj {
         backend: BackendKind,
     ) -> Result<Self> {
         let w = f.tensor(&format!("{name}.weight"), &[k, n], backend)?;
-        let weight_t = transpose(&w, k, n, backend)?;
-        // The transposed copy is what the model keeps: let the mapped pages go now, so loading
-        // never holds both copies.
+        let weight = Panels::from_kn(w.f32s("weight")?, k, n);
+        // The panels are what the model keeps: let the mapped pages go now, so loading never
+        // holds both copies.
+        drop(w);
         f.release_tensor(&format!("{name}.weight"));
         Ok(Self {
-            weight_t,
+            weight,
             bias: f.tensor(&format!("{name}.bias"), &[n], backend)?,
         })
     }
 
     fn numel(&self) -> usize {
-        self.weight_t.numel() + self.bias.numel()
+        self.weight.k() * self.weight.n() + self.bias.numel()
     }
 
     /// `out[rows, out] = x[rows, in] @ W + b`. With `exact`, rows go in calls of at most 15,
@@ -58,19 +60,17 @@ impl Proj {
         rows: usize,
         exact: bool,
     ) -> Result<()> {
-        let (n, k) = (self.weight_t.shape()[0], self.weight_t.shape()[1]);
-        let (w, b) = (self.weight_t.f32s("weight")?, self.bias.f32s("bias")?);
+        let (k, n) = (self.weight.k(), self.weight.n());
+        let b = self.bias.f32s("bias")?;
         let chunk = if exact { 15 } else { rows.max(1) };
         for r0 in (0..rows).step_by(chunk) {
             let r = chunk.min(rows - r0);
-            be.matmul_nt(
+            be.matmul_panels(
                 &x[r0 * k..(r0 + r) * k],
-                w,
+                &self.weight,
                 Some(b),
                 &mut out[r0 * n..(r0 + r) * n],
                 r,
-                k,
-                n,
             );
         }
         Ok(())
@@ -82,29 +82,6 @@ fn to_weight_memory(t: &Tensor, backend: BackendKind) -> Result<Tensor> {
     let src = t.f32s("weight")?;
     let data = Storage::weights_with(src.len(), |d| d.copy_from_slice(src));
     Tensor::new(Data::F32(data), t.shape().to_vec(), backend)
-}
-
-/// `(k, n)` row-major to `(n, k)` row-major, in cache-sized tiles, on the engine's threads.
-fn transpose(w: &Tensor, k: usize, n: usize, backend: BackendKind) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let src = w.f32s("weight")?;
-    const T: usize = 64;
-    let dst = Storage::weights_with(k * n, |dst| {
-        crate::threads::install(|| {
-            dst.par_chunks_mut(T * k.max(1))
-                .enumerate()
-                .for_each(|(bj, rows)| {
-                    let j0 = bj * T;
-                    let jn = rows.len() / k.max(1);
-                    for i in 0..k {
-                        for (jj, &v) in src[i * n + j0..i * n + j0 + jn].iter().enumerate() {
-                            rows[jj * k + i] = v;
-                        }
-                    }
-                })
-        })
-    });
-    Tensor::new(Data::F32(dst), vec![n, k], backend)
 }
 
 pub struct Block {

@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use super::simd::{level, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
-use super::vector::{Scalar, Vf};
+use super::vector::{prefetch, Scalar, Vf};
 use super::{gemv, pool_threads, KC};
-use crate::backend::SendPtr;
+use crate::backend::{Panels, SendPtr, PANEL};
 
 /// Rows below which the GEMV path wins (no packing).
 const SMALL_M: usize = 8;
@@ -32,20 +32,29 @@ fn blocking(l: SimdLevel) -> (usize, usize) {
     }
 }
 
-/// The MR x NR micro-kernel: `C[0..MR, 0..NR] (+)= Apack(MR x kc) @ Bpack(kc x NR)`.
+/// How far ahead of the B stream the micro-kernel prefetches, in floats (2 KiB): B panels
+/// come from memory on their first use (weights read in place from `Panels`) and from L2 after.
+const B_PREFETCH: usize = 512;
+
+/// The MR x NR micro-kernel: `C[0..MR, 0..NR] (+)= Apack(MR x kc) @ B(kc x NR)`, B's rows
+/// `ldb` floats apart.
 #[inline(always)]
 unsafe fn micro<V: Vf, const MR: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
 ) {
-    let nr = NV * V::W;
+    const LINE: usize = 16; // floats per 64-byte cache line
     unsafe {
         let mut acc = [[V::zero(); NV]; MR];
         for p in 0..kc {
-            let bp = b.add(p * nr);
+            let bp = b.add(p * ldb);
+            for l in (0..NV * V::W).step_by(LINE) {
+                prefetch(bp.wrapping_add(l + B_PREFETCH));
+            }
             let mut bv = [V::zero(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = V::load(bp.add(v * V::W));
@@ -67,13 +76,34 @@ unsafe fn micro<V: Vf, const MR: usize, const NV: usize>(
     }
 }
 
-/// Accumulates one C tile: strips `s0..s1` of packed A times panels `p0..p1` of packed B.
+/// Where the micro-kernel finds the B panels (`nr` columns, `kc` rows) of one K block: panel
+/// `p` (counted from column 0 of B) starts at `base + ((p - first) / per) * stride +
+/// ((p - first) % per) * nr`, rows `ld` apart. Packed panels: `per = 1`, `ld = nr`. `Panels`
+/// (`PANEL` columns each, read in place): `per = PANEL / nr`, `ld = PANEL`.
+#[derive(Clone, Copy)]
+struct BPanels {
+    base: *const f32,
+    first: usize,
+    per: usize,
+    stride: usize,
+    ld: usize,
+}
+
+impl BPanels {
+    fn at(&self, p: usize, nr: usize) -> *const f32 {
+        let q = p - self.first;
+        self.base
+            .wrapping_add((q / self.per) * self.stride + (q % self.per) * nr)
+    }
+}
+
+/// Accumulates one C tile: strips `s0..s1` of packed A times panels `p0..p1` of B.
 /// Full MR x NR blocks go straight to C; edge blocks go through a scratch tile.
 #[inline(always)]
 unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     kc: usize,
     apack: &[f32],
-    bpack: &[f32],
+    b: BPanels,
     c: SendPtr,
     ldc: usize,
     m: usize,
@@ -94,16 +124,17 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
             let a = apack[s * MR * kc..].as_ptr();
             for p in pb..(pb + block).min(panels.1) {
                 let cols = (n - p * nr).min(nr);
-                let b = bpack[p * kc * nr..].as_ptr();
+                let bp = b.at(p, nr);
                 // SAFETY: C is m x n with row stride ldc; the block starts at (s*MR, p*nr) and
-                // a full block stays in bounds; partial blocks use the scratch tile.
+                // a full block stays in bounds; partial blocks use the scratch tile. B's panels
+                // hold kc rows of nr readable floats (zero-padded past n).
                 unsafe {
                     let dst = c.0.add(s * MR * ldc + p * nr);
                     if rows == MR && cols == nr {
-                        micro::<V, MR, NV>(kc, a, b, dst, ldc);
+                        micro::<V, MR, NV>(kc, a, bp, b.ld, dst, ldc);
                     } else {
                         scratch[..MR * nr].fill(0.0);
-                        micro::<V, MR, NV>(kc, a, b, scratch.as_mut_ptr(), nr);
+                        micro::<V, MR, NV>(kc, a, bp, b.ld, scratch.as_mut_ptr(), nr);
                         for i in 0..rows {
                             for j in 0..cols {
                                 *dst.add(i * ldc + j) += scratch[i * nr + j];
@@ -124,7 +155,7 @@ macro_rules! level_tile {
         unsafe fn $tile(
             kc: usize,
             ap: &[f32],
-            bp: &[f32],
+            bp: BPanels,
             c: SendPtr,
             ldc: usize,
             m: usize,
@@ -143,7 +174,7 @@ level_tile!(tile_256, x86::V256, 6, 2, "avx2,fma");
 level_tile!(tile_scalar, Scalar, 4, 4);
 
 type TileFn =
-    unsafe fn(usize, &[f32], &[f32], SendPtr, usize, usize, usize, (usize, usize), (usize, usize));
+    unsafe fn(usize, &[f32], BPanels, SendPtr, usize, usize, usize, (usize, usize), (usize, usize));
 
 fn tile_kernel(l: SimdLevel) -> TileFn {
     match l {
@@ -360,7 +391,7 @@ pub fn matmul(
     if m < SMALL_M {
         return gemv::matmul_rows(a, b, c, m, k, n);
     }
-    gemm(a, ALayout::MK, b, BLayout::KN, c, m, k, n)
+    gemm(a, ALayout::MK, BSource::Pack(b, BLayout::KN), c, m, k, n)
 }
 
 /// `c += a^T @ b` with `a` stored `[k, m]` (weight gradients); runs inside the engine's pool.
@@ -368,7 +399,7 @@ pub fn matmul_tn_acc(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n:
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    gemm(a, ALayout::KM, b, BLayout::KN, c, m, k, n)
+    gemm(a, ALayout::KM, BSource::Pack(b, BLayout::KN), c, m, k, n)
 }
 
 /// Rows below which `matmul_nt` uses dot products (no packing; each row is computed the same
@@ -392,7 +423,31 @@ pub fn matmul_nt(
     if m < NT_SMALL_M {
         return gemv::matmul_nt_rows(a, b, c, m, k, n);
     }
-    gemm(a, ALayout::MK, b, BLayout::NK, c, m, k, n)
+    gemm(a, ALayout::MK, BSource::Pack(b, BLayout::NK), c, m, k, n)
+}
+
+/// `c = a @ W (+ bias)` with `W` prepared as `Panels` (read in place, never packed); runs
+/// inside the engine's thread pool. Few rows take the GEMV path, whose rows are computed the
+/// same way whatever the row count (batched decoding equals one-by-one decoding).
+pub fn matmul_panels(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+    let (k, n) = (w.k(), w.n());
+    crate::backend::init_output(c, bias, n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    if m < NT_SMALL_M {
+        return gemv::matmul_panel_rows(a, w, c, m);
+    }
+    gemm(a, ALayout::MK, BSource::Panels(w), c, m, k, n)
+}
+
+/// The right-hand operand of `gemm`.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    /// A plain matrix, packed into panels per call.
+    Pack(&'a [f32], BLayout),
+    /// Prepared panels, read in place.
+    Panels(&'a Panels),
 }
 
 thread_local! {
@@ -408,16 +463,7 @@ thread_local! {
 /// `column group` tasks of equal width (about 4 per thread): each walks the K blocks, packs
 /// its own B panels into a per-thread buffer and runs the micro-kernel over all strips.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
-    a: &[f32],
-    a_layout: ALayout,
-    b: &[f32],
-    layout: BLayout,
-    c: &mut [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) {
+fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k: usize, n: usize) {
     let tile_fn = tile_kernel(level());
     let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
@@ -449,44 +495,65 @@ fn gemm(
             );
         });
     let want_tasks = if threads == 1 { 1 } else { threads * 4 };
-    let panels_per_group = panels.div_ceil(want_tasks.min(panels));
+    // Panels of `Panels` hold PANEL columns: a task takes whole ones.
+    let align = match b {
+        BSource::Panels(_) => PANEL / nr,
+        BSource::Pack(..) => 1,
+    };
+    let panels_per_group = panels
+        .div_ceil(want_tasks.min(panels))
+        .next_multiple_of(align);
     let n_groups = panels.div_ceil(panels_per_group);
     let apack = &apack_buf[..];
+    // Runs the micro-kernels of K block `kb` over all strips and panels `pg`.
+    let run = |kb: usize, kc: usize, bp: BPanels, pg: (usize, usize)| {
+        let ap = &apack[kb * strips * mr * KC..kb * strips * mr * KC + strips * mr * kc];
+        // SAFETY: this task writes only the columns of panels pg of C (m x n, row stride n).
+        unsafe { tile_fn(kc, ap, bp, cp, n, m, n, (0, strips), pg) };
+    };
     let task = |g: usize| {
         let pg = (
             g * panels_per_group,
             ((g + 1) * panels_per_group).min(panels),
         );
-        let (j0, j1) = (pg.0 * nr, (pg.1 * nr).min(n));
-        PACK_B.with(|buf| {
-            let bpack = &mut *buf.borrow_mut();
-            let blen = (pg.1 - pg.0) * nr * k.min(KC);
-            if bpack.len() < blen {
-                bpack.resize(blen, 0.0);
+        match b {
+            BSource::Panels(w) => {
+                for kb in 0..kblocks {
+                    let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
+                    let bp = BPanels {
+                        base: w.as_slice()[p0 * PANEL..].as_ptr(),
+                        first: 0,
+                        per: PANEL / nr,
+                        stride: k * PANEL,
+                        ld: PANEL,
+                    };
+                    run(kb, kc, bp, pg);
+                }
             }
-            for kb in 0..kblocks {
-                let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
-                let bp = &mut bpack[..(pg.1 - pg.0) * nr * kc];
-                pack_b(b, layout, k, n, j0, j1, p0, kc, nr, bp);
-                let ap = &apack[kb * strips * mr * KC..kb * strips * mr * KC + strips * mr * kc];
-                // SAFETY: this task writes only columns j0..j1 of C; the pointer and leading
-                // dimension describe the sub-matrix starting at column j0.
-                let sub = SendPtr(unsafe { cp.get().add(j0) });
-                unsafe {
-                    tile_fn(
-                        kc,
-                        ap,
-                        bp,
-                        sub,
-                        n,
-                        m,
-                        j1 - j0,
-                        (0, strips),
-                        (0, pg.1 - pg.0),
-                    )
-                };
+            BSource::Pack(b, layout) => {
+                let (j0, j1) = (pg.0 * nr, (pg.1 * nr).min(n));
+                PACK_B.with(|buf| {
+                    let bpack = &mut *buf.borrow_mut();
+                    let blen = (pg.1 - pg.0) * nr * k.min(KC);
+                    if bpack.len() < blen {
+                        bpack.resize(blen, 0.0);
+                    }
+                    for kb in 0..kblocks {
+                        let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
+                        let bp = &mut bpack[..(pg.1 - pg.0) * nr * kc];
+                        pack_b(b, layout, k, n, j0, j1, p0, kc, nr, bp);
+                        let bp = BPanels {
+                            base: bp.as_ptr(),
+                            first: pg.0,
+                            per: 1,
+                            stride: kc * nr,
+                            ld: nr,
+                        };
+                        run(kb, kc, bp, pg);
+                    }
+                });
             }
-        });
+        }
     };
     if n_groups == 1 {
         task(0);

@@ -18,7 +18,7 @@ use super::simd::{level, SimdLevel};
 use super::vector::x86;
 use super::vector::{prefetch, Scalar, Vf};
 use super::{pool_threads, KC};
-use crate::backend::SendPtr;
+use crate::backend::{Panels, SendPtr, PANEL};
 
 /// Column chunk of the `[k, n]` path (accumulators live on the stack, in L1).
 const GEMV_CHUNK: usize = 2048;
@@ -30,20 +30,32 @@ const PREFETCH_AHEAD: usize = 1024;
 
 /// `c[m, n] += a[m, k] @ b[k, n]` for a few rows of `a`; runs inside the engine's pool.
 pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    let (kernel, _) = kernels(level());
+    let kernel = kernels(level()).kn;
     let cp = SendPtr(c.as_mut_ptr());
     // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
-    column_chunks(n, m * k * n, GEMV_CHUNK, |j0, cw| unsafe {
+    column_chunks(n, m * k * n, GEMV_CHUNK, 16, |j0, cw| unsafe {
         kernel(a, b, cp, m, k, n, j0, cw)
     });
 }
 
 /// `c[m, n] += a[m, k] @ b[n, k]^T` for a few rows of `a`; runs inside the engine's pool.
 pub(super) fn matmul_nt_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    let (_, kernel) = kernels(level());
+    let kernel = kernels(level()).nk;
     let cp = SendPtr(c.as_mut_ptr());
     // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
-    column_chunks(n, m * k * n, NT_CHUNK, |j0, cw| unsafe {
+    column_chunks(n, m * k * n, NT_CHUNK, 16, |j0, cw| unsafe {
+        kernel(a, b, cp, m, k, n, j0, cw)
+    });
+}
+
+/// `c[m, n] += a[m, k] @ W` with W as `Panels`, for a few rows of `a`; runs inside the
+/// engine's pool.
+pub(super) fn matmul_panel_rows(a: &[f32], w: &Panels, c: &mut [f32], m: usize) {
+    let kernel = kernels(level()).panels;
+    let (k, n, b) = (w.k(), w.n(), w.as_slice());
+    let cp = SendPtr(c.as_mut_ptr());
+    // SAFETY: chunk [j0, j0+cw) (whole panels) writes only those columns of C's m rows.
+    column_chunks(n, m * k * n, NT_CHUNK, PANEL, |j0, cw| unsafe {
         kernel(a, b, cp, m, k, n, j0, cw)
     });
 }
@@ -183,9 +195,67 @@ unsafe fn nk_chunk<V: Vf>(
     }
 }
 
-/// Instantiates a chunk kernel (`kn_chunk` or `nk_chunk`) for one SIMD level.
+/// `C[i, j0..j0+cw] += a[i, :] @ W[:, j0..j0+cw]` with W as `Panels` (`j0` a multiple of
+/// `PANEL`), for the few rows of the decode path.
+///
+/// Each panel (`[k, PANEL]`, contiguous) is one sequential stream, read from memory once for
+/// all rows of a (`RG` rows at a time; later groups hit L2), with a prefetch `PREFETCH_AHEAD`
+/// floats ahead issued by the first group. A row accumulates one FMA per `k` in order into
+/// its own registers, so its result does not depend on `m`.
+#[inline(always)]
+unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: SendPtr,
+    m: usize,
+    k: usize,
+    n: usize,
+    j0: usize,
+    cw: usize,
+) {
+    const LINE: usize = 16;
+    debug_assert_eq!(NV * V::W, PANEL);
+    for j in (j0..j0 + cw).step_by(PANEL) {
+        let panel = b[(j / PANEL) * k * PANEL..(j / PANEL + 1) * k * PANEL].as_ptr();
+        let cols = (n - j).min(PANEL);
+        for i0 in (0..m).step_by(RG) {
+            let rows = (m - i0).min(RG);
+            // SAFETY: rows i0..i0+rows of `a` hold k floats each; the panel holds k rows of
+            // PANEL floats; prefetches may point past the end (wrapping_add), allowed for a hint.
+            unsafe {
+                let mut acc = [[V::zero(); NV]; RG];
+                for p in 0..k {
+                    let row = panel.add(p * PANEL);
+                    if i0 == 0 {
+                        for l in (0..PANEL).step_by(LINE) {
+                            prefetch(row.wrapping_add(l + PREFETCH_AHEAD));
+                        }
+                    }
+                    for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+                        let x = V::splat(*a.get_unchecked((i0 + r) * k + p));
+                        for (v, y) in accr.iter_mut().enumerate() {
+                            *y = V::fma(x, V::load(row.add(v * V::W)), *y);
+                        }
+                    }
+                }
+                let mut out = [0.0f32; PANEL];
+                for (r, accr) in acc.iter().enumerate().take(rows) {
+                    for (v, y) in accr.iter().enumerate() {
+                        y.store(out.as_mut_ptr().add(v * V::W));
+                    }
+                    let dst = c.get().add((i0 + r) * n + j);
+                    for (q, &o) in out[..cols].iter().enumerate() {
+                        *dst.add(q) += o;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Instantiates a chunk kernel (`kn_chunk`, `nk_chunk` or `panel_chunk`) for one SIMD level.
 macro_rules! level_fn {
-    ($name:ident, $generic:ident, $V:ty $(, $feat:literal)?) => {
+    ($name:ident, $generic:ident, $V:ty $(, $rg:literal, $nv:literal)? $(; $feat:literal)?) => {
         $(#[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))])?
         #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
@@ -198,42 +268,60 @@ macro_rules! level_fn {
             j0: usize,
             cw: usize,
         ) {
-            unsafe { $generic::<$V>(a, b, c, m, k, n, j0, cw) }
+            unsafe { $generic::<$V $(, $rg, $nv)?>(a, b, c, m, k, n, j0, cw) }
         }
     };
 }
 #[cfg(target_arch = "x86_64")]
-level_fn!(kn_512, kn_chunk, x86::V512, "avx512f,avx2,fma");
+level_fn!(kn_512, kn_chunk, x86::V512; "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_fn!(nk_512, nk_chunk, x86::V512, "avx512f,avx2,fma");
+level_fn!(nk_512, nk_chunk, x86::V512; "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_fn!(kn_256, kn_chunk, x86::V256, "avx2,fma");
+level_fn!(panel_512, panel_chunk, x86::V512, 4, 2; "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_fn!(nk_256, nk_chunk, x86::V256, "avx2,fma");
+level_fn!(kn_256, kn_chunk, x86::V256; "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level_fn!(nk_256, nk_chunk, x86::V256; "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level_fn!(panel_256, panel_chunk, x86::V256, 2, 4; "avx2,fma");
 level_fn!(kn_scalar, kn_chunk, Scalar);
 level_fn!(nk_scalar, nk_chunk, Scalar);
+level_fn!(panel_scalar, panel_chunk, Scalar, 1, 32);
 
 type ChunkFn = unsafe fn(&[f32], &[f32], SendPtr, usize, usize, usize, usize, usize);
 
-/// The `[k, n]` and `[n, k]` chunk kernels of a level.
-fn kernels(l: SimdLevel) -> (ChunkFn, ChunkFn) {
-    match l {
+/// The chunk kernels of a level: `[k, n]`, `[n, k]` and `Panels` weights.
+struct Kernels {
+    kn: ChunkFn,
+    nk: ChunkFn,
+    panels: ChunkFn,
+}
+
+fn kernels(l: SimdLevel) -> Kernels {
+    let (kn, nk, panels): (ChunkFn, ChunkFn, ChunkFn) = match l {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => (kn_512, nk_512),
+        SimdLevel::Avx512 => (kn_512, nk_512, panel_512),
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => (kn_256, nk_256),
-        _ => (kn_scalar, nk_scalar),
-    }
+        SimdLevel::Avx2 => (kn_256, nk_256, panel_256),
+        _ => (kn_scalar, nk_scalar, panel_scalar),
+    };
+    Kernels { kn, nk, panels }
 }
 
 /// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
-/// thread), in parallel when `work` is large.
-fn column_chunks(n: usize, work: usize, max_chunk: usize, f: impl Fn(usize, usize) + Sync + Send) {
+/// thread, starting at multiples of `align`), in parallel when `work` is large.
+fn column_chunks(
+    n: usize,
+    work: usize,
+    max_chunk: usize,
+    align: usize,
+    f: impl Fn(usize, usize) + Sync + Send,
+) {
     let threads = pool_threads();
     let per_task = n
         .div_ceil(threads * 2)
-        .next_multiple_of(16)
-        .clamp(16, max_chunk);
+        .next_multiple_of(align)
+        .clamp(align, max_chunk);
     let chunks = n.div_ceil(per_task);
     let run = |t: usize| {
         let j0 = t * per_task;

@@ -9,7 +9,7 @@ mod vector;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendKind};
+use super::{Backend, BackendKind, Panels};
 use crate::threads;
 
 pub struct Cpu;
@@ -97,6 +97,10 @@ impl Backend for Cpu {
         n: usize,
     ) {
         on_pool(m * k * n, || gemm::matmul_nt(a, b, bias, c, m, k, n))
+    }
+
+    fn matmul_panels(&self, a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+        on_pool(m * w.k() * w.n(), || gemm::matmul_panels(a, w, bias, c, m))
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {

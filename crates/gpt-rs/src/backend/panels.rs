@@ -1,0 +1,105 @@
+//! Weight matrices prepared once for many `x @ W` products (a model's linear layers).
+//!
+//! `W` (`[k, n]`: in, out) is cut into panels of `PANEL` output columns; panel `j` holds
+//! `W[:, j*PANEL..(j+1)*PANEL]` as `[k, PANEL]` row-major, the last one zero-padded. This is
+//! the layout the `cpu` backend's kernels read in place: the GEMM micro-kernel takes its right
+//! operand straight from a panel (no packing per call), and the few-row (decode) kernel streams
+//! the whole matrix front to back. Backends without their own kernel multiply panel by panel
+//! (`matmul_by_panel`), each panel being a plain `[k, PANEL]` matrix.
+
+use rayon::prelude::*;
+
+use super::Backend;
+use crate::storage::Storage;
+
+/// Output columns per panel: two AVX-512 vectors, the `cpu` GEMM's register tile width.
+pub const PANEL: usize = 32;
+
+/// A `[k, n]` matrix stored as panels of `PANEL` columns (see the module docs).
+pub struct Panels {
+    data: Storage<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl Panels {
+    /// Lays out `w` (`[k, n]` row-major, e.g. a Hugging Face Conv1D weight) as panels, in
+    /// weight memory (`Storage::weights_with`), on the engine's threads.
+    pub fn from_kn(w: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "Panels::from_kn: slice is not [k, n]");
+        Self::build(k, n, |j, p| &w[p * n + j..p * n + (j + PANEL).min(n)])
+    }
+
+    /// `row(j0, p)`: the (up to `PANEL`) values of row `p` in the panel starting at column `j0`.
+    fn build<'a>(k: usize, n: usize, row: impl Fn(usize, usize) -> &'a [f32] + Sync) -> Self {
+        let panel = k * PANEL;
+        // Zero-filled memory: the padding columns of the last panel stay zero.
+        let data = Storage::weights_with(n.div_ceil(PANEL) * panel, |dst| {
+            crate::threads::install(|| {
+                dst.par_chunks_mut(panel.max(1))
+                    .enumerate()
+                    .for_each(|(j, out)| {
+                        for (p, o) in out.chunks_exact_mut(PANEL).enumerate() {
+                            let src = row(j * PANEL, p);
+                            o[..src.len()].copy_from_slice(src);
+                        }
+                    })
+            })
+        });
+        Self { data, k, n }
+    }
+
+    /// Rows (inputs).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (outputs).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Number of panels, `ceil(n / PANEL)`.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// All panels, one after the other.
+    pub fn as_slice(&self) -> &[f32] {
+        self.data.as_slice()
+    }
+
+    /// Panel `j` as a `[k, PANEL]` row-major matrix.
+    pub fn panel(&self, j: usize) -> &[f32] {
+        let len = self.k * PANEL;
+        &self.data.as_slice()[j * len..(j + 1) * len]
+    }
+}
+
+/// `c[m, n] = a[m, k] @ W (+ bias)`, one `[k, PANEL]` panel at a time through `be.matmul`:
+/// the default of `Backend::matmul_panels`. A row's result depends only on that row, as far as
+/// the backend's `matmul` has that property.
+pub fn matmul_by_panel<B: Backend + ?Sized>(
+    be: &B,
+    a: &[f32],
+    w: &Panels,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (k, n) = (w.k(), w.n());
+    super::init_output(c, bias, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mut tmp = vec![0.0f32; m * PANEL];
+    for j in 0..w.panels() {
+        be.matmul(a, w.panel(j), None, &mut tmp, m, k, PANEL);
+        let (j0, cols) = (j * PANEL, (n - j * PANEL).min(PANEL));
+        for (crow, trow) in c.chunks_exact_mut(n).zip(tmp.chunks_exact(PANEL)) {
+            for (x, &t) in crow[j0..j0 + cols].iter_mut().zip(&trow[..cols]) {
+                *x += t;
+            }
+        }
+    }
+}
