@@ -166,7 +166,7 @@ on_every_backend! {
     };
     attention => |be| {
         let mut r = Rng(13);
-        for &(g, tq, tk, d, causal) in &[(1, 1, 1, 4, true), (2, 5, 5, 8, true), (3, 1, 9, 16, true), (4, 33, 33, 64, true), (2, 7, 11, 8, false), (12, 40, 40, 64, true)] {
+        for &(g, tq, tk, d, causal) in &[(1, 1, 1, 4, true), (2, 5, 5, 8, true), (3, 1, 9, 16, true), (4, 33, 33, 64, true), (2, 7, 11, 8, false), (12, 40, 40, 64, true), (2, 150, 150, 64, true), (2, 70, 100, 32, true), (2, 80, 90, 16, false)] {
             let (q, k, v) = (r.tensor(&[g, tq, d], 1.0), r.tensor(&[g, tk, d], 1.0), r.tensor(&[g, tk, d], 1.0));
             let got = ops::scaled_dot_product_attention(be, &q, &k, &v, causal).unwrap();
             let want = ops::scaled_dot_product_attention(reference(), &q, &k, &v, causal).unwrap();

@@ -36,12 +36,15 @@ fn blocking(l: SimdLevel) -> (usize, usize) {
 /// come from memory on their first use (weights read in place from `Panels`) and from L2 after.
 const B_PREFETCH: usize = 512;
 
-/// The MR x NR micro-kernel: `C[0..MR, 0..NR] (+)= Apack(MR x kc) @ B(kc x NR)`, B's rows
-/// `ldb` floats apart.
+/// The MR x NR micro-kernel: `C[0..MR, 0..NR] (+)= A(MR x kc) @ B(kc x NR)`, with `A[i, p]`
+/// at `a + i * a_rs + p * a_cs` and B's rows `ldb` floats apart.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn micro<V: Vf, const MR: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -59,9 +62,9 @@ unsafe fn micro<V: Vf, const MR: usize, const NV: usize>(
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = V::load(bp.add(v * V::W));
             }
-            let ap = a.add(p * MR);
+            let ap = a.add(p * a_cs);
             for (i, row) in acc.iter_mut().enumerate() {
-                let av = V::splat(*ap.add(i));
+                let av = V::splat(*ap.add(i * a_rs));
                 for v in 0..NV {
                     row[v] = V::fma(av, bv[v], row[v]);
                 }
@@ -72,6 +75,31 @@ unsafe fn micro<V: Vf, const MR: usize, const NV: usize>(
                 let dst = c.add(i * ldc + v * V::W);
                 V::add(*x, V::load(dst)).store(dst);
             }
+        }
+    }
+}
+
+/// Where the micro-kernel finds the A strips (`MR` rows, `kc` columns) of one K block: strip
+/// `s < full` at `base + s * stride` with `A[i, p]` at `i * rs + p * cs` (packed strips:
+/// `rs = 1`, `cs = MR`; A read in place: `rs` = its row stride, `cs = 1`); the strips from
+/// `full` on (a partial last strip read in place) are packed at `tail`.
+#[derive(Clone, Copy)]
+struct AStrips {
+    base: *const f32,
+    stride: usize,
+    rs: usize,
+    cs: usize,
+    full: usize,
+    tail: *const f32,
+}
+
+impl AStrips {
+    /// `(pointer, row stride, column stride)` of strip `s`.
+    fn at(&self, s: usize, mr: usize) -> (*const f32, usize, usize) {
+        if s < self.full {
+            (self.base.wrapping_add(s * self.stride), self.rs, self.cs)
+        } else {
+            (self.tail, 1, mr)
         }
     }
 }
@@ -102,7 +130,7 @@ impl BPanels {
 #[inline(always)]
 unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     kc: usize,
-    apack: &[f32],
+    a: AStrips,
     b: BPanels,
     c: SendPtr,
     ldc: usize,
@@ -121,7 +149,7 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     for pb in (panels.0..panels.1).step_by(block) {
         for s in strips.0..strips.1 {
             let rows = (m - s * MR).min(MR);
-            let a = apack[s * MR * kc..].as_ptr();
+            let (ap, a_rs, a_cs) = a.at(s, MR);
             for p in pb..(pb + block).min(panels.1) {
                 let cols = (n - p * nr).min(nr);
                 let bp = b.at(p, nr);
@@ -131,10 +159,10 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
                 unsafe {
                     let dst = c.0.add(s * MR * ldc + p * nr);
                     if rows == MR && cols == nr {
-                        micro::<V, MR, NV>(kc, a, bp, b.ld, dst, ldc);
+                        micro::<V, MR, NV>(kc, ap, a_rs, a_cs, bp, b.ld, dst, ldc);
                     } else {
                         scratch[..MR * nr].fill(0.0);
-                        micro::<V, MR, NV>(kc, a, bp, b.ld, scratch.as_mut_ptr(), nr);
+                        micro::<V, MR, NV>(kc, ap, a_rs, a_cs, bp, b.ld, scratch.as_mut_ptr(), nr);
                         for i in 0..rows {
                             for j in 0..cols {
                                 *dst.add(i * ldc + j) += scratch[i * nr + j];
@@ -154,7 +182,7 @@ macro_rules! level_tile {
         #[allow(clippy::too_many_arguments)]
         unsafe fn $tile(
             kc: usize,
-            ap: &[f32],
+            ap: AStrips,
             bp: BPanels,
             c: SendPtr,
             ldc: usize,
@@ -173,8 +201,17 @@ level_tile!(tile_512, x86::V512, 8, 2, "avx512f,avx2,fma");
 level_tile!(tile_256, x86::V256, 6, 2, "avx2,fma");
 level_tile!(tile_scalar, Scalar, 4, 4);
 
-type TileFn =
-    unsafe fn(usize, &[f32], BPanels, SendPtr, usize, usize, usize, (usize, usize), (usize, usize));
+type TileFn = unsafe fn(
+    usize,
+    AStrips,
+    BPanels,
+    SendPtr,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+);
 
 fn tile_kernel(l: SimdLevel) -> TileFn {
     match l {
@@ -471,29 +508,41 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
     let strips = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
     let kblocks = k.div_ceil(KC);
-    // A packed per K block: block `kb` holds all strips for columns kb*KC..kb*KC+kc. The
+    // A row-major ([m, k]) is read in place, but for a partial last strip; otherwise packed.
+    // Packed per K block: block `kb` holds the packed strips for columns kb*KC..kb*KC+kc. The
     // buffer is the calling thread's, reused across calls (taken out while in use, so a
     // nested GEMM that runs on this thread meanwhile gets its own).
+    let in_place = a_layout == ALayout::MK;
+    let (full, packed) = if in_place {
+        (m / mr, strips - m / mr)
+    } else {
+        (0, strips)
+    };
+    let first_packed = strips - packed;
     let mut apack_buf = PACK_A.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    if apack_buf.len() < strips * mr * k {
-        apack_buf.resize(strips * mr * k, 0.0);
+    if apack_buf.len() < packed * mr * k {
+        apack_buf.resize(packed * mr * k, 0.0);
     }
-    apack_buf[..strips * mr * k]
-        .par_chunks_mut(strips * mr * KC)
-        .enumerate()
-        .for_each(|(kb, dst)| {
-            let kc = (k - kb * KC).min(KC);
-            pack_a(
-                a,
-                a_layout,
-                m,
-                k,
-                kb * KC,
-                kc,
-                mr,
-                &mut dst[..strips * mr * kc],
-            );
-        });
+    if packed > 0 {
+        let a_rest = &a[if in_place { first_packed * mr * k } else { 0 }..];
+        let m_rest = m - first_packed * mr;
+        apack_buf[..packed * mr * k]
+            .par_chunks_mut(packed * mr * KC)
+            .enumerate()
+            .for_each(|(kb, dst)| {
+                let kc = (k - kb * KC).min(KC);
+                pack_a(
+                    a_rest,
+                    a_layout,
+                    m_rest,
+                    k,
+                    kb * KC,
+                    kc,
+                    mr,
+                    &mut dst[..packed * mr * kc],
+                );
+            });
+    }
     let want_tasks = if threads == 1 { 1 } else { threads * 4 };
     // Panels of `Panels` hold PANEL columns: a task takes whole ones.
     let align = match b {
@@ -507,7 +556,26 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
     let apack = &apack_buf[..];
     // Runs the micro-kernels of K block `kb` over all strips and panels `pg`.
     let run = |kb: usize, kc: usize, bp: BPanels, pg: (usize, usize)| {
-        let ap = &apack[kb * strips * mr * KC..kb * strips * mr * KC + strips * mr * kc];
+        let packed_kb = apack[kb * packed * mr * KC..].as_ptr();
+        let ap = if in_place {
+            AStrips {
+                base: a[kb * KC..].as_ptr(),
+                stride: mr * k,
+                rs: k,
+                cs: 1,
+                full,
+                tail: packed_kb,
+            }
+        } else {
+            AStrips {
+                base: packed_kb,
+                stride: mr * kc,
+                rs: 1,
+                cs: mr,
+                full: strips,
+                tail: packed_kb,
+            }
+        };
         // SAFETY: this task writes only the columns of panels pg of C (m x n, row stride n).
         unsafe { tile_fn(kc, ap, bp, cp, n, m, n, (0, strips), pg) };
     };

@@ -260,6 +260,23 @@ pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+thread_local! {
+    static TAKEN_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Like `with_scratch`, for bodies that run parallel work themselves (rayon may start another
+/// such body on this thread while it waits): the buffer is taken out while in use, so a
+/// nested call gets one of its own instead of a borrow error.
+pub fn with_taken_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = TAKEN_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    let r = f(&mut buf[..n]);
+    TAKEN_SCRATCH.with(|s| *s.borrow_mut() = buf);
+    r
+}
+
 /// Row `i` of `scores` (`tq x tk`) times `scale`, softmax over its first `i + offset + 1`
 /// entries (the causal mask; all `tk` when not causal), written to `probs` with zeros after.
 #[inline(always)]

@@ -153,25 +153,45 @@ impl Backend for Cpu {
         let scale = 1.0 / (d as f32).sqrt();
         let out = &mut out[..g * tq * d];
         if tq >= 16 {
-            // Prefill: per group, scores = Q K^T and out = softmax(scores) V as two GEMMs.
+            // Prefill: per group, in blocks of query rows, scores = Q K^T and out = softmax(scores)
+            // V as two GEMMs over the keys the block can see (causal: the upper triangle past
+            // the block is never computed). Scores and probabilities live in reused scratch.
+            const QB: usize = 64;
             let body = |(h, oh): (usize, &mut [f32])| {
-                let (kh, vh) = (
+                let (qh, kh, vh) = (
+                    &q[h * tq * d..(h + 1) * tq * d],
                     &k[h * kv_stride..h * kv_stride + tk * d],
                     &v[h * kv_stride..h * kv_stride + tk * d],
                 );
-                let mut scores = vec![0.0f32; tq * tk];
-                let mut probs = vec![0.0f32; tq * tk];
-                gemm::matmul_nt(
-                    &q[h * tq * d..(h + 1) * tq * d],
-                    kh,
-                    None,
-                    &mut scores,
-                    tq,
-                    d,
-                    tk,
-                );
-                math::masked_softmax_rows(&mut scores, &mut probs, tk, tk - tq, causal, scale);
-                gemm::matmul(&probs, vh, None, oh, tq, tk, d);
+                let qb = QB.min(tq);
+                math::with_taken_scratch(2 * qb * tk, |buf| {
+                    let (scores, probs) = buf.split_at_mut(qb * tk);
+                    for i0 in (0..tq).step_by(qb) {
+                        let rows = qb.min(tq - i0);
+                        let (offset, vis) =
+                            (tk - tq + i0, if causal { tk - tq + i0 + rows } else { tk });
+                        let (s, p) = (&mut scores[..rows * vis], &mut probs[..rows * vis]);
+                        gemm::matmul_nt(
+                            &qh[i0 * d..(i0 + rows) * d],
+                            &kh[..vis * d],
+                            None,
+                            s,
+                            rows,
+                            d,
+                            vis,
+                        );
+                        math::masked_softmax_rows(s, p, vis, offset, causal, scale);
+                        gemm::matmul(
+                            p,
+                            &vh[..vis * d],
+                            None,
+                            &mut oh[i0 * d..(i0 + rows) * d],
+                            rows,
+                            vis,
+                            d,
+                        );
+                    }
+                })
             };
             return threads::install(|| {
                 out.par_chunks_exact_mut(tq * d).enumerate().for_each(body)
