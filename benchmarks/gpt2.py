@@ -412,7 +412,8 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
         results[name] = r
         tokens[name] = gen(prompt8, new)
     agree = {n: sum(a == b for a, b in zip(t[8:], tokens["gpt_rs"][8:])) for n, t in tokens.items()}
-    # sgemm peak of this machine in this run (1024^3, the best of NumPy's BLAS and gpt_rs), and
+    # sgemm peak of this machine in this run (1024^3, the best of gpt_rs, NumPy's BLAS and
+    # torch's when installed), and
     # the prefill's achieved rate: 2 flops per multiply-add of the projections and attention.
     m = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
     tm = gpt_rs.Tensor.from_numpy(m)
@@ -423,6 +424,12 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
     peaks = {"gpt_rs": flop / median_time(lambda: gpt_rs.functional.matmul(tm, tm), repeats)}
     time.sleep(1)
     peaks["numpy"] = flop / median_time(lambda: m @ m, repeats)
+    if "torch" in results:
+        import torch
+
+        tt = torch.from_numpy(m)
+        time.sleep(1)
+        peaks["torch"] = flop / median_time(lambda: torch.mm(tt, tt), repeats)
     peaks = {k: v / 1e9 for k, v in peaks.items()}
     cfg = json.loads((path / "config.json").read_text())
     L, C = cfg["n_layer"], cfg["n_embd"]

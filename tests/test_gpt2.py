@@ -63,6 +63,21 @@ def test_greedy_64_tokens_match_reference_on_every_backend(backend, folder, mode
     )
 
 
+def test_repeated_scoring_calls_give_fresh_results(folder, model, hf_tok):
+    # Calls reuse the previous call's KV cache and buffers: a long input, then a shorter
+    # one, then the long one again must equal a freshly loaded model's results exactly.
+    long = hf_tok.encode("def fibonacci(n):\n    return n if n < 2 else fib(n - 1)").ids
+    short = long[:5]
+    fresh = gpt_rs.load_model(folder[0])
+    want_long, want_short = fresh.forward_tokens(long), fresh.logits(short)
+    model.forward_tokens(long)
+    assert np.array_equal(model.logits(short), want_short)
+    assert np.array_equal(model.forward_tokens(long), want_long)
+    assert np.array_equal(model.logits(long), fresh.logits(long))
+    want = ref.gpt2_logits(folder[1], short, L, H)[-1]
+    assert rel_err(model.logits(short), want) <= 1e-4
+
+
 def test_generate_batch_equals_one_by_one(backend, model):
     prompts = ["def fib", "import numpy as np\n", "x", "The café serves 日本語"]
     for kw in (

@@ -188,6 +188,10 @@ pub struct PyModel {
     tokenizer: Option<Arc<Tokenizer>>,
     path: PathBuf,
     pinned: Mutex<Option<BackendKind>>,
+    /// The KV cache and buffers of the last `logits`/`forward_tokens` call, reused by the next
+    /// one when large enough (repeated scoring then touches no fresh memory; it holds at most
+    /// one cache of the longest input seen).
+    scratch: Arc<Mutex<Option<(KvCache, Workspace)>>>,
 }
 
 /// Keyword arguments shared by the generation methods.
@@ -278,16 +282,22 @@ impl PyModel {
                 ids.len()
             )));
         }
-        let (model, be) = (
+        let (model, be, scratch) = (
             self.model.clone(),
             self.backend_kind().get().map_err(to_py)?,
+            self.scratch.clone(),
         );
         let rows = if which == Logits::All { ids.len() } else { 1 };
         let n = rows * cfg.vocab_size;
         crate::errors::run(py, usize::MAX, move || {
             threads::install(|| {
-                let mut cache = KvCache::new(&model.config, ids.len());
-                let mut ws = Workspace::default();
+                // Another thread's call may hold the scratch: then this one gets its own.
+                let reused = scratch.try_lock().ok().and_then(|mut s| s.take());
+                let (mut cache, mut ws) = match reused {
+                    Some((cache, ws)) if cache.capacity() >= ids.len() => (cache, ws),
+                    _ => (KvCache::new(&model.config, ids.len()), Workspace::default()),
+                };
+                cache.len = 0;
                 model.forward(
                     be,
                     &mut [SeqInput {
@@ -297,8 +307,12 @@ impl PyModel {
                     which,
                     &mut ws,
                 )?;
-                ws.logits.truncate(n);
-                Ok(std::mem::take(&mut ws.logits))
+                let mut logits = std::mem::take(&mut ws.logits);
+                logits.truncate(n);
+                if let Ok(mut s) = scratch.try_lock() {
+                    *s = Some((cache, ws));
+                }
+                Ok(logits)
             })
         })
     }
@@ -366,6 +380,7 @@ impl PyModel {
             tokenizer: tok.map(Arc::new),
             path,
             pinned: Mutex::new(None),
+            scratch: Arc::default(),
         })
     }
 
