@@ -335,14 +335,21 @@ class TorchGPT2:
             return self.forward(ids)
 
 
-def median_time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def median_times(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, interleaved: every repeat times each function
+    once, in turn, so a slow spell of a shared machine hits all of them alike. A pause comes
+    before each timing: BLAS and OpenMP worker threads spin for a while after a call and would
+    steal the cores from whatever is timed right after them."""
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+    ts = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            fn()
+            ts[name].append(time.perf_counter() - t0)
+    return {name: sorted(v)[len(v) // 2] for name, v in ts.items()}
 
 
 def run(threads: int, repeats: int, quick: bool) -> dict:
@@ -397,39 +404,36 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
     llama = llama_cpp_impl(path, threads)
     if llama is not None:
         impls["llama.cpp"] = llama
-    results = {}
-    tokens = {}
-    for name, (gen, prefill) in impls.items():
-        r = {}
-        t_full = median_time(lambda gen=gen: gen(prompt8, new), repeats)
-        t_one = median_time(lambda gen=gen: gen(prompt8, 1), repeats)
-        r["decode tok/s"] = (new - 1) / max(t_full - t_one, 1e-9)
-        for T, ids in prompts.items():
-            if T <= (256 if quick else 1024):
-                r[f"prefill T={T} ms"] = 1e3 * median_time(
-                    lambda ids=ids, prefill=prefill: prefill(ids), repeats
-                )
-        results[name] = r
-        tokens[name] = gen(prompt8, new)
+    # Each workload: all implementations interleaved, repeat by repeat.
+    full = median_times(
+        {n: (lambda gen=gen: gen(prompt8, new)) for n, (gen, _) in impls.items()}, repeats
+    )
+    one = median_times(
+        {n: (lambda gen=gen: gen(prompt8, 1)) for n, (gen, _) in impls.items()}, repeats
+    )
+    results = {n: {"decode tok/s": (new - 1) / max(full[n] - one[n], 1e-9)} for n in impls}
+    for T, ids in prompts.items():
+        if T <= (256 if quick else 1024):
+            t = median_times(
+                {n: (lambda ids=ids, pf=pf: pf(ids)) for n, (_, pf) in impls.items()}, repeats
+            )
+            for n in impls:
+                results[n][f"prefill T={T} ms"] = 1e3 * t[n]
+    tokens = {n: gen(prompt8, new) for n, (gen, _) in impls.items()}
     agree = {n: sum(a == b for a, b in zip(t[8:], tokens["gpt_rs"][8:])) for n, t in tokens.items()}
     # sgemm peak of this machine in this run (1024^3, the best of gpt_rs, NumPy's BLAS and
-    # torch's when installed), and
-    # the prefill's achieved rate: 2 flops per multiply-add of the projections and attention.
+    # torch's when installed), and the prefill's achieved rate: 2 flops per multiply-add of
+    # the projections and attention.
     m = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
     tm = gpt_rs.Tensor.from_numpy(m)
-    # gpt_rs first, then a pause: BLAS and OpenMP worker threads spin for a while after a call,
-    # which would steal the cores from whatever is timed right after them.
     flop = 2 * 1024**3
-    time.sleep(1)
-    peaks = {"gpt_rs": flop / median_time(lambda: gpt_rs.functional.matmul(tm, tm), repeats)}
-    time.sleep(1)
-    peaks["numpy"] = flop / median_time(lambda: m @ m, repeats)
+    products = {"gpt_rs": lambda: gpt_rs.functional.matmul(tm, tm), "numpy": lambda: m @ m}
     if "torch" in results:
         import torch
 
         tt = torch.from_numpy(m)
-        time.sleep(1)
-        peaks["torch"] = flop / median_time(lambda: torch.mm(tt, tt), repeats)
+        products["torch"] = lambda: torch.mm(tt, tt)
+    peaks = {n: flop / t for n, t in median_times(products, repeats).items()}
     peaks = {k: v / 1e9 for k, v in peaks.items()}
     cfg = json.loads((path / "config.json").read_text())
     L, C = cfg["n_layer"], cfg["n_embd"]
