@@ -4,8 +4,9 @@ gpt_rs next to a NumPy GPT-2 with a KV cache (always); Hugging Face transformers
 hand-tuned PyTorch GPT-2 (`TorchGPT2`) when torch + transformers are installed; and llama.cpp
 f32 when llama-cpp-python is installed and GPT_RS_LLAMA_CPP_SRC points at the
 `vendor/llama.cpp` folder of its unpacked source distribution (whose converter makes the
-GGUF). Same weights, same run, 1 and 2 threads. Checks that greedy tokens agree. Not a test:
-numbers depend on the machine and its load.
+GGUF). Same weights, same run, 1 and 2 threads (one process each); within a process every
+workload times the implementations interleaved, repeat by repeat, and reports medians.
+Checks that greedy tokens agree. Not a test: numbers depend on the machine and its load.
 
     python benchmarks/gpt2.py                # 1 and 2 threads
     python benchmarks/gpt2.py --threads 1 --repeats 5

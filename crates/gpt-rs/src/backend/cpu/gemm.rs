@@ -2,9 +2,11 @@
 //!
 //! Two paths:
 //! - a few rows of A (decode, GEMV-like): `gemv`, which streams B once.
-//! - otherwise a GotoBLAS-style blocked GEMM: B is packed into `kc x NR` panels and A into
-//!   `MR x kc` strips, and an `MR x NR` register-blocked micro-kernel does the FMAs; threads
-//!   split the C tiles.
+//! - otherwise a GotoBLAS-style blocked GEMM: B in `kc x NR` panels and A in `MR x kc` strips,
+//!   and an `MR x NR` register-blocked micro-kernel does the FMAs; threads split the C tiles.
+//!   B is packed into panels per call, unless it is prepared `Panels` (a model's weights),
+//!   which the micro-kernel reads in place; a row-major A is read in place (only a partial
+//!   last strip is packed), a transposed one is packed.
 //!
 //! Each level (AVX-512, AVX2+FMA, baseline) instantiates the same generic code with its
 //! vector type; `simd::level()` picks one at run time.

@@ -5,11 +5,13 @@
 //! - `[k, n]` weights (`a @ b`, `functional.matmul`): B is streamed four rows at a time into
 //!   column accumulators in L1; threads split the columns. (Prefetching rows ahead here was
 //!   measured neutral to 15% slower at one row, so it is not done.)
-//! - `[n, k]` weights (`a @ b^T`, how the GPT-2 runtime stores its projections): one dot
-//!   product per output, each weight row read once for all rows of A. A thread's rows are one
-//!   contiguous stream, and software prefetch runs `PREFETCH_AHEAD` floats ahead of it:
-//!   measured on a Xeon (Emerald Rapids) VM, 1.7x the bandwidth of the hardware prefetchers
-//!   alone (18 vs 11 GB/s on one core, 35 vs 21 GB/s on two; `--example gemv_bandwidth`).
+//! - `[n, k]` weights (`a @ b^T`, e.g. the tied output projection): one dot product per
+//!   output, each weight row read once for all rows of A. A thread's rows are one contiguous
+//!   stream, and software prefetch runs `PREFETCH_AHEAD` floats ahead of it: measured on a Xeon
+//!   (Emerald Rapids) VM, 1.7x the bandwidth of the hardware prefetchers alone (18 vs 11 GB/s
+//!   on one core, 35 vs 21 GB/s on two; `--example gemv_bandwidth`).
+//! - `Panels` (how the GPT-2 runtime keeps its projections): each panel is one contiguous
+//!   stream of `[k, PANEL]` rows, prefetched the same way, into register accumulators.
 
 use rayon::prelude::*;
 
