@@ -127,7 +127,7 @@ impl BPanels {
     }
 }
 
-/// Accumulates one C tile: strips `s0..s1` of packed A times panels `p0..p1` of B.
+/// Accumulates one C tile: strips `s0..s1` of A times panels `p0..p1` of B.
 /// Full MR x NR blocks go straight to C; edge blocks go through a scratch tile.
 #[inline(always)]
 unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
@@ -496,11 +496,13 @@ thread_local! {
     static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The blocked GEMM: `C += A @ B` (B in `layout`).
+/// The blocked GEMM: `C += A @ B` (B from `b`).
 ///
-/// A is packed once (all K blocks, strips in parallel). Then one parallel region over
-/// `column group` tasks of equal width (about 4 per thread): each walks the K blocks, packs
-/// its own B panels into a per-thread buffer and runs the micro-kernel over all strips.
+/// What of A needs packing is packed once (all K blocks, in parallel): a transposed A, or the
+/// partial last strip of a row-major one (the rest is read in place). Then one parallel region
+/// over `column group` tasks of equal width (about 4 per thread): each walks the K blocks,
+/// packs its own B panels into a per-thread buffer (or reads prepared `Panels` in place) and
+/// runs the micro-kernel over all strips.
 #[allow(clippy::too_many_arguments)]
 fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k: usize, n: usize) {
     let tile_fn = tile_kernel(level());
