@@ -2,9 +2,10 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 use super::cpu::Cpu;
-use super::{Backend, BackendKind};
+use super::{Backend, BackendKind, Panels, SendPtr, PANEL};
 use crate::threads;
 
 pub struct Faer;
@@ -73,6 +74,29 @@ impl Backend for Faer {
     ) {
         product(a, bias, c, m, k, n, |k, n| {
             MatRef::from_row_major_slice(b, n, k).transpose()
+        })
+    }
+
+    /// Panel by panel, each a faer product written straight into its columns of C, panels
+    /// spread over the engine's threads (one sequential faer product each).
+    fn matmul_panels(&self, a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+        let (k, n) = (w.k(), w.n());
+        super::init_output(c, bias, n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let cp = SendPtr(c.as_mut_ptr());
+        threads::install(|| {
+            (0..w.panels()).into_par_iter().for_each(|j| {
+                let (j0, cols) = (j * PANEL, (n - j * PANEL).min(PANEL));
+                let lhs = MatRef::from_row_major_slice(a, m, k);
+                let rhs = MatRef::from_row_major_slice(w.panel(j), k, PANEL).subcols(0, cols);
+                // SAFETY: C is m x n row-major; this view covers rows 0..m and columns
+                // j0..j0+cols only, which no other panel writes.
+                let dst =
+                    unsafe { MatMut::from_raw_parts_mut(cp.get().add(j0), m, cols, n as isize, 1) };
+                matmul(dst, Accum::Add, lhs, rhs, 1.0f32, Par::Seq)
+            })
         })
     }
 

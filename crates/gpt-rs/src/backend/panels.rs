@@ -76,9 +76,9 @@ impl Panels {
     }
 }
 
-/// `c[m, n] = a[m, k] @ W (+ bias)`, one `[k, PANEL]` panel at a time through `be.matmul`:
-/// the default of `Backend::matmul_panels`. A row's result depends only on that row, as far as
-/// the backend's `matmul` has that property.
+/// `c[m, n] = a[m, k] @ W (+ bias)`, one `[k, PANEL]` panel at a time through `be.matmul`,
+/// panels spread over the engine's threads: the default of `Backend::matmul_panels`. A row's
+/// result depends only on that row, as far as the backend's `matmul` has that property.
 pub fn matmul_by_panel<B: Backend + ?Sized>(
     be: &B,
     a: &[f32],
@@ -92,14 +92,18 @@ pub fn matmul_by_panel<B: Backend + ?Sized>(
     if m == 0 || n == 0 {
         return;
     }
-    let mut tmp = vec![0.0f32; m * PANEL];
-    for j in 0..w.panels() {
-        be.matmul(a, w.panel(j), None, &mut tmp, m, k, PANEL);
-        let (j0, cols) = (j * PANEL, (n - j * PANEL).min(PANEL));
-        for (crow, trow) in c.chunks_exact_mut(n).zip(tmp.chunks_exact(PANEL)) {
-            for (x, &t) in crow[j0..j0 + cols].iter_mut().zip(&trow[..cols]) {
-                *x += t;
+    let cp = super::SendPtr(c.as_mut_ptr());
+    crate::threads::install(|| {
+        (0..w.panels()).into_par_iter().for_each(|j| {
+            let mut tmp = vec![0.0f32; m * PANEL];
+            be.matmul(a, w.panel(j), None, &mut tmp, m, k, PANEL);
+            let (j0, cols) = (j * PANEL, (n - j * PANEL).min(PANEL));
+            for (i, trow) in tmp.chunks_exact(PANEL).enumerate() {
+                for (q, &t) in trow[..cols].iter().enumerate() {
+                    // SAFETY: C is m x n; panel j writes only its columns j0..j0+cols.
+                    unsafe { *cp.get().add(i * n + j0 + q) += t };
+                }
             }
-        }
-    }
+        })
+    })
 }
