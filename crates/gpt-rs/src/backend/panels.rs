@@ -27,11 +27,6 @@ impl Panels {
     /// weight memory (`Storage::weights_with`), on the engine's threads.
     pub fn from_kn(w: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "Panels::from_kn: slice is not [k, n]");
-        Self::build(k, n, |j, p| &w[p * n + j..p * n + (j + PANEL).min(n)])
-    }
-
-    /// `row(j0, p)`: the (up to `PANEL`) values of row `p` in the panel starting at column `j0`.
-    fn build<'a>(k: usize, n: usize, row: impl Fn(usize, usize) -> &'a [f32] + Sync) -> Self {
         let panel = k * PANEL;
         // Zero-filled memory: the padding columns of the last panel stay zero.
         let data = Storage::weights_with(n.div_ceil(PANEL) * panel, |dst| {
@@ -39,9 +34,9 @@ impl Panels {
                 dst.par_chunks_mut(panel.max(1))
                     .enumerate()
                     .for_each(|(j, out)| {
+                        let (j0, j1) = (j * PANEL, (j * PANEL + PANEL).min(n));
                         for (p, o) in out.chunks_exact_mut(PANEL).enumerate() {
-                            let src = row(j * PANEL, p);
-                            o[..src.len()].copy_from_slice(src);
+                            o[..j1 - j0].copy_from_slice(&w[p * n + j0..p * n + j1]);
                         }
                     })
             })
