@@ -434,8 +434,7 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
 
         tt = torch.from_numpy(m)
         products["torch"] = lambda: torch.mm(tt, tt)
-    peaks = {n: flop / t for n, t in median_times(products, repeats).items()}
-    peaks = {k: v / 1e9 for k, v in peaks.items()}
+    peaks = {n: flop / t / 1e9 for n, t in median_times(products, repeats).items()}
     cfg = json.loads((path / "config.json").read_text())
     L, C = cfg["n_layer"], cfg["n_embd"]
     gflops = {}

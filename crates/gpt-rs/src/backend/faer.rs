@@ -88,7 +88,7 @@ impl Backend for Faer {
         let cp = SendPtr(c.as_mut_ptr());
         threads::install(|| {
             (0..w.panels()).into_par_iter().for_each(|j| {
-                let (j0, cols) = (j * PANEL, (n - j * PANEL).min(PANEL));
+                let (j0, cols) = w.columns(j);
                 let lhs = MatRef::from_row_major_slice(a, m, k);
                 let rhs = MatRef::from_row_major_slice(w.panel(j), k, PANEL).subcols(0, cols);
                 // SAFETY: C is m x n row-major; this view covers rows 0..m and columns

@@ -64,6 +64,12 @@ impl Panels {
         self.data.as_slice()
     }
 
+    /// The columns of `W` that panel `j` holds: `(first, count)` (fewer than `PANEL` in a
+    /// zero-padded last panel).
+    pub fn columns(&self, j: usize) -> (usize, usize) {
+        (j * PANEL, (self.n - j * PANEL).min(PANEL))
+    }
+
     /// Panel `j` as a `[k, PANEL]` row-major matrix.
     pub fn panel(&self, j: usize) -> &[f32] {
         let len = self.k * PANEL;
@@ -89,16 +95,19 @@ pub fn matmul_by_panel<B: Backend + ?Sized>(
     }
     let cp = super::SendPtr(c.as_mut_ptr());
     crate::threads::install(|| {
-        (0..w.panels()).into_par_iter().for_each(|j| {
-            let mut tmp = vec![0.0f32; m * PANEL];
-            be.matmul(a, w.panel(j), None, &mut tmp, m, k, PANEL);
-            let (j0, cols) = (j * PANEL, (n - j * PANEL).min(PANEL));
-            for (i, trow) in tmp.chunks_exact(PANEL).enumerate() {
-                for (q, &t) in trow[..cols].iter().enumerate() {
-                    // SAFETY: C is m x n; panel j writes only its columns j0..j0+cols.
-                    unsafe { *cp.get().add(i * n + j0 + q) += t };
+        // One product buffer per rayon task, not per panel.
+        let tmp = || vec![0.0f32; m * PANEL];
+        (0..w.panels())
+            .into_par_iter()
+            .for_each_init(tmp, |tmp, j| {
+                be.matmul(a, w.panel(j), None, tmp, m, k, PANEL);
+                let (j0, cols) = w.columns(j);
+                for (i, trow) in tmp.chunks_exact(PANEL).enumerate() {
+                    for (q, &t) in trow[..cols].iter().enumerate() {
+                        // SAFETY: C is m x n; panel j writes only its columns j0..j0+cols.
+                        unsafe { *cp.get().add(i * n + j0 + q) += t };
+                    }
                 }
-            }
-        })
+            })
     })
 }

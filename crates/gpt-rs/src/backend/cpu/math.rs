@@ -249,31 +249,16 @@ thread_local! {
 }
 
 /// Runs `f` with a per-thread scratch buffer of `n` floats (grown once, then reused, so hot
-/// loops such as attention do not allocate per call).
+/// loops such as attention do not allocate per call). The buffer is taken out while in use:
+/// when `f` runs parallel work, rayon may start another such body on this thread while it
+/// waits, and that nested call gets a buffer of its own instead of a borrow error.
 pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < n {
-            s.resize(n, 0.0);
-        }
-        f(&mut s[..n])
-    })
-}
-
-thread_local! {
-    static TAKEN_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Like `with_scratch`, for bodies that run parallel work themselves (rayon may start another
-/// such body on this thread while it waits): the buffer is taken out while in use, so a
-/// nested call gets one of its own instead of a borrow error.
-pub fn with_taken_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = TAKEN_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     if buf.len() < n {
         buf.resize(n, 0.0);
     }
     let r = f(&mut buf[..n]);
-    TAKEN_SCRATCH.with(|s| *s.borrow_mut() = buf);
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
     r
 }
 

@@ -164,7 +164,7 @@ impl Backend for Cpu {
                     &v[h * kv_stride..h * kv_stride + tk * d],
                 );
                 let qb = QB.min(tq);
-                math::with_taken_scratch(2 * qb * tk, |buf| {
+                math::with_scratch(2 * qb * tk, |buf| {
                     let (scores, probs) = buf.split_at_mut(qb * tk);
                     for i0 in (0..tq).step_by(qb) {
                         let rows = qb.min(tq - i0);
