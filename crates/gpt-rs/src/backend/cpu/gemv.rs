@@ -7,15 +7,16 @@
 //!   measured neutral to 15% slower at one row, so it is not done.)
 //! - `[n, k]` weights (`a @ b^T`, e.g. the tied output projection): one dot product per
 //!   output, each weight row read once for all rows of A. A thread's rows are one contiguous
-//!   stream, and software prefetch runs `PREFETCH_AHEAD` floats ahead of it: measured on a Xeon
-//!   (Emerald Rapids) VM, 1.7x the bandwidth of the hardware prefetchers alone (18 vs 11 GB/s
-//!   on one core, 35 vs 21 GB/s on two; `--example gemv_bandwidth`).
+//!   stream, and software prefetch runs `simd::stream_prefetch()` floats ahead of it where that
+//!   helps: measured on a Xeon (Emerald Rapids) VM, 1.7x the bandwidth of the hardware
+//!   prefetchers alone (18 vs 11 GB/s on one core, 35 vs 21 GB/s on two); on an EPYC (Zen 4)
+//!   VM 10-20% less than none, so it is off there (`--example gemv_bandwidth`).
 //! - `Panels` (how the GPT-2 runtime keeps its projections): each panel is one contiguous
 //!   stream of `[k, PANEL]` rows, prefetched the same way, into register accumulators.
 
 use rayon::prelude::*;
 
-use super::simd::{level, SimdLevel};
+use super::simd::{level, stream_prefetch, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
 use super::vector::{prefetch, Scalar, Vf};
@@ -26,9 +27,6 @@ use crate::backend::{Panels, SendPtr, PANEL};
 const GEMV_CHUNK: usize = 2048;
 /// Rows of `b` per task in the `[n, k]` path.
 const NT_CHUNK: usize = 512;
-/// How far ahead of the weight stream the `[n, k]` path prefetches, in floats (4 KiB: far
-/// enough to cover the memory latency at full bandwidth, close enough to stay in L1/L2).
-const PREFETCH_AHEAD: usize = 1024;
 
 /// `c[m, n] += a[m, k] @ b[k, n]` for a few rows of `a`; runs inside the engine's pool.
 pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
@@ -144,8 +142,8 @@ unsafe fn kn_chunk<V: Vf>(
 /// `C[i, j0 + j] += dot(a[i, :], b[j0 + j, :])` for the few rows of the `[n, k]` path.
 ///
 /// Rows `j0..j0+cw` of b are one contiguous stream: each is loaded once from memory for all
-/// rows of a (later rows of a hit L1), with a prefetch `PREFETCH_AHEAD` floats ahead issued
-/// on the first. Each dot product is computed the same way whatever `m` is (four vector
+/// rows of a (later rows of a hit L1), with a prefetch `stream_prefetch()` floats ahead (if
+/// any) issued on the first. Each dot product is computed the same way whatever `m` is (four vector
 /// accumulators over `k` in order, summed lane by lane, then the scalar tail), so batched
 /// decoding equals one-by-one decoding.
 #[inline(always)]
@@ -164,6 +162,7 @@ unsafe fn nk_chunk<V: Vf>(
     let main = k - k % step;
     let b = &b[j0 * k..(j0 + cw) * k];
     let mut lanes = [0.0f32; 16];
+    let ahead = stream_prefetch();
     for j in 0..cw {
         let row = b[j * k..(j + 1) * k].as_ptr();
         for i in 0..m {
@@ -174,9 +173,9 @@ unsafe fn nk_chunk<V: Vf>(
                 let mut acc = [V::zero(); 4];
                 let mut p = 0;
                 while p < main {
-                    if i == 0 {
+                    if i == 0 && ahead > 0 {
                         for l in (0..step).step_by(LINE) {
-                            prefetch(row.wrapping_add(p + l + PREFETCH_AHEAD));
+                            prefetch(row.wrapping_add(p + l + ahead));
                         }
                     }
                     for (u, x) in acc.iter_mut().enumerate() {
@@ -201,8 +200,8 @@ unsafe fn nk_chunk<V: Vf>(
 /// `PANEL`), for the few rows of the decode path.
 ///
 /// Each panel (`[k, PANEL]`, contiguous) is one sequential stream, read from memory once for
-/// all rows of a (`RG` rows at a time; later groups hit L2), with a prefetch `PREFETCH_AHEAD`
-/// floats ahead issued by the first group. A row accumulates one FMA per `k` in order into
+/// all rows of a (`RG` rows at a time; later groups hit L2), with a prefetch
+/// `stream_prefetch()` floats ahead (if any) issued by the first group. A row accumulates one FMA per `k` in order into
 /// its own registers, so its result does not depend on `m`.
 #[inline(always)]
 unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
@@ -217,6 +216,7 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
 ) {
     const LINE: usize = 16;
     debug_assert_eq!(NV * V::W, PANEL);
+    let ahead = stream_prefetch();
     for j in (j0..j0 + cw).step_by(PANEL) {
         let panel = b[(j / PANEL) * k * PANEL..(j / PANEL + 1) * k * PANEL].as_ptr();
         let cols = (n - j).min(PANEL);
@@ -228,9 +228,9 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
                 let mut acc = [[V::zero(); NV]; RG];
                 for p in 0..k {
                     let row = panel.add(p * PANEL);
-                    if i0 == 0 {
+                    if i0 == 0 && ahead > 0 {
                         for l in (0..PANEL).step_by(LINE) {
-                            prefetch(row.wrapping_add(l + PREFETCH_AHEAD));
+                            prefetch(row.wrapping_add(l + ahead));
                         }
                     }
                     for (r, accr) in acc.iter_mut().enumerate().take(rows) {
