@@ -6,6 +6,8 @@ use std::ffi::c_int;
 
 use rayon::prelude::*;
 
+// The per-element costs passed to `par_rows` (picoseconds) are these scalar C kernels' own,
+// from the ops benchmark on one core.
 use super::cpu::par_rows;
 use super::{Backend, BackendKind, SendPtr};
 use crate::threads;
@@ -183,21 +185,21 @@ impl Backend for CBackend {
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
         // SAFETY: x and out hold whole rows of `cols` floats.
-        par_rows(x, out, cols, |x, o| unsafe {
+        par_rows(x, out, cols, 6000, |x, o| unsafe {
             ffi::gr_softmax_rows(x.as_ptr(), o.as_mut_ptr(), x.len() / cols, cols)
         })
     }
 
     fn gelu(&self, x: &[f32], out: &mut [f32]) {
         // SAFETY: x and out have the same length.
-        par_rows(x, out, 1, |x, o| unsafe {
+        par_rows(x, out, 1, 13000, |x, o| unsafe {
             ffi::gr_gelu(x.as_ptr(), o.as_mut_ptr(), x.len())
         })
     }
 
     fn gelu_tanh(&self, x: &[f32], out: &mut [f32]) {
         // SAFETY: x and out have the same length.
-        par_rows(x, out, 1, |x, o| unsafe {
+        par_rows(x, out, 1, 10000, |x, o| unsafe {
             ffi::gr_gelu_tanh(x.as_ptr(), o.as_mut_ptr(), x.len())
         })
     }
@@ -212,7 +214,7 @@ impl Backend for CBackend {
         eps: f32,
     ) {
         // SAFETY: whole rows of `cols` floats; weight and bias hold `cols` floats.
-        par_rows(x, out, cols, |x, o| unsafe {
+        par_rows(x, out, cols, 3500, |x, o| unsafe {
             ffi::gr_layer_norm(
                 x.as_ptr(),
                 weight.as_ptr(),
@@ -228,7 +230,7 @@ impl Backend for CBackend {
     fn add_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32]) {
         let cols = bias.len();
         // SAFETY: whole rows of `cols` floats.
-        par_rows(x, out, cols, |x, o| unsafe {
+        par_rows(x, out, cols, 300, |x, o| unsafe {
             ffi::gr_add_bias(
                 x.as_ptr(),
                 bias.as_ptr(),

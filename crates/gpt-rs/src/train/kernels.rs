@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::math::{axpy_body, exp, max, sum};
+use crate::backend::cpu::math::{axpy_body, exp, max, sum, MulAdd};
 use crate::backend::cpu::simd::multiversion;
 use crate::backend::{Backend, SendPtr};
 
@@ -255,16 +255,16 @@ pub fn linear_backward(
 const GELU_C: f32 = 0.797_884_6; // sqrt(2 / pi)
 
 #[inline(always)]
-fn gelu_backward_body(x: &[f32], d: &mut [f32]) {
+fn gelu_backward_body<M: MulAdd>(x: &[f32], d: &mut [f32]) {
     // gelu(x) = x * s with s = sigmoid(2u), u = C (x + 0.044715 x^3).
     for (g, &v) in d.iter_mut().zip(x) {
         let u = GELU_C * (v + 0.044_715 * v * v * v);
-        let s = 1.0 / (1.0 + exp(-2.0 * u));
+        let s = 1.0 / (1.0 + exp::<M>(-2.0 * u));
         let du = GELU_C * (1.0 + 3.0 * 0.044_715 * v * v);
         *g *= s + v * s * (1.0 - s) * 2.0 * du;
     }
 }
-multiversion! { fn gelu_backward_kernel(x: &[f32], d: &mut [f32]) = gelu_backward_body; }
+multiversion! { fn gelu_backward_kernel(x: &[f32], d: &mut [f32]) = gelu_backward_body::<MulAdd>; }
 
 /// `d *= gelu_tanh'(x)`, in place.
 pub fn gelu_backward(x: &[f32], d: &mut [f32]) {
@@ -339,7 +339,7 @@ unsafe fn scatter(src: &[f32], dst: SendPtr, stride: usize, row0: usize, col0: u
 }
 
 #[inline(always)]
-fn causal_softmax_body(p: &mut [f32], t: usize, scale: f32) {
+fn causal_softmax_body<M: MulAdd>(p: &mut [f32], t: usize, scale: f32) {
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
         let (seen, masked) = row.split_at_mut(i + 1);
         for v in seen.iter_mut() {
@@ -347,7 +347,7 @@ fn causal_softmax_body(p: &mut [f32], t: usize, scale: f32) {
         }
         let m = max(seen);
         for v in seen.iter_mut() {
-            *v = exp(*v - m);
+            *v = exp::<M>(*v - m);
         }
         let inv = 1.0 / sum(seen);
         for v in seen.iter_mut() {
@@ -356,7 +356,7 @@ fn causal_softmax_body(p: &mut [f32], t: usize, scale: f32) {
         masked.fill(0.0);
     }
 }
-multiversion! { fn causal_softmax(p: &mut [f32], t: usize, scale: f32) = causal_softmax_body; }
+multiversion! { fn causal_softmax(p: &mut [f32], t: usize, scale: f32) = causal_softmax_body::<MulAdd>; }
 
 /// `ds = p * (dp - rowsum(p * dp)) * scale`, in place in `dp` (zero above the diagonal).
 #[inline(always)]
@@ -455,7 +455,7 @@ pub fn attention_backward(
 // Softmax cross-entropy over the vocabulary, fused with its backward
 
 #[inline(always)]
-fn cross_entropy_body(
+fn cross_entropy_body<M: MulAdd>(
     logits: &mut [f32],
     targets: &[u32],
     v: usize,
@@ -468,7 +468,7 @@ fn cross_entropy_body(
         // Exponentials in place (a vectorized loop), then a lane-wise sum; they are reused for
         // the gradient `softmax * scale - onehot * scale`.
         for l in row.iter_mut() {
-            *l = exp(*l - m);
+            *l = exp::<M>(*l - m);
         }
         let s = sum(row);
         loss += (m + s.ln() - target) as f64;
@@ -482,7 +482,7 @@ fn cross_entropy_body(
     }
     loss
 }
-multiversion! { fn cross_entropy_kernel(logits: &mut [f32], targets: &[u32], v: usize, grad_scale: Option<f32>) -> f64 = cross_entropy_body; }
+multiversion! { fn cross_entropy_kernel(logits: &mut [f32], targets: &[u32], v: usize, grad_scale: Option<f32>) -> f64 = cross_entropy_body::<MulAdd>; }
 
 /// Sum over rows of `-log softmax(logits)[target]`. `logits` is overwritten: with
 /// `grad_scale`, by its gradient `(softmax - onehot) * grad_scale`.

@@ -530,22 +530,24 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
     if packed > 0 {
         let a_rest = &a[if in_place { first_packed * mr * k } else { 0 }..];
         let m_rest = m - first_packed * mr;
-        apack_buf[..packed * mr * k]
-            .par_chunks_mut(packed * mr * KC)
-            .enumerate()
-            .for_each(|(kb, dst)| {
-                let kc = (k - kb * KC).min(KC);
-                pack_a(
-                    a_rest,
-                    a_layout,
-                    m_rest,
-                    k,
-                    kb * KC,
-                    kc,
-                    mr,
-                    &mut dst[..packed * mr * kc],
-                );
-            });
+        let pack = |(kb, dst): (usize, &mut [f32])| {
+            let kc = (k - kb * KC).min(KC);
+            let dst = &mut dst[..packed * mr * kc];
+            pack_a(a_rest, a_layout, m_rest, k, kb * KC, kc, mr, dst);
+        };
+        let blocks = &mut apack_buf[..packed * mr * k];
+        // Off the pool (a small product, or a one-thread engine) nothing may fork.
+        if threads > 1 {
+            blocks
+                .par_chunks_mut(packed * mr * KC)
+                .enumerate()
+                .for_each(pack);
+        } else {
+            blocks
+                .chunks_mut(packed * mr * KC)
+                .enumerate()
+                .for_each(pack);
+        }
     }
     let want_tasks = if threads == 1 { 1 } else { threads * 4 };
     // Panels of `Panels` hold PANEL columns: a task takes whole ones.

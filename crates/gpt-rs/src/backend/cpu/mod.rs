@@ -17,17 +17,29 @@ pub struct Cpu;
 /// Below this many elements a row-wise op runs on one thread.
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
+/// Single-thread work (picoseconds) below which a row-wise op called from outside the pool runs
+/// on the caller's thread: handing a call to the pool costs two thread wake-ups, 20-60 us on a
+/// VM, so splitting pays only for about 100 us of work (measured: a `[128, 768]` layer norm
+/// took 38 us on the caller and 43-66 us on two threads).
+const HANDOFF_MIN_PS: usize = 100_000_000;
+
 /// Applies `f` to groups of whole rows of `x`/`out`, in parallel when the input is large.
+/// `ps_per_elem` is about what `f` costs per element on one core (picoseconds, AVX-512).
 pub(crate) fn par_rows(
     x: &[f32],
     out: &mut [f32],
     cols: usize,
+    ps_per_elem: usize,
     f: impl Fn(&[f32], &mut [f32]) + Sync + Send,
 ) {
     if cols == 0 || x.is_empty() {
         return;
     }
-    if x.len() < PAR_MIN_ELEMS {
+    let on_pool = rayon::current_thread_index().is_some();
+    if x.len() < PAR_MIN_ELEMS
+        || single_thread()
+        || (!on_pool && x.len() * ps_per_elem < HANDOFF_MIN_PS)
+    {
         return f(x, out);
     }
     threads::install(|| {
@@ -54,10 +66,19 @@ fn pool_threads() -> usize {
     }
 }
 
+/// Whether the engine runs one thread. The `cpu` backend then works on the caller's thread:
+/// handing a call to a one-thread pool buys nothing and costs two thread wake-ups (20-60 us
+/// per call on a VM, more than a `[128, 768]` layer norm itself). Kernels split work only when
+/// `pool_threads() > 1`, so nothing forks onto rayon's global pool from the caller's thread.
+fn single_thread() -> bool {
+    threads::num_threads() == 1
+}
+
 /// Runs `f` on the engine's pool, or right here when `work` (multiply-adds) is too small to
-/// split: handing a call to the pool costs 8-15 us, more than a small product itself.
+/// split (handing a call to the pool costs 8-15 us, more than a small product itself) or the
+/// engine has one thread.
 fn on_pool<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
-    if work < 1 << 15 {
+    if work < 1 << 15 || single_thread() {
         f()
     } else {
         threads::install(f)
@@ -104,15 +125,17 @@ impl Backend for Cpu {
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
-        par_rows(x, out, cols, |x, o| math::softmax_rows_kernel(x, o, cols))
+        par_rows(x, out, cols, 600, |x, o| {
+            math::softmax_rows_kernel(x, o, cols)
+        })
     }
 
     fn gelu(&self, x: &[f32], out: &mut [f32]) {
-        par_rows(x, out, 1, math::gelu_kernel)
+        par_rows(x, out, 1, 900, math::gelu_kernel)
     }
 
     fn gelu_tanh(&self, x: &[f32], out: &mut [f32]) {
-        par_rows(x, out, 1, math::gelu_tanh_kernel)
+        par_rows(x, out, 1, 500, math::gelu_tanh_kernel)
     }
 
     fn layer_norm(
@@ -124,14 +147,14 @@ impl Backend for Cpu {
         cols: usize,
         eps: f32,
     ) {
-        par_rows(x, out, cols, |x, o| {
+        par_rows(x, out, cols, 400, |x, o| {
             math::layer_norm_kernel(x, weight, bias, o, cols, eps)
         })
     }
 
     fn add_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32]) {
         let cols = bias.len();
-        par_rows(x, out, cols, |x, o| math::add_bias_kernel(x, bias, o))
+        par_rows(x, out, cols, 200, |x, o| math::add_bias_kernel(x, bias, o))
     }
 
     fn attention(
@@ -193,6 +216,9 @@ impl Backend for Cpu {
                     }
                 })
             };
+            if single_thread() {
+                return out.chunks_exact_mut(tq * d).enumerate().for_each(body);
+            }
             return threads::install(|| {
                 out.par_chunks_exact_mut(tq * d).enumerate().for_each(body)
             });
@@ -215,7 +241,7 @@ impl Backend for Cpu {
                 }
             })
         };
-        if g == 1 || g * tq * tk * d < PAR_MIN_ELEMS {
+        if g == 1 || g * tq * tk * d < PAR_MIN_ELEMS || single_thread() {
             out.chunks_exact_mut(tq * d).enumerate().for_each(body);
         } else {
             threads::install(|| out.par_chunks_exact_mut(tq * d).enumerate().for_each(body));

@@ -142,16 +142,27 @@ pub fn cpu_features() -> Vec<&'static str> {
 }
 
 /// Defines `$vis fn $name(args) -> R` that calls the `#[inline(always)]` generic `$body`
-/// compiled for AVX-512, AVX2+FMA or the baseline, per `level()`.
+/// compiled for AVX-512, AVX2+FMA or the baseline, per `level()`. A body written
+/// `body::<MulAdd>` is generic over `math::MulAdd`: fused in the AVX instances, plain in the
+/// baseline one.
 macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $body:ident::<MulAdd>;) => {
+        $crate::backend::cpu::simd::multiversion!(@emit $vis fn $name($($a: $t),*) $(-> $r)?;
+            $body::<$crate::backend::cpu::math::Fused>;
+            $body::<$crate::backend::cpu::math::Unfused>);
+    };
     ($vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $body:path;) => {
+        $crate::backend::cpu::simd::multiversion!(@emit $vis fn $name($($a: $t),*) $(-> $r)?;
+            $body; $body);
+    };
+    (@emit $vis:vis fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)?; $fast:path; $base:path) => {
         $vis fn $name($($a: $t),*) $(-> $r)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                fn v512($($a: $t),*) $(-> $r)? { $body($($a),*) }
+                fn v512($($a: $t),*) $(-> $r)? { $fast($($a),*) }
                 #[target_feature(enable = "avx2,fma")]
-                fn v256($($a: $t),*) $(-> $r)? { $body($($a),*) }
+                fn v256($($a: $t),*) $(-> $r)? { $fast($($a),*) }
                 match $crate::backend::cpu::simd::level() {
                     // SAFETY: level() only reports features that the running CPU has.
                     $crate::backend::cpu::simd::SimdLevel::Avx512 => return unsafe { v512($($a),*) },
@@ -159,7 +170,7 @@ macro_rules! multiversion {
                     $crate::backend::cpu::simd::SimdLevel::Scalar => {}
                 }
             }
-            $body($($a),*)
+            $base($($a),*)
         }
     };
 }
