@@ -21,7 +21,7 @@ use super::{gemv, pool_threads, KC};
 use crate::backend::{Panels, SendPtr, PANEL};
 
 /// Rows below which the GEMV path wins (no packing).
-const SMALL_M: usize = 8;
+pub(super) const SMALL_M: usize = 8;
 /// Bytes of packed B panels that the strips of A meet before moving on (fits in L2).
 const B_BYTES: usize = 512 << 10;
 
@@ -443,7 +443,7 @@ pub fn matmul_tn_acc(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n:
 
 /// Rows below which `matmul_nt` uses dot products (no packing; each row is computed the same
 /// way whatever the row count, so batched decoding equals one-by-one decoding).
-const NT_SMALL_M: usize = 16;
+pub(super) const NT_SMALL_M: usize = 16;
 
 /// `c = a @ b^T` with `b` stored `[n, k]`; runs inside the engine's thread pool.
 pub fn matmul_nt(

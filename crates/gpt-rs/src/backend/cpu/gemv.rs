@@ -14,13 +14,11 @@
 //! - `Panels` (how the GPT-2 runtime keeps its projections): each panel is one contiguous
 //!   stream of `[k, PANEL]` rows, prefetched the same way, into register accumulators.
 
-use rayon::prelude::*;
-
 use super::simd::{level, stream_prefetch, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
 use super::vector::{prefetch, Scalar, Vf};
-use super::{pool_threads, KC};
+use super::KC;
 use crate::backend::{Panels, SendPtr, PANEL};
 
 /// Column chunk of the `[k, n]` path (accumulators live on the stack, in L1).
@@ -311,7 +309,8 @@ fn kernels(l: SimdLevel) -> Kernels {
 }
 
 /// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
-/// thread, starting at multiples of `align`), in parallel when `work` is large.
+/// thread, starting at multiples of `align`), in parallel when `work` is large: on the pool, or
+/// from the caller's thread with the caller working too (`threads::for_each_index`).
 fn column_chunks(
     n: usize,
     work: usize,
@@ -319,7 +318,14 @@ fn column_chunks(
     align: usize,
     f: impl Fn(usize, usize) + Sync + Send,
 ) {
-    let threads = pool_threads();
+    let on_pool = rayon::current_thread_index().is_some();
+    let threads = if on_pool {
+        rayon::current_num_threads()
+    } else {
+        crate::threads::num_threads()
+    };
+    // Off the pool, waking a helper costs the caller a few microseconds: worth it from ~20 us.
+    let min_work = if on_pool { 1 << 15 } else { 1 << 17 };
     let per_task = n
         .div_ceil(threads * 2)
         .next_multiple_of(align)
@@ -329,9 +335,9 @@ fn column_chunks(
         let j0 = t * per_task;
         f(j0, (n - j0).min(per_task))
     };
-    if threads == 1 || work < 1 << 15 {
+    if threads == 1 || work < min_work {
         (0..chunks).for_each(run);
     } else {
-        (0..chunks).into_par_iter().for_each(run);
+        crate::threads::for_each_index(chunks, &run);
     }
 }

@@ -9,7 +9,7 @@ mod vector;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendKind, Panels};
+use super::{Backend, BackendKind, Panels, SendPtr};
 use crate::threads;
 
 pub struct Cpu;
@@ -21,7 +21,7 @@ const PAR_MIN_ELEMS: usize = 1 << 15;
 /// on the caller's thread: handing a call to the pool costs two thread wake-ups, 20-60 us on a
 /// VM, so splitting pays only for about 100 us of work (measured: a `[128, 768]` layer norm
 /// took 38 us on the caller and 43-66 us on two threads).
-const HANDOFF_MIN_PS: usize = 100_000_000;
+const HANDOFF_MIN_PS: usize = 20_000_000;
 
 /// Applies `f` to groups of whole rows of `x`/`out`, in parallel when the input is large.
 /// `ps_per_elem` is about what `f` costs per element on one core (picoseconds, AVX-512).
@@ -38,18 +38,19 @@ pub(crate) fn par_rows(
     let on_pool = rayon::current_thread_index().is_some();
     if x.len() < PAR_MIN_ELEMS
         || single_thread()
-        || (!on_pool && x.len() * ps_per_elem < HANDOFF_MIN_PS)
+        || (!on_pool && x.len().saturating_mul(ps_per_elem) < HANDOFF_MIN_PS)
     {
         return f(x, out);
     }
-    threads::install(|| {
-        let rows = x.len() / cols;
-        let tasks = rayon::current_num_threads() * 4;
-        let per = rows.div_ceil(tasks).max(1) * cols;
-        x.par_chunks(per)
-            .zip(out.par_chunks_mut(per))
-            .for_each(|(xi, oi)| f(xi, oi));
-    })
+    let rows = x.len() / cols;
+    let per = rows.div_ceil(threads::num_threads() * 4).max(1) * cols;
+    let o = SendPtr(out.as_mut_ptr());
+    threads::for_each_index(x.len().div_ceil(per), &|t| {
+        let (s, e) = (t * per, ((t + 1) * per).min(x.len()));
+        // SAFETY: task t writes only out[s..e], inside `out` (as long as `x`); tasks are disjoint.
+        let o = unsafe { std::slice::from_raw_parts_mut(o.get().add(s), e - s) };
+        f(&x[s..e], o)
+    });
 }
 
 /// Depth of a packed block of the blocked GEMM. The GEMV path accumulates in blocks of the same
@@ -85,6 +86,17 @@ fn on_pool<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Runs a product: decode-shaped ones (`few_rows`, the GEMV path) right here, their column
+/// chunks spread over the threads with the caller working too (`threads::for_each_index`);
+/// blocked GEMMs on the pool (`on_pool`).
+fn product(few_rows: bool, work: usize, f: impl FnOnce() + Send) {
+    if few_rows {
+        f()
+    } else {
+        on_pool(work, f)
+    }
+}
+
 impl Backend for Cpu {
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
@@ -100,7 +112,9 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
-        on_pool(m * k * n, || gemm::matmul(a, b, bias, c, m, k, n))
+        product(m < gemm::SMALL_M, m * k * n, || {
+            gemm::matmul(a, b, bias, c, m, k, n)
+        })
     }
 
     fn matmul_tn_acc(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
@@ -117,11 +131,17 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
-        on_pool(m * k * n, || gemm::matmul_nt(a, b, bias, c, m, k, n))
+        let work = m * k * n;
+        product(m < gemm::NT_SMALL_M, work, || {
+            gemm::matmul_nt(a, b, bias, c, m, k, n)
+        })
     }
 
     fn matmul_panels(&self, a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
-        on_pool(m * w.k() * w.n(), || gemm::matmul_panels(a, w, bias, c, m))
+        let work = m * w.k() * w.n();
+        product(m < gemm::NT_SMALL_M, work, || {
+            gemm::matmul_panels(a, w, bias, c, m)
+        })
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
