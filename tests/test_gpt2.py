@@ -5,6 +5,9 @@ independent float64 NumPy GPT-2 in reference.py.
 """
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -352,3 +355,24 @@ def test_model_without_tokenizer(tmp_path, hf_tok):
     assert m.tokenizer is None and len(m.generate_tokens([1], 3, stop_token_ids=[])) == 4
     with pytest.raises(ValueError, match="no tokenizer files"):
         m.generate("hello")
+
+
+def test_software_prefetch_setting_does_not_change_results(folder):
+    """GPT_RS_PREFETCH only moves data earlier: decoding with it off and on (each CPU vendor
+    gets one by default, so both code paths run here) gives bitwise the same tokens and logits.
+    """
+    code = (
+        "import sys, numpy as np, gpt_rs; m = gpt_rs.load_model(sys.argv[1]);"
+        "t = m.generate_tokens([1, 2, 3], 12, temperature=0, stop_token_ids=[]);"
+        "l = np.asarray(m.logits(t)[-1], dtype=np.float32);"
+        "sys.stdout.write(' '.join(map(str, t)) + '|' + l.tobytes().hex())"
+    )
+    outs = []
+    for ahead in ("0", "1024"):
+        env = dict(os.environ, GPT_RS_PREFETCH=ahead)
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(folder[0])], capture_output=True, text=True, env=env
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]

@@ -13,6 +13,8 @@ Environment variables read at import:
     GPT_RS_BACKEND: initial backend (see ``list_backends()``).
     GPT_RS_NUM_THREADS: initial worker-thread count (default: the machine's cores).
     GPT_RS_SIMD: cap the SIMD level of the ``cpu`` kernels ('avx512', 'avx2', 'scalar').
+    GPT_RS_PREFETCH: floats the decode kernels prefetch ahead of the weights (0 = off;
+        default: off on AMD CPUs, 1024 elsewhere). Read once, on first use.
 """
 
 from __future__ import annotations
