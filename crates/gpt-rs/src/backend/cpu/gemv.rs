@@ -309,7 +309,7 @@ fn kernels(l: SimdLevel) -> Kernels {
 }
 
 /// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
-/// thread, starting at multiples of `align`), in parallel when `work` is large: on the pool, or
+/// thread, or as few as fit with one thread, starting at multiples of `align`), in parallel when `work` is large: on the pool, or
 /// from the caller's thread with the caller working too (`threads::for_each_index`).
 fn column_chunks(
     n: usize,
@@ -326,8 +326,14 @@ fn column_chunks(
     };
     // Off the pool, waking a helper costs the caller a few microseconds: worth it from ~20 us.
     let min_work = if on_pool { 1 << 15 } else { 1 << 17 };
+    // One thread takes the fewest equal chunks (longest contiguous runs of each weight row).
+    let tasks = if threads == 1 {
+        n.div_ceil(max_chunk)
+    } else {
+        threads * 2
+    };
     let per_task = n
-        .div_ceil(threads * 2)
+        .div_ceil(tasks)
         .next_multiple_of(align)
         .clamp(align, max_chunk);
     let chunks = n.div_ceil(per_task);
