@@ -412,7 +412,8 @@ fn pack_a(
     }
 }
 
-/// `c = a @ b (+ bias)`; runs inside the engine's thread pool.
+/// `c = a @ b (+ bias)`; runs inside the engine's thread pool, or on the caller's thread (a
+/// one-thread engine; the GEMV path, which spreads itself with `threads::for_each_index`).
 pub fn matmul(
     a: &[f32],
     b: &[f32],
@@ -445,7 +446,7 @@ pub fn matmul_tn_acc(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n:
 /// way whatever the row count, so batched decoding equals one-by-one decoding).
 pub(super) const NT_SMALL_M: usize = 16;
 
-/// `c = a @ b^T` with `b` stored `[n, k]`; runs inside the engine's thread pool.
+/// `c = a @ b^T` with `b` stored `[n, k]`; runs where `matmul` does.
 pub fn matmul_nt(
     a: &[f32],
     b: &[f32],

@@ -26,7 +26,7 @@ const GEMV_CHUNK: usize = 2048;
 /// Rows of `b` per task in the `[n, k]` path.
 const NT_CHUNK: usize = 512;
 
-/// `c[m, n] += a[m, k] @ b[k, n]` for a few rows of `a`; runs inside the engine's pool.
+/// `c[m, n] += a[m, k] @ b[k, n]` for a few rows of `a` (on the pool or the caller's thread).
 pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     let kernel = kernels(level()).kn;
     let cp = SendPtr(c.as_mut_ptr());
@@ -36,7 +36,7 @@ pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
     });
 }
 
-/// `c[m, n] += a[m, k] @ b[n, k]^T` for a few rows of `a`; runs inside the engine's pool.
+/// `c[m, n] += a[m, k] @ b[n, k]^T` for a few rows of `a` (on the pool or the caller's thread).
 pub(super) fn matmul_nt_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     let kernel = kernels(level()).nk;
     let cp = SendPtr(c.as_mut_ptr());
@@ -141,9 +141,9 @@ unsafe fn kn_chunk<V: Vf>(
 ///
 /// Rows `j0..j0+cw` of b are one contiguous stream: each is loaded once from memory for all
 /// rows of a (later rows of a hit L1), with a prefetch `stream_prefetch()` floats ahead (if
-/// any) issued on the first. Each dot product is computed the same way whatever `m` is (four vector
-/// accumulators over `k` in order, summed lane by lane, then the scalar tail), so batched
-/// decoding equals one-by-one decoding.
+/// any) issued on the first. Each dot product is computed the same way whatever `m` is (four
+/// vector accumulators over `k` in order, summed lane by lane, then the scalar tail), so
+/// batched decoding equals one-by-one decoding.
 #[inline(always)]
 unsafe fn nk_chunk<V: Vf>(
     a: &[f32],
@@ -199,8 +199,8 @@ unsafe fn nk_chunk<V: Vf>(
 ///
 /// Each panel (`[k, PANEL]`, contiguous) is one sequential stream, read from memory once for
 /// all rows of a (`RG` rows at a time; later groups hit L2), with a prefetch
-/// `stream_prefetch()` floats ahead (if any) issued by the first group. A row accumulates one FMA per `k` in order into
-/// its own registers, so its result does not depend on `m`.
+/// `stream_prefetch()` floats ahead (if any) issued by the first group. A row accumulates one
+/// FMA per `k` in order into its own registers, so its result does not depend on `m`.
 #[inline(always)]
 unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
     a: &[f32],
@@ -309,8 +309,9 @@ fn kernels(l: SimdLevel) -> Kernels {
 }
 
 /// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
-/// thread, or as few as fit with one thread, starting at multiples of `align`), in parallel when `work` is large: on the pool, or
-/// from the caller's thread with the caller working too (`threads::for_each_index`).
+/// thread, or as few as fit with one thread, starting at multiples of `align`), in parallel
+/// when `work` is large: on the pool, or from the caller's thread with the caller working too
+/// (`threads::for_each_index`).
 fn column_chunks(
     n: usize,
     work: usize,

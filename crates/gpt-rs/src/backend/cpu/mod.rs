@@ -18,9 +18,10 @@ pub struct Cpu;
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
 /// Single-thread work (picoseconds) below which a row-wise op called from outside the pool runs
-/// on the caller's thread: handing a call to the pool costs two thread wake-ups, 20-60 us on a
-/// VM, so splitting pays only for about 100 us of work (measured: a `[128, 768]` layer norm
-/// took 38 us on the caller and 43-66 us on two threads).
+/// on the caller's thread alone. Above it the caller splits the rows with helpers from the pool
+/// (`threads::for_each_index`), which costs the caller a few microseconds of wake-up calls.
+/// (Handing the whole call to the pool instead cost 20-60 us on a VM: a `[128, 768]` layer
+/// norm took 38 us on the caller and 43-66 us that way.)
 const HANDOFF_MIN_PS: usize = 20_000_000;
 
 /// Applies `f` to groups of whole rows of `x`/`out`, in parallel when the input is large.
