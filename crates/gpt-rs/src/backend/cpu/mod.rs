@@ -7,8 +7,6 @@ pub mod math;
 pub mod simd;
 mod vector;
 
-use rayon::prelude::*;
-
 use super::{Backend, BackendKind, Panels, SendPtr};
 use crate::threads;
 
@@ -45,12 +43,22 @@ pub(crate) fn par_rows(
     }
     let rows = x.len() / cols;
     let per = rows.div_ceil(threads::num_threads() * 4).max(1) * cols;
-    let o = SendPtr(out.as_mut_ptr());
-    threads::for_each_index(x.len().div_ceil(per), &|t| {
-        let (s, e) = (t * per, ((t + 1) * per).min(x.len()));
-        // SAFETY: task t writes only out[s..e], inside `out` (as long as `x`); tasks are disjoint.
-        let o = unsafe { std::slice::from_raw_parts_mut(o.get().add(s), e - s) };
-        f(&x[s..e], o)
+    for_each_chunk_mut(&mut out[..x.len()], per, |t, o| {
+        f(&x[t * per..t * per + o.len()], o)
+    });
+}
+
+/// Calls `f(t, chunk)` for each `chunk`-long piece `t` of `out` (the last may be shorter) over
+/// the engine's threads, the caller included (`threads::for_each_index`: rayon on a pool
+/// thread, sequential with one thread).
+fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let (len, o) = (out.len(), SendPtr(out.as_mut_ptr()));
+    threads::for_each_index(len.div_ceil(chunk), &|t| {
+        let (s, e) = (t * chunk, ((t + 1) * chunk).min(len));
+        // SAFETY: piece t is out[s..e]; pieces are disjoint and `out` outlives the call.
+        f(t, unsafe {
+            std::slice::from_raw_parts_mut(o.get().add(s), e - s)
+        })
     });
 }
 
@@ -71,7 +79,8 @@ fn pool_threads() -> usize {
 /// Whether the engine runs one thread. The `cpu` backend then works on the caller's thread:
 /// handing a call to a one-thread pool buys nothing and costs two thread wake-ups (20-60 us
 /// per call on a VM, more than a `[128, 768]` layer norm itself). Kernels split work only when
-/// `pool_threads() > 1`, so nothing forks onto rayon's global pool from the caller's thread.
+/// `pool_threads() > 1` or through `threads::for_each_index`, so nothing forks onto rayon's
+/// global pool from the caller's thread.
 fn single_thread() -> bool {
     threads::num_threads() == 1
 }
@@ -237,12 +246,7 @@ impl Backend for Cpu {
                     }
                 })
             };
-            if single_thread() {
-                return out.chunks_exact_mut(tq * d).enumerate().for_each(body);
-            }
-            return threads::install(|| {
-                out.par_chunks_exact_mut(tq * d).enumerate().for_each(body)
-            });
+            return for_each_chunk_mut(out, tq * d, |h, oh| body((h, oh)));
         }
         // Decode and short queries: one task per (batch, head) group, row by row.
         let body = |(h, oh): (usize, &mut [f32])| {
@@ -262,10 +266,10 @@ impl Backend for Cpu {
                 }
             })
         };
-        if g == 1 || g * tq * tk * d < PAR_MIN_ELEMS || single_thread() {
+        if g == 1 || g * tq * tk * d < PAR_MIN_ELEMS {
             out.chunks_exact_mut(tq * d).enumerate().for_each(body);
         } else {
-            threads::install(|| out.par_chunks_exact_mut(tq * d).enumerate().for_each(body));
+            for_each_chunk_mut(out, tq * d, |h, oh| body((h, oh)));
         }
     }
 }
