@@ -259,7 +259,7 @@ fn gelu_backward_body<M: MulAdd>(x: &[f32], d: &mut [f32]) {
     // gelu(x) = x * s with s = sigmoid(2u), u = C (x + 0.044715 x^3).
     for (g, &v) in d.iter_mut().zip(x) {
         let u = GELU_C * (v + 0.044_715 * v * v * v);
-        let s = 1.0 / (1.0 + exp::<M>(-2.0 * u));
+        let s = 1.0 / (1.0 + exp::<M, f32>(-2.0 * u));
         let du = GELU_C * (1.0 + 3.0 * 0.044_715 * v * v);
         *g *= s + v * s * (1.0 - s) * 2.0 * du;
     }
@@ -347,7 +347,7 @@ fn causal_softmax_body<M: MulAdd>(p: &mut [f32], t: usize, scale: f32) {
         }
         let m = max(seen);
         for v in seen.iter_mut() {
-            *v = exp::<M>(*v - m);
+            *v = exp::<M, f32>(*v - m);
         }
         let inv = 1.0 / sum(seen);
         for v in seen.iter_mut() {
@@ -468,7 +468,7 @@ fn cross_entropy_body<M: MulAdd>(
         // Exponentials in place (a vectorized loop), then a lane-wise sum; they are reused for
         // the gradient `softmax * scale - onehot * scale`.
         for l in row.iter_mut() {
-            *l = exp::<M>(*l - m);
+            *l = exp::<M, f32>(*l - m);
         }
         let s = sum(row);
         loss += (m + s.ln() - target) as f64;

@@ -36,25 +36,145 @@ impl MulAdd for Unfused {
     }
 }
 
+/// A value the elementwise math works on: one `f32`, or a block of them (`[f32; BLOCK]`).
+///
+/// The math is written as a sequence of short steps, each applied to every lane (`map`,
+/// `zip`). For a block, every step runs over all its lanes before the next: the compiler
+/// emits each step for several independent vectors side by side, so the long dependency
+/// chains of the polynomials overlap instead of leaving the CPU waiting on latency.
+pub trait Lanes: Copy {
+    fn splat(v: f32) -> Self;
+    fn map(self, f: impl Fn(f32) -> f32) -> Self;
+    fn zip(self, b: Self, f: impl Fn(f32, f32) -> f32) -> Self;
+    fn zip3(a: Self, b: Self, c: Self, f: impl Fn(f32, f32, f32) -> f32) -> Self;
+}
+
+impl Lanes for f32 {
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn map(self, f: impl Fn(f32) -> f32) -> Self {
+        f(self)
+    }
+    #[inline(always)]
+    fn zip(self, b: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        f(self, b)
+    }
+    #[inline(always)]
+    fn zip3(a: Self, b: Self, c: Self, f: impl Fn(f32, f32, f32) -> f32) -> Self {
+        f(a, b, c)
+    }
+}
+
+impl<const N: usize> Lanes for [f32; N] {
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        [v; N]
+    }
+    #[inline(always)]
+    fn map(mut self, f: impl Fn(f32) -> f32) -> Self {
+        for v in self.iter_mut() {
+            *v = f(*v);
+        }
+        self
+    }
+    #[inline(always)]
+    fn zip(mut self, b: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        for (v, &w) in self.iter_mut().zip(&b) {
+            *v = f(*v, w);
+        }
+        self
+    }
+    #[inline(always)]
+    fn zip3(mut a: Self, b: Self, c: Self, f: impl Fn(f32, f32, f32) -> f32) -> Self {
+        for i in 0..N {
+            a[i] = f(a[i], b[i], c[i]);
+        }
+        a
+    }
+}
+
+/// `a * b + c`, lane by lane.
+#[inline(always)]
+fn fma<M: MulAdd, L: Lanes>(a: L, b: L, c: L) -> L {
+    L::zip3(
+        a,
+        b,
+        c,
+        #[inline(always)]
+        |a, b, c| M::mul_add(a, b, c),
+    )
+}
+
+/// `x * x`, lane by lane.
+#[inline(always)]
+fn square<L: Lanes>(x: L) -> L {
+    x.map(
+        #[inline(always)]
+        |x| x * x,
+    )
+}
+
 /// Horner's rule: `c[0] x^(n-1) + ... + c[n-1]`.
 #[inline(always)]
-fn horner<M: MulAdd>(x: f32, c: &[f32]) -> f32 {
-    c[1..].iter().fold(c[0], |p, &ci| M::mul_add(p, x, ci))
+fn horner<M: MulAdd, L: Lanes>(x: L, c: &[f32]) -> L {
+    let mut p = L::splat(c[0]);
+    for &ci in &c[1..] {
+        p = p.zip(
+            x,
+            #[inline(always)]
+            |p, x| M::mul_add(p, x, ci),
+        );
+    }
+    p
+}
+
+/// `c[0] x^7 + c[1] x^6 + ... + c[7]` by Estrin's scheme: pairs of coefficients combined with
+/// x, then with x^2, then x^4 (dependency depth 4 instead of Horner's 7, so the CPU waits less
+/// on each result).
+#[inline(always)]
+fn poly8<M: MulAdd, L: Lanes>(x: L, c: [f32; 8]) -> L {
+    let pair = |hi: f32, lo: f32| fma::<M, L>(L::splat(hi), x, L::splat(lo));
+    let (p0, p1) = (pair(c[6], c[7]), pair(c[4], c[5]));
+    let (p2, p3) = (pair(c[2], c[3]), pair(c[0], c[1]));
+    let x2 = square(x);
+    let x4 = square(x2);
+    fma::<M, L>(fma::<M, L>(p3, x2, p2), x4, fma::<M, L>(p1, x2, p0))
 }
 
 /// e^x for f32, branch-free; NaN propagates, large inputs saturate to 0 / +inf.
 #[inline(always)]
-pub fn exp<M: MulAdd>(x: f32) -> f32 {
+pub fn exp<M: MulAdd, L: Lanes>(x: L) -> L {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = if x > 88.0 { 88.0 } else { x };
-    let xc = if xc < -87.0 { -87.0 } else { xc };
-    let t = M::mul_add(xc, LOG2E, MAGIC);
-    let n = t - MAGIC;
-    let r = M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, xc));
-    let p = horner::<M>(
+    let xc = x.map(
+        #[inline(always)]
+        |x| {
+            let xc = if x > 88.0 { 88.0 } else { x };
+            if xc < -87.0 {
+                -87.0
+            } else {
+                xc
+            }
+        },
+    );
+    let t = xc.map(
+        #[inline(always)]
+        |xc| M::mul_add(xc, LOG2E, MAGIC),
+    );
+    let r = xc.zip(
+        t,
+        #[inline(always)]
+        |xc, t| {
+            let n = t - MAGIC;
+            M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, xc))
+        },
+    );
+    let p = horner::<M, L>(
         r,
         &[
             1.0 / 5040.0,
@@ -67,27 +187,42 @@ pub fn exp<M: MulAdd>(x: f32) -> f32 {
             1.0,
         ],
     );
-    let bits = (t.to_bits() as i32)
-        .wrapping_sub(0x4B40_0000)
-        .wrapping_add(127)
-        << 23;
-    let y = p * f32::from_bits(bits as u32);
-    let y = if x > 88.0 { f32::INFINITY } else { y };
-    if x < -87.0 {
-        0.0
-    } else {
-        y
-    }
+    let y = p.zip(
+        t,
+        #[inline(always)]
+        |p, t| {
+            let bits = (t.to_bits() as i32)
+                .wrapping_sub(0x4B40_0000)
+                .wrapping_add(127)
+                << 23;
+            p * f32::from_bits(bits as u32)
+        },
+    );
+    y.zip(
+        x,
+        #[inline(always)]
+        |y, x| {
+            let y = if x > 88.0 { f32::INFINITY } else { y };
+            if x < -87.0 {
+                0.0
+            } else {
+                y
+            }
+        },
+    )
 }
 
 /// erfc(z) for z >= 0 with fractional error < 1.2e-7.
 #[inline(always)]
-fn erfc_pos<M: MulAdd>(z: f32) -> f32 {
-    let t = 1.0 / M::mul_add(0.5, z, 1.0);
-    let q = horner::<M>(
+fn erfc_pos<M: MulAdd, L: Lanes>(z: L) -> L {
+    let t = z.map(
+        #[inline(always)]
+        |z| 1.0 / M::mul_add(0.5, z, 1.0),
+    );
+    // c[0] t^8 + poly8(c[1..]): the x^8 term added last.
+    let q8 = poly8::<M, L>(
         t,
-        &[
-            0.170_872_78,
+        [
             -0.822_152_2,
             1.488_515_9,
             -1.135_204,
@@ -98,50 +233,134 @@ fn erfc_pos<M: MulAdd>(z: f32) -> f32 {
             1.000_023_7,
         ],
     );
-    let poly = M::mul_add(q, t, M::mul_add(-z, z, -1.265_512_2));
-    t * exp::<M>(poly)
+    let t4 = square(square(t));
+    let q = fma::<M, L>(
+        t4.map(
+            #[inline(always)]
+            |a| 0.170_872_78 * a,
+        ),
+        t4,
+        q8,
+    );
+    let w = z.map(
+        #[inline(always)]
+        |z| M::mul_add(-z, z, -1.265_512_2),
+    );
+    let poly = L::zip3(
+        q,
+        t,
+        w,
+        #[inline(always)]
+        |q, t, w| M::mul_add(q, t, w),
+    );
+    t.zip(exp::<M, L>(poly), |t, e| t * e)
 }
 
 /// Exact GELU, `0.5 x erfc(-x / sqrt 2)`.
 #[inline(always)]
-pub fn gelu<M: MulAdd>(x: f32) -> f32 {
-    let z = x * std::f32::consts::FRAC_1_SQRT_2;
-    let e = erfc_pos::<M>(z.abs());
-    let c = if z >= 0.0 { 2.0 - e } else { e };
-    // The limit at -inf is 0 (the product would be -inf * 0 = NaN).
-    if x == f32::NEG_INFINITY {
-        -0.0
-    } else {
-        0.5 * x * c
-    }
+pub fn gelu<M: MulAdd, L: Lanes>(x: L) -> L {
+    let e = erfc_pos::<M, L>(x.map(
+        #[inline(always)]
+        |x| (x * std::f32::consts::FRAC_1_SQRT_2).abs(),
+    ));
+    x.zip(
+        e,
+        #[inline(always)]
+        |x, e| {
+            let c = if x >= 0.0 { 2.0 - e } else { e };
+            // The limit at -inf is 0 (the product would be -inf * 0 = NaN).
+            if x == f32::NEG_INFINITY {
+                -0.0
+            } else {
+                0.5 * x * c
+            }
+        },
+    )
 }
 
 /// tanh GELU written as `x * sigmoid(2u)`, which equals `0.5 x (1 + tanh u)` without the
 /// cancellation for negative x.
 #[inline(always)]
-pub fn gelu_tanh<M: MulAdd>(x: f32) -> f32 {
+pub fn gelu_tanh<M: MulAdd, L: Lanes>(x: L) -> L {
     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-    let u = C * M::mul_add(0.044_715 * x, x * x, x);
-    let y = x / (1.0 + exp::<M>(-2.0 * u));
-    if x == f32::NEG_INFINITY {
-        -0.0
-    } else {
-        y
+    let e = exp::<M, L>(x.map(
+        #[inline(always)]
+        |x| -2.0 * (C * M::mul_add(0.044_715 * x, x * x, x)),
+    ));
+    x.zip(
+        e,
+        #[inline(always)]
+        |x, e| {
+            if x == f32::NEG_INFINITY {
+                -0.0
+            } else {
+                x / (1.0 + e)
+            }
+        },
+    )
+}
+
+/// Elements per block of `map_blocks`: several vectors at every SIMD level.
+const BLOCK: usize = 4 * LANES;
+
+/// `out[i] = f(x[i])`, a block of `BLOCK` lanes at a time (see `Lanes`), then one by one.
+#[inline(always)]
+fn map_blocks(
+    x: &[f32],
+    out: &mut [f32],
+    block: impl Fn([f32; BLOCK]) -> [f32; BLOCK],
+    one: impl Fn(f32) -> f32,
+) {
+    let mut xs = x.chunks_exact(BLOCK);
+    let mut os = out.chunks_exact_mut(BLOCK);
+    for (o, v) in (&mut os).zip(&mut xs) {
+        let v: &[f32; BLOCK] = v.try_into().unwrap();
+        o.copy_from_slice(&block(*v));
+    }
+    for (o, &v) in os.into_remainder().iter_mut().zip(xs.remainder()) {
+        *o = one(v);
+    }
+}
+
+/// `buf[i] = f(buf[i])`, as `map_blocks`.
+#[inline(always)]
+fn map_blocks_mut(
+    buf: &mut [f32],
+    block: impl Fn([f32; BLOCK]) -> [f32; BLOCK],
+    one: impl Fn(f32) -> f32,
+) {
+    let mut bs = buf.chunks_exact_mut(BLOCK);
+    for b in &mut bs {
+        let v: &mut [f32; BLOCK] = b.try_into().unwrap();
+        *v = block(*v);
+    }
+    for v in bs.into_remainder() {
+        *v = one(*v);
     }
 }
 
 #[inline(always)]
 fn gelu_slice<M: MulAdd>(x: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = gelu::<M>(v);
-    }
+    map_blocks(
+        x,
+        out,
+        #[inline(always)]
+        |v| gelu::<M, _>(v),
+        #[inline(always)]
+        |v| gelu::<M, _>(v),
+    )
 }
 
 #[inline(always)]
 fn gelu_tanh_slice<M: MulAdd>(x: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = gelu_tanh::<M>(v);
-    }
+    map_blocks(
+        x,
+        out,
+        #[inline(always)]
+        |v| gelu_tanh::<M, _>(v),
+        #[inline(always)]
+        |v| gelu_tanh::<M, _>(v),
+    )
 }
 
 #[inline(always)]
@@ -188,9 +407,19 @@ fn softmax_rows_body<M: MulAdd>(x: &[f32], out: &mut [f32], cols: usize) {
 #[inline(always)]
 pub fn softmax_row<M: MulAdd>(row: &[f32], o: &mut [f32]) {
     let m = max(row);
-    for (oi, &v) in o.iter_mut().zip(row) {
-        *oi = exp::<M>(v - m);
-    }
+    map_blocks(
+        row,
+        o,
+        #[inline(always)]
+        |v| {
+            exp::<M, _>(v.map(
+                #[inline(always)]
+                |v| v - m,
+            ))
+        },
+        #[inline(always)]
+        |v| exp::<M, _>(v - m),
+    );
     let inv = 1.0 / sum(o);
     for oi in o.iter_mut() {
         *oi *= inv;
@@ -278,9 +507,18 @@ fn attend_row_body<M: MulAdd>(
         *s = dot_body(q, &k[j * d..(j + 1) * d]) * scale;
     }
     let m = max(scores);
-    for s in scores.iter_mut() {
-        *s = exp::<M>(*s - m);
-    }
+    map_blocks_mut(
+        scores,
+        #[inline(always)]
+        |v| {
+            exp::<M, _>(v.map(
+                #[inline(always)]
+                |v| v - m,
+            ))
+        },
+        #[inline(always)]
+        |v| exp::<M, _>(v - m),
+    );
     let inv = 1.0 / sum(scores);
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
@@ -350,13 +588,13 @@ mod tests {
         let mut x = -87.0f32;
         while x < 88.0 {
             let want = (x as f64).exp();
-            worst = worst.max(((exp::<Fused>(x) as f64 - want) / want).abs());
+            worst = worst.max(((exp::<Fused, f32>(x) as f64 - want) / want).abs());
             x += 0.0137;
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
-        assert!(exp::<Fused>(f32::NAN).is_nan());
-        assert_eq!(exp::<Fused>(-1000.0), 0.0);
-        assert_eq!(exp::<Fused>(1000.0), f32::INFINITY);
+        assert!(exp::<Fused, f32>(f32::NAN).is_nan());
+        assert_eq!(exp::<Fused, f32>(-1000.0), 0.0);
+        assert_eq!(exp::<Fused, f32>(1000.0), f32::INFINITY);
     }
 
     #[test]
@@ -366,7 +604,7 @@ mod tests {
         let mut x = -10.0f32;
         while x < 12.0 {
             let want = super::super::super::portable::gelu_scalar(x) as f64;
-            let got = gelu::<Fused>(x) as f64;
+            let got = gelu::<Fused, f32>(x) as f64;
             assert!(
                 (got - want).abs() <= 1e-5 * want.abs() + 1e-37,
                 "x={x} got={got} want={want}"
