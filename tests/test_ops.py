@@ -80,6 +80,7 @@ def test_layer_norm(backend, rng, shape):
         (128, 768, 768),
         (8, 8, 8),
         (100, 1, 100),
+        (2, 21, 40_003),  # several column chunks of the decode path, with a ragged tail
     ],
 )
 def test_matmul_rank2(backend, rng, m, k, n):

@@ -92,11 +92,19 @@ def test_lists_scalars_and_zero_size():
         Tensor.from_numpy("not numbers")
 
 
-def test_from_numpy_copies_by_default():
-    a = np.ones(4, np.float32)
+# 4 MiB and up is copied into huge-page memory, smaller into a plain vector.
+@pytest.mark.parametrize("n", [4, (4 << 20) // 4 + 3])
+def test_from_numpy_copies_by_default(n):
+    a = np.arange(n, dtype=np.float32)
     t = Tensor.from_numpy(a)
     a[0] = 9
-    assert t.numpy()[0] == 1 and not np.shares_memory(t.numpy(), a)
+    a[-1] = -1
+    got = t.numpy()
+    assert got[0] == 0 and got[-1] == n - 1 and not np.shares_memory(got, a)
+    np.testing.assert_array_equal(got[1:-1], a[1:-1])
+    del t
+    gc.collect()
+    np.testing.assert_array_equal(got, np.arange(n, dtype=np.float32))  # the view keeps it alive
 
 
 def test_from_numpy_copy_false_shares_memory_and_keeps_array_alive():

@@ -65,6 +65,16 @@ fn is_writeable(arr: &Bound<'_, PyUntypedArray>) -> bool {
 
 /// Copies a typed array (any strides) into a vector in C order.
 fn copy_elems<T: numpy::Element + Copy>(arr: &Bound<'_, PyUntypedArray>) -> PyResult<Vec<T>> {
+    copy_elems_with(arr, <[T]>::to_vec, |v| v)
+}
+
+/// The array's elements in C order: `contiguous` gets them as one slice when they are laid
+/// out that way, `strided` a vector gathered element by element otherwise.
+fn copy_elems_with<T: numpy::Element + Copy, R>(
+    arr: &Bound<'_, PyUntypedArray>,
+    contiguous: impl FnOnce(&[T]) -> R,
+    strided: impl FnOnce(Vec<T>) -> R,
+) -> PyResult<R> {
     let typed = arr
         .cast::<PyArrayDyn<T>>()
         .map_err(|e| PyTypeError::new_err(e.to_string()))?;
@@ -73,8 +83,8 @@ fn copy_elems<T: numpy::Element + Copy>(arr: &Bound<'_, PyUntypedArray>) -> PyRe
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     // `as_slice` also accepts Fortran order (memory order), so only use it for C order.
     Ok(match ro.as_slice() {
-        Ok(s) if arr.is_c_contiguous() => s.to_vec(),
-        _ => ro.as_array().iter().copied().collect(),
+        Ok(s) if arr.is_c_contiguous() => contiguous(s),
+        _ => strided(ro.as_array().iter().copied().collect()),
     })
 }
 
@@ -151,7 +161,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
                 if shareable { "" } else { " that is not C-contiguous" }
             )))
         }
-        (b'f', 4) => Data::F32(Storage::from_vec(copy_elems::<f32>(&arr)?)),
+        (b'f', 4) => Data::F32(copy_elems_with(&arr, Storage::copy_of, Storage::from_vec)?),
         (b'f', 8) => Data::F32(Storage::from_vec(copy_elems::<f64>(&arr)?.into_iter().map(|v| v as f32).collect())),
         (b'i', 4) => Data::I32(Storage::from_vec(copy_elems::<i32>(&arr)?)),
         (b'i', 8) => {

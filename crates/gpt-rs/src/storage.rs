@@ -104,6 +104,22 @@ impl Storage<f32> {
     }
 }
 
+impl Storage<f32> {
+    /// A copy of `src`. Large buffers (from `LARGE_COPY` bytes, NumPy's own threshold for
+    /// huge pages) go to weight memory (`weights_with`): a big tensor made from an array is
+    /// usually a weight that every later product streams, at the bandwidth huge pages give.
+    pub fn copy_of(src: &[f32]) -> Self {
+        if std::mem::size_of_val(src) >= LARGE_COPY {
+            Self::weights_with(src.len(), |d| d.copy_from_slice(src))
+        } else {
+            Self::from_vec(src.to_vec())
+        }
+    }
+}
+
+/// Bytes from which `Storage::copy_of` uses huge-page memory.
+pub const LARGE_COPY: usize = 4 << 20;
+
 impl<T> Storage<T> {
     pub fn as_slice(&self) -> &[T] {
         // SAFETY: guaranteed by the constructors: valid for `len` reads while `owner` lives.
