@@ -12,7 +12,8 @@
 //!   prefetchers alone (18 vs 11 GB/s on one core, 35 vs 21 GB/s on two); on an EPYC (Zen 4)
 //!   VM 10-20% less than none, so it is off there (`--example gemv_bandwidth`).
 //! - `Panels` (how the GPT-2 runtime keeps its projections): each panel is one contiguous
-//!   stream of `[k, PANEL]` rows, prefetched the same way, into register accumulators.
+//!   stream of `[k, PANEL]` rows, prefetched the same way, into register accumulators. With
+//!   one row of A (decode at batch 1) each thread reads two panels side by side.
 
 use super::simd::{level, stream_prefetch, SimdLevel};
 #[cfg(target_arch = "x86_64")]
@@ -213,6 +214,19 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
 ) {
     const LINE: usize = 16;
     debug_assert_eq!(NV * V::W, PANEL);
+    if m == 1 {
+        // One row (decode at batch 1): two concurrent weight streams, the two halves of the
+        // chunk's panels side by side.
+        let (first, count) = (j0 / PANEL, cw.div_ceil(PANEL));
+        let half = count / 2;
+        for q in 0..half {
+            unsafe { panel_streams::<V, NV, 2>(a, b, c, k, n, first + q, half) };
+        }
+        if count % 2 == 1 {
+            unsafe { panel_streams::<V, NV, 1>(a, b, c, k, n, first + count - 1, 0) };
+        }
+        return;
+    }
     let ahead = stream_prefetch();
     for j in (j0..j0 + cw).step_by(PANEL) {
         let panel = b[(j / PANEL) * k * PANEL..(j / PANEL + 1) * k * PANEL].as_ptr();
@@ -247,6 +261,56 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
                         *dst.add(q) += o;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// `C[0, cols of panels p0 + s * stride] += a[0, :] @ those panels`, for s in 0..S: one row of
+/// `a` against S panels at once, each its own sequential stream (one stream per core leaves
+/// bandwidth unused: a Zen 3 core read 15 GB/s from one, 19-21 GB/s from two). Per column
+/// the same arithmetic as `panel_chunk` (from zero, one FMA per `k` in order, then added to C).
+#[inline(always)]
+unsafe fn panel_streams<V: Vf, const NV: usize, const S: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: SendPtr,
+    k: usize,
+    n: usize,
+    p0: usize,
+    stride: usize,
+) {
+    const LINE: usize = 16;
+    let ahead = stream_prefetch();
+    let panel: [*const f32; S] =
+        std::array::from_fn(|s| b[(p0 + s * stride) * k * PANEL..][..k * PANEL].as_ptr());
+    // SAFETY: `a` holds k floats; each panel holds k rows of PANEL floats; prefetches may point
+    // past the end (wrapping_add), allowed for a hint; C's row holds n >= j + cols floats.
+    unsafe {
+        let mut acc = [[V::zero(); NV]; S];
+        for p in 0..k {
+            let x = V::splat(*a.get_unchecked(p));
+            for (s, accs) in acc.iter_mut().enumerate() {
+                let row = panel[s].add(p * PANEL);
+                if ahead > 0 {
+                    for l in (0..PANEL).step_by(LINE) {
+                        prefetch(row.wrapping_add(l + ahead));
+                    }
+                }
+                for (v, y) in accs.iter_mut().enumerate() {
+                    *y = V::fma(x, V::load(row.add(v * V::W)), *y);
+                }
+            }
+        }
+        let mut out = [0.0f32; PANEL];
+        for (s, accs) in acc.iter().enumerate() {
+            let j = (p0 + s * stride) * PANEL;
+            for (v, y) in accs.iter().enumerate() {
+                y.store(out.as_mut_ptr().add(v * V::W));
+            }
+            let dst = c.get().add(j);
+            for (q, &o) in out[..(n - j).min(PANEL)].iter().enumerate() {
+                *dst.add(q) += o;
             }
         }
     }

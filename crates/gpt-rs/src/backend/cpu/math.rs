@@ -424,7 +424,8 @@ pub fn softmax_row<M: MulAdd>(row: &[f32], o: &mut [f32]) {
         o,
         #[inline(always)]
         |v| {
-            exp_nonpositive::<M, _>(v.map(
+            exp_nonpositive::<M, _>(Lanes::map(
+                v,
                 #[inline(always)]
                 |v| v - m,
             ))
@@ -523,7 +524,8 @@ fn attend_row_body<M: MulAdd>(
         scores,
         #[inline(always)]
         |v| {
-            exp_nonpositive::<M, _>(v.map(
+            exp_nonpositive::<M, _>(Lanes::map(
+                v,
                 #[inline(always)]
                 |v| v - m,
             ))
@@ -607,6 +609,55 @@ mod tests {
         assert!(exp::<Fused, f32>(f32::NAN).is_nan());
         assert_eq!(exp::<Fused, f32>(-1000.0), 0.0);
         assert_eq!(exp::<Fused, f32>(1000.0), f32::INFINITY);
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            assert_eq!(
+                exp_nonpositive::<Fused, f32>(x),
+                exp::<Fused, f32>(x),
+                "x={x}"
+            );
+            x += 0.0137;
+        }
+        assert!(exp_nonpositive::<Fused, f32>(f32::NAN).is_nan());
+        assert_eq!(exp_nonpositive::<Fused, f32>(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// A block of lanes computes exactly what each lane computes alone (the remainder of a
+    /// slice goes one by one), specials included.
+    #[test]
+    fn blocks_equal_single_lanes_bitwise() {
+        let mut x = [0.0f32; BLOCK];
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            100.0,
+            -100.0,
+        ];
+        for round in 0..200 {
+            for (i, v) in x.iter_mut().enumerate() {
+                let u = ((i * 7919 + round * 104_729) % 20_011) as f32 / 20_011.0;
+                *v = (u - 0.6) * 30.0;
+            }
+            x[round % BLOCK] = specials[round % specials.len()];
+            type F = fn(f32) -> f32;
+            let singles: [(F, [f32; BLOCK]); 4] = [
+                (gelu::<Fused, f32>, gelu::<Fused, _>(x)),
+                (gelu_tanh::<Fused, f32>, gelu_tanh::<Fused, _>(x)),
+                (exp::<Fused, f32>, exp::<Fused, _>(x)),
+                (
+                    |v| exp_nonpositive::<Fused, f32>(-v.abs()),
+                    exp_nonpositive::<Fused, _>(x.map(|v| -v.abs())),
+                ),
+            ];
+            for (k, (one, block)) in singles.iter().enumerate() {
+                for (i, (&v, &b)) in x.iter().zip(block).enumerate() {
+                    assert_eq!(one(v).to_bits(), b.to_bits(), "fn {k} lane {i} x={v}");
+                }
+            }
+        }
     }
 
     #[test]
