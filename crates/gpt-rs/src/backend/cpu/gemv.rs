@@ -1,6 +1,6 @@
 //! The decode path of the `cpu` backend's matrix multiply: products with a few rows of A
 //! (GEMV-like). Every weight is read once per call, so these are bound by memory bandwidth:
-//! the kernels keep the weight stream sequential and the accumulators in registers or L1.
+//! the kernels keep the weight streams sequential and the accumulators in registers or cache.
 //!
 //! - `[k, n]` weights (`a @ b`, `functional.matmul`): B is streamed eight rows at a time into
 //!   column accumulators in L2; threads split the columns. (Prefetching rows ahead here was

@@ -42,6 +42,11 @@ impl MulAdd for Unfused {
 /// `zip`). For a block, every step runs over all its lanes before the next: the compiler
 /// emits each step for several independent vectors side by side, so the long dependency
 /// chains of the polynomials overlap instead of leaving the CPU waiting on latency.
+///
+/// Every closure handed to these methods (and to `map_blocks`) is `#[inline(always)]`, and
+/// functions are wrapped in such closures rather than passed by name: code the compiler keeps
+/// out of line is compiled without the instance's target features (`mul_add` became a
+/// library call per element, GELU 40x slower).
 pub trait Lanes: Copy {
     fn splat(v: f32) -> Self;
     fn map(self, f: impl Fn(f32) -> f32) -> Self;
@@ -413,6 +418,15 @@ fn softmax_rows_body<M: MulAdd>(x: &[f32], out: &mut [f32], cols: usize) {
     }
 }
 
+/// `e^(v - m)` for every lane (softmax's terms after subtracting the maximum `m`).
+#[inline(always)]
+fn exp_shifted<M: MulAdd, L: Lanes>(v: L, m: f32) -> L {
+    exp_nonpositive::<M, L>(v.map(
+        #[inline(always)]
+        |v| v - m,
+    ))
+}
+
 /// Softmax of one row (used by attention too). A NaN anywhere makes the row NaN, as NumPy,
 /// without a pass of its own: `max` skips NaNs, but `exp(NaN - m)` is NaN, so the sum and
 /// then every output are.
@@ -423,15 +437,9 @@ pub fn softmax_row<M: MulAdd>(row: &[f32], o: &mut [f32]) {
         row,
         o,
         #[inline(always)]
-        |v| {
-            exp_nonpositive::<M, _>(Lanes::map(
-                v,
-                #[inline(always)]
-                |v| v - m,
-            ))
-        },
+        |v| exp_shifted::<M, _>(v, m),
         #[inline(always)]
-        |v| exp_nonpositive::<M, _>(v - m),
+        |v| exp_shifted::<M, _>(v, m),
     );
     let inv = 1.0 / sum(o);
     for oi in o.iter_mut() {
@@ -523,15 +531,9 @@ fn attend_row_body<M: MulAdd>(
     map_blocks_mut(
         scores,
         #[inline(always)]
-        |v| {
-            exp_nonpositive::<M, _>(Lanes::map(
-                v,
-                #[inline(always)]
-                |v| v - m,
-            ))
-        },
+        |v| exp_shifted::<M, _>(v, m),
         #[inline(always)]
-        |v| exp_nonpositive::<M, _>(v - m),
+        |v| exp_shifted::<M, _>(v, m),
     );
     let inv = 1.0 / sum(scores);
     out.fill(0.0);
