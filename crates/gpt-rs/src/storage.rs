@@ -102,9 +102,7 @@ impl Storage<f32> {
         fill(&mut v);
         Self::from_vec(v)
     }
-}
 
-impl Storage<f32> {
     /// A copy of `src`. Large buffers (from `LARGE_COPY` bytes, NumPy's own threshold for
     /// huge pages) go to weight memory (`weights_with`): a big tensor made from an array is
     /// usually a weight that every later product streams, at the bandwidth huge pages give.
