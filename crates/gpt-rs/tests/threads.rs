@@ -72,3 +72,30 @@ fn a_panic_reaches_the_caller_and_the_pool_still_works() {
     );
     counts_once(100);
 }
+
+#[test]
+fn nested_calls_and_calls_between_pool_jobs() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for t in [2, 3] {
+        threads::set_num_threads(t).unwrap();
+        // A call inside every index of another (as attention runs GEMMs per head), from
+        // outside and inside the pool.
+        let nested = || {
+            let hits: Vec<AtomicUsize> = (0..12 * 9).map(|_| AtomicUsize::new(0)).collect();
+            threads::for_each_index(12, &|h| {
+                threads::for_each_index(9, &|j| {
+                    hits[h * 9 + j].fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        };
+        nested();
+        threads::install(nested);
+        // Calls interleaved with other pool work, while helpers of earlier calls still wait.
+        for n in 0..50 {
+            counts_once(n);
+            threads::install(|| counts_once(n % 7));
+            std::thread::sleep(std::time::Duration::from_micros(50 * (n % 3) as u64));
+        }
+    }
+}

@@ -11,8 +11,6 @@
 //! Each level (AVX-512, AVX2+FMA, baseline) instantiates the same generic code with its
 //! vector type; `simd::level()` picks one at run time.
 
-use rayon::prelude::*;
-
 use super::simd::{level, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
@@ -537,17 +535,18 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
             pack_a(a_rest, a_layout, m_rest, k, kb * KC, kc, mr, dst);
         };
         let blocks = &mut apack_buf[..packed * mr * k];
-        // Off the pool (a small product, or a one-thread engine) nothing may fork.
+        let block = packed * mr * KC;
         if threads > 1 {
-            blocks
-                .par_chunks_mut(packed * mr * KC)
-                .enumerate()
-                .for_each(pack);
+            let (len, bp) = (blocks.len(), SendPtr(blocks.as_mut_ptr()));
+            crate::threads::for_each_index(len.div_ceil(block), &|kb| {
+                let (s, e) = (kb * block, ((kb + 1) * block).min(len));
+                // SAFETY: K block kb is blocks[s..e]; blocks are disjoint and outlive the call.
+                pack((kb, unsafe {
+                    std::slice::from_raw_parts_mut(bp.get().add(s), e - s)
+                }))
+            });
         } else {
-            blocks
-                .chunks_mut(packed * mr * KC)
-                .enumerate()
-                .for_each(pack);
+            blocks.chunks_mut(block).enumerate().for_each(pack);
         }
     }
     let want_tasks = if threads == 1 { 1 } else { threads * 4 };
@@ -633,7 +632,7 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
     if n_groups == 1 {
         task(0);
     } else {
-        (0..n_groups).into_par_iter().for_each(task);
+        crate::threads::for_each_index(n_groups, &task);
     }
     PACK_A.with(|b| *b.borrow_mut() = apack_buf);
 }

@@ -66,44 +66,53 @@ fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32
 /// depth, so a row's result does not depend on which path computed it.
 const KC: usize = 256;
 
-/// Threads to split over: the engine pool's size on a pool thread, 1 elsewhere (small products
-/// run on the caller's thread and must not fork onto rayon's global pool).
+thread_local! {
+    /// Set while this (non-pool) thread runs a product large enough to split (`split_if_large`).
+    static SPLIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Threads a blocked GEMM splits over (with `threads::for_each_index`): the engine pool's
+/// size on a pool thread or inside `split_if_large`, 1 for a small product called from elsewhere.
 fn pool_threads() -> usize {
     if rayon::current_thread_index().is_some() {
         rayon::current_num_threads()
+    } else if SPLIT.with(|s| s.get()) {
+        threads::num_threads()
     } else {
         1
     }
 }
 
-/// Whether the engine runs one thread. The `cpu` backend then works on the caller's thread:
-/// handing a call to a one-thread pool buys nothing and costs two thread wake-ups (20-60 us
-/// per call on a VM, more than a `[128, 768]` layer norm itself). Kernels split work only when
-/// `pool_threads() > 1` or through `threads::for_each_index`, so nothing forks onto rayon's
-/// global pool from the caller's thread.
+/// Whether the engine runs one thread. The `cpu` backend then works on the caller's thread
+/// alone: splitting buys nothing there.
 fn single_thread() -> bool {
     threads::num_threads() == 1
 }
 
-/// Runs `f` on the engine's pool, or right here when `work` (multiply-adds) is too small to
-/// split (handing a call to the pool costs 8-15 us, more than a small product itself) or the
-/// engine has one thread.
-fn on_pool<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
-    if work < 1 << 15 || single_thread() {
-        f()
-    } else {
-        threads::install(f)
+/// Runs `f` on the calling thread, letting the products in it split over the engine's threads
+/// (the caller working too) unless `work` (multiply-adds) is too small to split (helpers cost
+/// a few microseconds, more than a small product itself) or the engine has one thread.
+fn split_if_large<R>(work: usize, f: impl FnOnce() -> R) -> R {
+    if work < 1 << 15 || single_thread() || rayon::current_thread_index().is_some() {
+        return f();
     }
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SPLIT.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SPLIT.with(|s| s.replace(true)));
+    f()
 }
 
-/// Runs a product: decode-shaped ones (`few_rows`, the GEMV path) right here, their column
-/// chunks spread over the threads with the caller working too (`threads::for_each_index`);
-/// blocked GEMMs on the pool (`on_pool`).
-fn product(few_rows: bool, work: usize, f: impl FnOnce() + Send) {
+/// Runs a product: decode-shaped ones (`few_rows`, the GEMV path) split their column chunks
+/// themselves; blocked GEMMs split when large enough (`split_if_large`).
+fn product(few_rows: bool, work: usize, f: impl FnOnce()) {
     if few_rows {
         f()
     } else {
-        on_pool(work, f)
+        split_if_large(work, f)
     }
 }
 
@@ -128,7 +137,7 @@ impl Backend for Cpu {
     }
 
     fn matmul_tn_acc(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-        on_pool(m * k * n, || gemm::matmul_tn_acc(a, b, c, m, k, n))
+        split_if_large(m * k * n, || gemm::matmul_tn_acc(a, b, c, m, k, n))
     }
 
     fn matmul_nt(
