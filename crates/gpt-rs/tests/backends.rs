@@ -75,7 +75,7 @@ macro_rules! on_every_backend {
 on_every_backend! {
     matmul_all_shapes => |be| {
         let mut r = Rng(7);
-        for &(m, k, n) in &[(1, 1, 1), (1, 768, 77), (3, 5, 7), (7, 64, 200), (8, 33, 65), (37, 300, 51), (128, 257, 96), (200, 16, 513), (1, 0, 4), (0, 3, 4)] {
+        for &(m, k, n) in &[(1, 1, 1), (1, 768, 77), (1, 2100, 300), (3, 5, 7), (7, 64, 200), (8, 33, 65), (37, 300, 51), (128, 257, 96), (200, 16, 513), (1, 0, 4), (0, 3, 4)] {
             let (a, b) = (r.tensor(&[m, k], 1.0), r.tensor(&[k, n], 1.0));
             let got = ops::matmul(be, &a, &b).unwrap();
             let want = ops::matmul(reference(), &a, &b).unwrap();
@@ -265,4 +265,26 @@ fn cpu_matmul_rows_are_independent_of_batch() {
             }
         }
     });
+}
+
+/// One-row products (decode-shaped) give bitwise the same result whatever the thread count:
+/// narrow `[k, n]` weights split over blocks of depth, wide ones over columns.
+#[test]
+fn cpu_one_row_products_are_independent_of_thread_count() {
+    let be = BackendKind::Cpu.get().unwrap();
+    let mut r = Rng(31);
+    for &(k, n) in &[(3072, 768), (2100, 300), (768, 3072), (1100, 97)] {
+        let (a, w) = (r.vec(k, 1.0), r.vec(k * n, 1.0));
+        let bias = r.vec(n, 1.0);
+        let mut results = Vec::new();
+        for t in [1, 2, 3] {
+            gpt_rs::threads::set_num_threads(t).unwrap();
+            let mut c = vec![0.0; n];
+            be.matmul(&a, &w, Some(&bias), &mut c, 1, k, n);
+            results.push(c);
+        }
+        gpt_rs::threads::set_num_threads(gpt_rs::threads::default_num_threads()).unwrap();
+        assert_eq!(results[0], results[1], "1x{k}x{n}: 1 vs 2 threads");
+        assert_eq!(results[0], results[2], "1x{k}x{n}: 1 vs 3 threads");
+    }
 }

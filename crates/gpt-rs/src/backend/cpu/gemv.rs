@@ -30,11 +30,63 @@ const NT_CHUNK: usize = 512;
 /// `c[m, n] += a[m, k] @ b[k, n]` for a few rows of `a` (on the pool or the caller's thread).
 pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     let kernel = kernels(level()).kn;
+    if m == 1 && split_depth(n, k) {
+        return depth_blocks(a, b, c, k, n);
+    }
     let cp = SendPtr(c.as_mut_ptr());
     // SAFETY: chunk [j0, j0+cw) writes only those columns of C's m rows.
     column_chunks(n, m * k * n, GEMV_CHUNK, 16, |j0, cw| unsafe {
         kernel(a, b, cp, m, k, n, j0, cw)
     });
+}
+
+/// Whether a one-row `[k, n]` product splits over `KC` blocks of depth rather than over
+/// columns: when the threads' column chunks would be short runs of each weight row (under
+/// 1024 columns, 4 KiB) and there are enough blocks for every task. One thread never splits.
+fn split_depth(n: usize, k: usize) -> bool {
+    let threads = if rayon::current_thread_index().is_some() {
+        rayon::current_num_threads()
+    } else {
+        crate::threads::num_threads()
+    };
+    threads > 1
+        && n.div_ceil(2 * threads) < 1024
+        && k.div_ceil(KC) >= 2 * threads
+        && k * n >= 1 << 17
+}
+
+/// `c[0, :] += a[0, :] @ b` split over the `KC` blocks of depth: each block's product goes to
+/// its own partial row (on any thread), and the partial rows are added to C in block order:
+/// the arithmetic of `kn_chunk` on one thread (each block accumulated from zero, then added
+/// to C in order), so the result does not depend on the thread count.
+fn depth_blocks(a: &[f32], b: &[f32], c: &mut [f32], k: usize, n: usize) {
+    let kernel = kernels(level()).kn;
+    let blocks = k.div_ceil(KC);
+    let mut partial = vec![0.0f32; blocks * n];
+    let pp = SendPtr(partial.as_mut_ptr());
+    crate::threads::for_each_index(blocks, &|q| {
+        let (p0, kc) = (q * KC, (k - q * KC).min(KC));
+        // SAFETY: block q writes only partial row q (n floats, zero until now); its rows of B
+        // are b[p0 * n..(p0 + kc) * n], its part of A is a[p0..p0 + kc].
+        unsafe {
+            let dst = SendPtr(pp.get().add(q * n));
+            kernel(
+                &a[p0..p0 + kc],
+                &b[p0 * n..(p0 + kc) * n],
+                dst,
+                1,
+                kc,
+                n,
+                0,
+                n,
+            )
+        }
+    });
+    for row in partial.chunks_exact(n) {
+        for (y, &v) in c[..n].iter_mut().zip(row) {
+            *y += v;
+        }
+    }
 }
 
 /// `c[m, n] += a[m, k] @ b[n, k]^T` for a few rows of `a` (on the pool or the caller's thread).
