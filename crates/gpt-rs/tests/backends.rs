@@ -4,6 +4,7 @@
 use gpt_rs::backend::cpu::simd::{self, SimdLevel};
 use gpt_rs::backend::{Backend, BackendKind, Panels, PANEL};
 use gpt_rs::ops;
+use gpt_rs::storage::Storage;
 use gpt_rs::Tensor;
 
 /// A small deterministic generator (xorshift) so tests need no extra crates.
@@ -73,6 +74,31 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend! {
+    recycled_outputs_never_show_old_values => |be| {
+        // Outputs of ops whose kernels write every element reuse freed buffers of the same
+        // size (`storage::recycle`): fill the recycled buffers with NaN first, then every such
+        // op on finite input must give finite results equal to the reference's.
+        let mut r = Rng(37);
+        let shape = [64, 300]; // above the recycling threshold
+        let (x, w, b) = (r.tensor(&shape, 3.0), r.tensor(&[300], 1.0), r.tensor(&[300], 1.0));
+        type Op = fn(&dyn Backend, &Tensor, &Tensor, &Tensor) -> Tensor;
+        let cases: [(&str, Op); 5] = [
+            ("gelu", |be, x, _, _| ops::gelu(be, x).unwrap()),
+            ("gelu_tanh", |be, x, _, _| ops::gelu_tanh(be, x).unwrap()),
+            ("softmax_last_dim", |be, x, _, _| ops::softmax_last_dim(be, x).unwrap()),
+            ("layer_norm", |be, x, w, b| ops::layer_norm(be, x, w, b, 1e-5).unwrap()),
+            ("add_bias", |be, x, _, b| ops::add_bias(be, x, b).unwrap()),
+        ];
+        for (name, op) in cases {
+            for _ in 0..3 {
+                // A NaN-filled buffer of the output's size, handed to the recycler.
+                drop(Storage::recycled(vec![f32::NAN; 64 * 300]));
+                let got = op(be, &x, &w, &b);
+                assert!(got.f32s("got").unwrap().iter().all(|v| v.is_finite()), "{name}: old values leaked");
+                assert_close(&got, &op(reference(), &x, &w, &b), 1e-4, 1e-5, name);
+            }
+        }
+    };
     matmul_all_shapes => |be| {
         let mut r = Rng(7);
         for &(m, k, n) in &[(1, 1, 1), (1, 768, 77), (1, 2100, 300), (3, 5, 7), (7, 64, 200), (8, 33, 65), (37, 300, 51), (128, 257, 96), (200, 16, 513), (1, 0, 4), (0, 3, 4)] {

@@ -1,7 +1,7 @@
 //! Matrix products: `matmul` (rank 2, batched rank 3, `[B, M, K] @ [K, N]`), `linear`
 //! (`x @ W + b` fused) and `add_bias`.
 
-use super::{last_dim, new_f32};
+use super::{last_dim, new_f32, new_f32_overwritten};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -110,5 +110,5 @@ pub fn add_bias(be: &dyn Backend, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             bias.shape()
         )));
     }
-    new_f32(be, x.shape().to_vec(), |out| be.add_bias(xs, bs, out))
+    new_f32_overwritten(be, x.shape().to_vec(), |out| be.add_bias(xs, bs, out))
 }

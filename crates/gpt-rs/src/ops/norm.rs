@@ -1,6 +1,6 @@
 //! Layer normalization over the last dimension.
 
-use super::{last_dim, new_f32};
+use super::{last_dim, new_f32_overwritten};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -37,7 +37,7 @@ pub fn layer_norm(
             "layer_norm: eps must be a positive finite number, got {eps}"
         )));
     }
-    new_f32(be, x.shape().to_vec(), |out| {
+    new_f32_overwritten(be, x.shape().to_vec(), |out| {
         be.layer_norm(xs, ws, bs, out, c, eps)
     })
 }
