@@ -127,7 +127,11 @@ def test_stream_joins_to_generate_and_stop_strings(model):
     for kw in ({"seed": 1}, {"seed": 2, "temperature": 0.7}, {"temperature": 0}):
         text = model.generate("def main():", 40, stop_token_ids=[], **kw)
         pieces = list(model.stream("def main():", 40, stop_token_ids=[], **kw))
-        assert "".join(pieces) == text and len(pieces) > 1
+        assert "".join(pieces) == text
+        # Text that ends in U+FFFD is held back (its bytes may still complete a character), so
+        # an output of nothing but invalid bytes comes out in one piece at the end; the fixture
+        # model (random weights, a tokenizer trained on the repository's READMEs) can do that.
+        assert len(pieces) > 1 or set(text) == {"\ufffd"}, (kw, text, pieces)
     full = model.generate("x = ", 40, temperature=0, stop_token_ids=[])
     stop = full[10:12]
     cut = model.generate("x = ", 40, temperature=0, stop_token_ids=[], stop=[stop])

@@ -127,10 +127,12 @@ pub const LARGE_COPY: usize = 4 << 20;
 pub mod recycle {
     use std::sync::Mutex;
 
-    /// Buffers below this many floats are not kept (malloc and memset are cheap there).
+    /// Buffers below this many floats are not kept (malloc and memset are cheap there), nor
+    /// above `MAX_LEN` (4 MiB: a large tensor's memory goes back when it is dropped).
     const MIN_LEN: usize = 16 << 10;
+    const MAX_LEN: usize = 1 << 20;
     /// At most this many bytes, in at most `MAX_BUFFERS` buffers, are kept.
-    const MAX_BYTES: usize = 32 << 20;
+    const MAX_BYTES: usize = 16 << 20;
     const MAX_BUFFERS: usize = 8;
 
     static KEPT: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
@@ -138,7 +140,7 @@ pub mod recycle {
     /// A buffer of `n` floats with unspecified (old) contents, for a kernel that writes every
     /// element.
     pub fn take(n: usize) -> Vec<f32> {
-        if n >= MIN_LEN {
+        if (MIN_LEN..=MAX_LEN).contains(&n) {
             let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(i) = kept.iter().position(|v| v.len() == n) {
                 return kept.swap_remove(i);
@@ -149,7 +151,7 @@ pub mod recycle {
 
     /// Keeps `v` for a later `take`, if there is room.
     pub(super) fn give(v: Vec<f32>) {
-        if v.len() < MIN_LEN {
+        if !(MIN_LEN..=MAX_LEN).contains(&v.len()) {
             return;
         }
         let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
