@@ -3,8 +3,9 @@
 //! the kernels keep the weight streams sequential and the accumulators in registers or cache.
 //!
 //! - `[k, n]` weights (`a @ b`, `functional.matmul`): B is streamed eight rows at a time into
-//!   column accumulators in L2; threads split the columns. (Prefetching rows ahead here was
-//!   measured neutral to 15% slower at one row, so it is not done.)
+//!   column accumulators in L2; threads split the columns, or, for one row and narrow
+//!   outputs (1x3072x768), the blocks of depth (`depth_blocks`). (Prefetching rows ahead here
+//!   was measured neutral to 15% slower at one row, so it is not done.)
 //! - `[n, k]` weights (`a @ b^T`, e.g. the tied output projection): one dot product per
 //!   output, each weight row read once for all rows of A. A thread's rows are one contiguous
 //!   stream, and software prefetch runs `simd::stream_prefetch()` floats ahead of it where that
