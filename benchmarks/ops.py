@@ -142,7 +142,7 @@ def run(threads: int, quick: bool) -> None:
 
     backends = gpt_rs.list_backends()
     head = f"{'op':<26}{'numpy':>11}" + ("" if torch is None else f"{'torch':>11}")
-    head += "".join(f"{b:>12}{'np/x':>6}" for b in backends)
+    head += "".join(f" {b:>12}{'np/x':>8}" for b in backends)
     print(f"\n### {threads} thread(s)\n")
     print(head)
     for name, args, ours, theirs, tor in cases:
@@ -157,11 +157,11 @@ def run(threads: int, quick: bool) -> None:
         time.sleep(0.3 if threads > 1 else 0)
         for be in backends:
             if be == "cpu-portable" and "1024x1024" in name:
-                row += f"{'(skipped)':>12}{'':>6}"
+                row += f" {'(skipped)':>12}{'':>8}"
                 continue
             gpt_rs.set_backend(be)
             t = bench(lambda ours=ours, tens=tens: ours(gpt_rs.functional, *tens), repeats)
-            row += f"{fmt(t):>12}{t_np / t:>6.2f}"
+            row += f" {fmt(t):>12}{t_np / t:>8.2f}"
         gpt_rs.set_backend("cpu")
         print(row, flush=True)
 
