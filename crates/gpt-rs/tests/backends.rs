@@ -297,6 +297,8 @@ fn cpu_matmul_rows_are_independent_of_batch() {
 /// narrow `[k, n]` weights split over blocks of depth, wide ones over columns.
 #[test]
 fn cpu_one_row_products_are_independent_of_thread_count() {
+    // Other tests change the process-wide SIMD level (`at_every_level`); hold it still.
+    let _guard = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let be = BackendKind::Cpu.get().unwrap();
     let mut r = Rng(31);
     for &(k, n) in &[(3072, 768), (2100, 300), (768, 3072), (1100, 97)] {
