@@ -15,11 +15,11 @@ use super::simd::{level, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
 use super::vector::{prefetch, Scalar, Vf};
-use super::{gemv, pool_threads, KC};
+use super::{for_each_chunk_mut, gemm_threads, gemv, KC};
 use crate::backend::{Panels, SendPtr, PANEL};
 
 /// Rows below which the GEMV path wins (no packing).
-pub(super) const SMALL_M: usize = 8;
+const SMALL_M: usize = 8;
 /// Bytes of packed B panels that the strips of A meet before moving on (fits in L2).
 const B_BYTES: usize = 512 << 10;
 
@@ -410,8 +410,8 @@ fn pack_a(
     }
 }
 
-/// `c = a @ b (+ bias)`; runs inside the engine's thread pool, or on the caller's thread (a
-/// one-thread engine; the GEMV path, which spreads itself with `threads::for_each_index`).
+/// `c = a @ b (+ bias)`, from any thread: both paths (GEMV, blocked GEMM) split their work with
+/// `threads::for_each_index`, the calling thread included.
 pub fn matmul(
     a: &[f32],
     b: &[f32],
@@ -432,7 +432,7 @@ pub fn matmul(
     gemm(a, ALayout::MK, BSource::Pack(b, BLayout::KN), c, m, k, n)
 }
 
-/// `c += a^T @ b` with `a` stored `[k, m]` (weight gradients); runs inside the engine's pool.
+/// `c += a^T @ b` with `a` stored `[k, m]` (weight gradients).
 pub fn matmul_tn_acc(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     if m == 0 || n == 0 || k == 0 {
         return;
@@ -442,7 +442,7 @@ pub fn matmul_tn_acc(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n:
 
 /// Rows below which `matmul_nt` uses dot products (no packing; each row is computed the same
 /// way whatever the row count, so batched decoding equals one-by-one decoding).
-pub(super) const NT_SMALL_M: usize = 16;
+const NT_SMALL_M: usize = 16;
 
 /// `c = a @ b^T` with `b` stored `[n, k]`; runs where `matmul` does.
 pub fn matmul_nt(
@@ -464,9 +464,9 @@ pub fn matmul_nt(
     gemm(a, ALayout::MK, BSource::Pack(b, BLayout::NK), c, m, k, n)
 }
 
-/// `c = a @ W (+ bias)` with `W` prepared as `Panels` (read in place, never packed); runs
-/// inside the engine's thread pool. Few rows take the GEMV path, whose rows are computed the
-/// same way whatever the row count (batched decoding equals one-by-one decoding).
+/// `c = a @ W (+ bias)` with `W` prepared as `Panels` (read in place, never packed). Few rows
+/// take the GEMV path, whose rows are computed the same way whatever the row count (batched
+/// decoding equals one-by-one decoding).
 pub fn matmul_panels(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     let (k, n) = (w.k(), w.n());
     crate::backend::init_output(c, bias, n);
@@ -507,7 +507,7 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
     let tile_fn = tile_kernel(level());
     let cp = SendPtr(c.as_mut_ptr());
     let (mr, nr) = blocking(level());
-    let threads = pool_threads();
+    let threads = gemm_threads(m * k * n);
     let strips = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
     let kblocks = k.div_ceil(KC);
@@ -537,14 +537,7 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
         let blocks = &mut apack_buf[..packed * mr * k];
         let block = packed * mr * KC;
         if threads > 1 {
-            let (len, bp) = (blocks.len(), SendPtr(blocks.as_mut_ptr()));
-            crate::threads::for_each_index(len.div_ceil(block), &|kb| {
-                let (s, e) = (kb * block, ((kb + 1) * block).min(len));
-                // SAFETY: K block kb is blocks[s..e]; blocks are disjoint and outlive the call.
-                pack((kb, unsafe {
-                    std::slice::from_raw_parts_mut(bp.get().add(s), e - s)
-                }))
-            });
+            for_each_chunk_mut(blocks, block, |kb, dst| pack((kb, dst)));
         } else {
             blocks.chunks_mut(block).enumerate().for_each(pack);
         }

@@ -45,11 +45,7 @@ pub(super) fn matmul_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
 /// columns: when the threads' column chunks would be short runs of each weight row (under
 /// 1024 columns, 4 KiB) and there are enough blocks for every task. One thread never splits.
 fn split_depth(n: usize, k: usize) -> bool {
-    let threads = if rayon::current_thread_index().is_some() {
-        rayon::current_num_threads()
-    } else {
-        crate::threads::num_threads()
-    };
+    let threads = threads_here();
     threads > 1
         && n.div_ceil(2 * threads) < 1024
         && k.div_ceil(KC) >= 2 * threads
@@ -424,6 +420,15 @@ fn kernels(l: SimdLevel) -> Kernels {
     Kernels { kn, nk, panels }
 }
 
+/// Threads to split over: the current pool's on a pool thread, the engine's elsewhere.
+fn threads_here() -> usize {
+    if rayon::current_thread_index().is_some() {
+        rayon::current_num_threads()
+    } else {
+        crate::threads::num_threads()
+    }
+}
+
 /// Calls `f(j0, width)` over chunks of `0..n` columns (at most `max_chunk` wide, about two per
 /// thread, or as few as fit with one thread, starting at multiples of `align`), in parallel
 /// when `work` is large: on the pool, or from the caller's thread with the caller working too
@@ -436,11 +441,7 @@ fn column_chunks(
     f: impl Fn(usize, usize) + Sync + Send,
 ) {
     let on_pool = rayon::current_thread_index().is_some();
-    let threads = if on_pool {
-        rayon::current_num_threads()
-    } else {
-        crate::threads::num_threads()
-    };
+    let threads = threads_here();
     // Off the pool, waking a helper costs the caller a few microseconds: worth it from ~20 us.
     let min_work = if on_pool { 1 << 15 } else { 1 << 17 };
     // One thread takes the fewest equal chunks (longest contiguous runs of each weight row).

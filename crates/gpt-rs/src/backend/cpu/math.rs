@@ -168,8 +168,7 @@ fn poly8<M: MulAdd, L: Lanes>(x: L, c: [f32; 8]) -> L {
 }
 
 /// e^x for x in [-87, 88]: range reduction by n = round(x / ln 2), a degree-5 polynomial by
-/// Horner's rule,
-/// and the power of two built in the exponent bits.
+/// Horner's rule, and the power of two built in the exponent bits.
 #[inline(always)]
 fn exp_in_range<M: MulAdd, L: Lanes>(x: L) -> L {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -255,9 +254,9 @@ pub fn exp_nonpositive<M: MulAdd, L: Lanes>(x: L) -> L {
     )
 }
 
-/// erfc(z) / 2 for 0 <= z <= 9.2 (the exponent argument then stays above -87), as `u exp(P(2u) - z^2)` with `u = 1 / (2 + z)` (Numerical Recipes'
-/// `erfcc` form, `t = 2u = 1 / (1 + z / 2)`, with the halving folded in) and P refitted for
-/// z < 9.5 only: beyond, `exp` underflows to 0 anyway. P's coefficients are stored for `u`
+/// erfc(z) / 2 for 0 <= z <= 9.2 (the exponent argument then stays above -87), as
+/// `u exp(P(2u) - z^2)` with `u = 1 / (2 + z)` (Numerical Recipes' `erfcc` form,
+/// `t = 2u = 1 / (1 + z / 2)`, with the halving folded in) and P fitted for z < 9.5. P's coefficients are stored for `u`
 /// (scaled by powers of two, exactly). Fractional error below 7e-7 (P's own fit error is
 /// 6.3e-7), so GELU stays accurate relative to its result far into the negative inputs.
 #[inline(always)]

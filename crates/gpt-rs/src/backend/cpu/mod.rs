@@ -49,8 +49,8 @@ pub(crate) fn par_rows(
 }
 
 /// Calls `f(t, chunk)` for each `chunk`-long piece `t` of `out` (the last may be shorter) over
-/// the engine's threads, the caller included (`threads::for_each_index`: rayon on a pool
-/// thread, sequential with one thread).
+/// the engine's threads, the caller included (`threads::for_each_index`; sequential with one
+/// thread).
 fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let (len, o) = (out.len(), SendPtr(out.as_mut_ptr()));
     threads::for_each_index(len.div_ceil(chunk), &|t| {
@@ -66,20 +66,16 @@ fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32
 /// depth, so a row's result does not depend on which path computed it.
 const KC: usize = 256;
 
-thread_local! {
-    /// Set while this (non-pool) thread runs a product large enough to split (`split_if_large`).
-    static SPLIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+/// Multiply-adds below which a blocked GEMM runs on the calling thread alone (helpers cost a
+/// few microseconds, more than a small product itself).
+const GEMM_SPLIT_MIN_WORK: usize = 1 << 15;
 
-/// Threads a blocked GEMM splits over (with `threads::for_each_index`): the engine pool's
-/// size on a pool thread or inside `split_if_large`, 1 for a small product called from elsewhere.
-fn pool_threads() -> usize {
-    if rayon::current_thread_index().is_some() {
-        rayon::current_num_threads()
-    } else if SPLIT.with(|s| s.get()) {
-        threads::num_threads()
-    } else {
+/// Threads a blocked GEMM of `work` multiply-adds splits over (`threads::for_each_index`).
+fn gemm_threads(work: usize) -> usize {
+    if work < GEMM_SPLIT_MIN_WORK {
         1
+    } else {
+        threads::num_threads()
     }
 }
 
@@ -87,33 +83,6 @@ fn pool_threads() -> usize {
 /// alone: splitting buys nothing there.
 fn single_thread() -> bool {
     threads::num_threads() == 1
-}
-
-/// Runs `f` on the calling thread, letting the products in it split over the engine's threads
-/// (the caller working too) unless `work` (multiply-adds) is too small to split (helpers cost
-/// a few microseconds, more than a small product itself) or the engine has one thread.
-fn split_if_large<R>(work: usize, f: impl FnOnce() -> R) -> R {
-    if work < 1 << 15 || single_thread() || rayon::current_thread_index().is_some() {
-        return f();
-    }
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            SPLIT.with(|s| s.set(self.0));
-        }
-    }
-    let _reset = Reset(SPLIT.with(|s| s.replace(true)));
-    f()
-}
-
-/// Runs a product: decode-shaped ones (`few_rows`, the GEMV path) split their column chunks
-/// themselves; blocked GEMMs split when large enough (`split_if_large`).
-fn product(few_rows: bool, work: usize, f: impl FnOnce()) {
-    if few_rows {
-        f()
-    } else {
-        split_if_large(work, f)
-    }
 }
 
 impl Backend for Cpu {
@@ -131,13 +100,11 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
-        product(m < gemm::SMALL_M, m * k * n, || {
-            gemm::matmul(a, b, bias, c, m, k, n)
-        })
+        gemm::matmul(a, b, bias, c, m, k, n)
     }
 
     fn matmul_tn_acc(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-        split_if_large(m * k * n, || gemm::matmul_tn_acc(a, b, c, m, k, n))
+        gemm::matmul_tn_acc(a, b, c, m, k, n)
     }
 
     fn matmul_nt(
@@ -150,17 +117,11 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
-        let work = m * k * n;
-        product(m < gemm::NT_SMALL_M, work, || {
-            gemm::matmul_nt(a, b, bias, c, m, k, n)
-        })
+        gemm::matmul_nt(a, b, bias, c, m, k, n)
     }
 
     fn matmul_panels(&self, a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
-        let work = m * w.k() * w.n();
-        product(m < gemm::NT_SMALL_M, work, || {
-            gemm::matmul_panels(a, w, bias, c, m)
-        })
+        gemm::matmul_panels(a, w, bias, c, m)
     }
 
     fn softmax_rows(&self, x: &[f32], out: &mut [f32], cols: usize) {
