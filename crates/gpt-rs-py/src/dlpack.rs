@@ -6,6 +6,7 @@
 use std::ffi::{c_void, CStr};
 use std::sync::Arc;
 
+use gpt_rs::memory;
 use gpt_rs::storage::{Owner, Storage};
 use gpt_rs::tensor::Data;
 use gpt_rs::Tensor;
@@ -99,7 +100,7 @@ pub fn export<'py>(
         }
     }
     let t = if copy == Some(true) {
-        deep_copy(t)
+        deep_copy(t).map_err(to_py)?
     } else {
         t.clone()
     };
@@ -159,12 +160,13 @@ pub fn export<'py>(
     }
 }
 
-fn deep_copy(t: &Tensor) -> Tensor {
+fn deep_copy(t: &Tensor) -> gpt_rs::Result<Tensor> {
+    let what = "__dlpack__(copy=True): the copy";
     let data = match t.data() {
-        Data::F32(s) => Data::F32(Storage::from_vec(s.as_slice().to_vec())),
-        Data::I32(s) => Data::I32(Storage::from_vec(s.as_slice().to_vec())),
+        Data::F32(s) => Data::F32(Storage::from_vec(memory::copy(s.as_slice(), what)?)),
+        Data::I32(s) => Data::I32(Storage::from_vec(memory::copy(s.as_slice(), what)?)),
     };
-    Tensor::new(data, t.shape().to_vec(), t.backend()).expect("same shape and length")
+    Tensor::new(data, t.shape().to_vec(), t.backend())
 }
 
 /// Owns an imported DLPack tensor; calls the producer's deleter when the last user is gone.
@@ -184,11 +186,199 @@ impl Drop for Imported {
     }
 }
 
+/// What a validated capsule describes: shape, where its first element is, whether it is a
+/// C-contiguous float32/int32 buffer that can be shared as is.
+struct Checked {
+    shape: Vec<usize>,
+    ptr: *const u8,
+    shareable: bool,
+    code: u8,
+}
+
+/// Validates every field of a producer's `DLTensor` before anything reads its memory: a
+/// capsule is foreign input, and a wrong field would otherwise be a segfault.
+///
+/// # Safety
+/// `dt` must point to a readable `DLTensor` (the capsule's pointer, checked by name).
+unsafe fn check(dt: &DLTensor) -> PyResult<Checked> {
+    let bad = |m: String| PyValueError::new_err(format!("from_dlpack: {m}"));
+    if dt.device.device_type != DEVICE_CPU {
+        return Err(bad(format!(
+            "gpt_rs works on CPU memory, got DLPack device type {}",
+            dt.device.device_type
+        )));
+    }
+    if !(0..=MAX_NDIM).contains(&dt.ndim) {
+        return Err(bad(format!(
+            "the capsule's ndim is {}; expected 0 to {MAX_NDIM}",
+            dt.ndim
+        )));
+    }
+    let ndim = dt.ndim as usize;
+    let (code, bits, lanes) = (dt.dtype.code, dt.dtype.bits, dt.dtype.lanes);
+    if lanes != 1 || bits == 0 || !bits.is_multiple_of(8) {
+        return Err(PyTypeError::new_err(format!(
+            "from_dlpack: unsupported DLPack dtype (code {code}, {bits} bits, {lanes} lanes): \
+             only scalar types of whole bytes can be imported"
+        )));
+    }
+    if ndim > 0 && dt.shape.is_null() {
+        return Err(bad(format!(
+            "the capsule has ndim {ndim} but no shape (NULL)"
+        )));
+    }
+    // SAFETY: non-null with `ndim` entries, as the DLPack contract states for `shape`.
+    let dims: &[i64] = if ndim == 0 {
+        &[]
+    } else {
+        unsafe { std::slice::from_raw_parts(dt.shape, ndim) }
+    };
+    if let Some(d) = dims.iter().find(|&&d| d < 0) {
+        return Err(bad(format!(
+            "the capsule's shape {dims:?} has a negative dimension {d}"
+        )));
+    }
+    let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    let numel = memory::numel_u128(&shape);
+    let item = (bits / 8) as i128;
+    memory::check_size::<u8>(numel * item as u128, "from_dlpack: the tensor").map_err(to_py)?;
+    // Strides in elements; NULL means C-contiguous. The span [lo, hi] of element offsets
+    // any index can reach (negative strides reach below the first element).
+    let strides: Vec<i64> = if dt.strides.is_null() || ndim == 0 {
+        let mut s = vec![0i64; ndim];
+        let mut acc = 1i64;
+        for i in (0..ndim).rev() {
+            s[i] = acc;
+            acc = acc.saturating_mul(dims[i].max(1));
+        }
+        s
+    } else {
+        // SAFETY: non-null with `ndim` entries (DLPack contract).
+        unsafe { std::slice::from_raw_parts(dt.strides, ndim) }.to_vec()
+    };
+    let contiguous = {
+        let mut expect = 1i128;
+        let mut ok = true;
+        for i in (0..ndim).rev() {
+            if shape[i] != 1 && strides[i] as i128 != expect {
+                ok = false;
+            }
+            expect *= shape[i] as i128;
+        }
+        ok
+    };
+    let base = (dt.data as usize as i128) + dt.byte_offset as i128;
+    if numel > 0 {
+        if dt.data.is_null() {
+            return Err(bad(format!(
+                "the capsule's data pointer is NULL but its shape {dims:?} has {numel} elements"
+            )));
+        }
+        let (mut lo, mut hi) = (0i128, 0i128);
+        for (&d, &st) in shape.iter().zip(&strides) {
+            let reach = (d as i128 - 1) * st as i128;
+            if reach < 0 {
+                lo += reach;
+            } else {
+                hi += reach;
+            }
+        }
+        let (start, end) = (base + lo * item, base + (hi + 1) * item);
+        if start <= 0 || end > MAX_ADDRESS {
+            return Err(bad(format!(
+                "the capsule's data pointer, byte_offset {} and strides {strides:?} describe \
+                 memory outside the address space",
+                dt.byte_offset
+            )));
+        }
+        if !is_mapped(start as usize, (end - start) as usize) {
+            return Err(bad(format!(
+                "the memory the capsule describes (data pointer, byte_offset {}, shape {dims:?}, \
+                 strides {strides:?}) is not mapped in this process",
+                dt.byte_offset
+            )));
+        }
+    }
+    let native = bits == 32 && matches!(code, CODE_FLOAT | CODE_INT);
+    Ok(Checked {
+        shape,
+        ptr: base as usize as *const u8,
+        shareable: native && contiguous && (base as usize).is_multiple_of(4),
+        code,
+    })
+}
+
+/// At most this many dimensions (NumPy's limit).
+const MAX_NDIM: i32 = 64;
+/// The end of the lower half of a 64-bit address space, where user memory lives.
+const MAX_ADDRESS: i128 = 1 << 63;
+
+/// Whether every page of `[start, start + len)` is mapped (`mincore` fails with ENOMEM on
+/// unmapped pages). Protection is not checked: mapped memory the producer cannot read is
+/// outside what a capsule can be checked for.
+fn is_mapped(start: usize, len: usize) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let first = start / page * page;
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        let span = end - first;
+        let Ok(mut residency) = memory::zeroed::<u8>(span.div_ceil(page), "") else {
+            return false;
+        };
+        // SAFETY: `first` is page-aligned and `residency` has one byte per page of the span;
+        // mincore only writes to `residency` and fails cleanly for unmapped ranges.
+        let rc = unsafe {
+            libc::mincore(
+                first as *mut c_void,
+                span,
+                residency.as_mut_ptr() as *mut libc::c_uchar,
+            )
+        };
+        rc == 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (start, len);
+        true
+    }
+}
+
+/// Hands an already validated capsule to NumPy (for dtypes and layouts NumPy converts):
+/// `numpy.from_dlpack` asks this object, not the producer, for the capsule, so what NumPy
+/// reads is what was checked.
+#[pyclass(name = "_CheckedCapsule", module = "gpt_rs")]
+struct CheckedCapsule {
+    capsule: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl CheckedCapsule {
+    #[pyo3(signature = (**_kwargs))]
+    fn __dlpack__(
+        &mut self,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.capsule
+            .take()
+            .ok_or_else(|| PyBufferError::new_err("the capsule was already consumed"))
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (DEVICE_CPU, 0)
+    }
+}
+
 /// Creates a tensor from any object implementing the DLPack protocol (``__dlpack__``), such
 /// as a NumPy array or a PyTorch CPU tensor.
 ///
 /// C-contiguous float32/int32 CPU data is shared (no copy); other dtypes and strides are
-/// converted with a copy, following ``Tensor.from_numpy``'s rules.
+/// converted with a copy, following ``Tensor.from_numpy``'s rules. Every field of the
+/// producer's capsule (ndim, shape, strides, data pointer and offset, dtype) is checked
+/// first: an inconsistent one raises ValueError or TypeError.
 ///
 /// Args:
 ///     obj: an object with ``__dlpack__`` and ``__dlpack_device__``.
@@ -215,8 +405,8 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
                 .unwrap_or_default()
         ))
     })?;
-    // SAFETY: we only read the capsule after checking its name, and take ownership (rename)
-    // only when we will wrap it.
+    // SAFETY: we only read the capsule after checking its name, read its memory only after
+    // `check`, and take ownership (rename) only when we will wrap it.
     unsafe {
         let capp = cap.as_ptr();
         if ffi::PyCapsule_IsValid(capp, NAME.as_ptr()) != 1 {
@@ -225,54 +415,46 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
             ));
         }
         let m = ffi::PyCapsule_GetPointer(capp, NAME.as_ptr()) as *mut DLManagedTensor;
-        let dt = &(*m).dl_tensor;
-        if dt.device.device_type != DEVICE_CPU {
-            return Err(PyValueError::new_err(format!(
-                "from_dlpack: gpt_rs works on CPU memory, got DLPack device type {}",
-                dt.device.device_type
-            )));
+        if m.is_null() {
+            return Err(PyValueError::new_err("from_dlpack: the capsule holds NULL"));
         }
-        let ndim = dt.ndim.max(0) as usize;
-        let shape: Vec<usize> = if ndim == 0 {
-            vec![]
-        } else {
-            std::slice::from_raw_parts(dt.shape, ndim)
-                .iter()
-                .map(|&d| d as usize)
-                .collect()
-        };
-        let contiguous = dt.strides.is_null() || {
-            let strides = std::slice::from_raw_parts(dt.strides, ndim);
-            let mut expect = 1i64;
-            let mut ok = true;
-            for i in (0..ndim).rev() {
-                if shape[i] != 1 && strides[i] != expect {
-                    ok = false;
-                }
-                expect *= shape[i] as i64;
-            }
-            ok
-        };
-        let ptr = (dt.data as *const u8).add(dt.byte_offset as usize);
-        let native = dt.dtype.lanes == 1
-            && dt.dtype.bits == 32
-            && matches!(dt.dtype.code, CODE_FLOAT | CODE_INT);
-        if !(native && contiguous && (ptr as usize).is_multiple_of(4)) {
-            drop(cap);
-            let arr = py.import("numpy")?.call_method1("from_dlpack", (obj,))?;
+        let c = check(&(*m).dl_tensor)?;
+        if !c.shareable {
+            let holder = Bound::new(
+                py,
+                CheckedCapsule {
+                    capsule: Some(cap.unbind()),
+                },
+            )?;
+            let arr = py.import("numpy")?.call_method1("from_dlpack", (holder,))?;
             return tensor_from_numpy(&arr, true).map(PyTensor::wrap);
         }
-        let len: usize = shape.iter().product();
-        let code = dt.dtype.code;
+        let len = memory::numel_u128(&c.shape) as usize;
         ffi::PyCapsule_SetName(capp, USED_NAME.as_ptr());
         let owner: Owner = Arc::new(Imported(m));
-        let data = if code == CODE_FLOAT {
-            Data::F32(Storage::from_raw_parts(ptr as *const f32, len, true, owner))
+        let data = if c.code == CODE_FLOAT {
+            Data::F32(Storage::from_raw_parts(
+                c.ptr as *const f32,
+                len,
+                true,
+                owner,
+            ))
         } else {
-            Data::I32(Storage::from_raw_parts(ptr as *const i32, len, true, owner))
+            Data::I32(Storage::from_raw_parts(
+                c.ptr as *const i32,
+                len,
+                true,
+                owner,
+            ))
         };
-        Tensor::new(data, shape, current_backend())
+        Tensor::new(data, c.shape, current_backend())
             .map(PyTensor::wrap)
             .map_err(to_py)
     }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<CheckedCapsule>()?;
+    m.add_function(wrap_pyfunction!(from_dlpack, m)?)?;
+    Ok(())
 }

@@ -5,8 +5,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use gpt_rs::Error;
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyOverflowError, PyRuntimeError,
-    PyTypeError, PyValueError,
+    PyFileNotFoundError, PyKeyboardInterrupt, PyMemoryError, PyOSError, PyOverflowError,
+    PyRuntimeError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 
@@ -18,6 +18,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Overflow(_) => PyOverflowError::new_err(msg),
         Error::Io(_) => PyOSError::new_err(msg),
         Error::NotFound(_) => PyFileNotFoundError::new_err(msg),
+        Error::Memory(_) => PyMemoryError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::Backend(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
     }

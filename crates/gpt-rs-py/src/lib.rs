@@ -1,6 +1,7 @@
 //! `gpt_rs._native`: the PyO3 layer. It only translates: Python objects to engine tensors and
 //! back, engine errors to Python exceptions, and it releases the GIL around engine work.
 
+mod args;
 mod dlpack;
 mod errors;
 mod functional;
@@ -105,7 +106,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
     m.add_function(wrap_pyfunction!(get_simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
-    m.add_function(wrap_pyfunction!(dlpack::from_dlpack, m)?)?;
+    dlpack::register(m)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     tensor::register(m)?;
     functional::register(m)?;

@@ -24,18 +24,7 @@ pub struct PyTokenizer {
     pub inner: Arc<Tokenizer>,
 }
 
-fn ids_from_py(ids: Vec<i64>, what: &str) -> PyResult<Vec<u32>> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            u32::try_from(t).map_err(|_| {
-                PyValueError::new_err(format!(
-                    "{what}: token id {t} at position {i} is negative or too large"
-                ))
-            })
-        })
-        .collect()
-}
+use crate::args::{self, token_ids as ids_from_py, Int};
 
 #[pymethods]
 impl PyTokenizer {
@@ -68,7 +57,7 @@ impl PyTokenizer {
     }
 
     /// Token ids to text (special tokens skipped). Raises ValueError for ids outside the vocabulary.
-    fn decode(&self, ids: Vec<i64>) -> PyResult<String> {
+    fn decode(&self, ids: Vec<Int>) -> PyResult<String> {
         let ids = ids_from_py(ids, "decode")?;
         crate::errors::catch_panics(|| self.inner.decode(&ids)).map_err(to_py)
     }
@@ -88,16 +77,20 @@ impl PyTokenizer {
     ///
     /// Args:
     ///     texts: the training documents.
-    ///     vocab_size: the number of tokens, at least 257 (256 byte symbols + ``<|endoftext|>``).
+    ///     vocab_size: the number of tokens, from 257 (256 byte symbols + ``<|endoftext|>``)
+    ///         to 2**21.
     ///     min_frequency: merges seen fewer times than this are not learned.
     #[staticmethod]
-    #[pyo3(signature = (texts, vocab_size, min_frequency = 2))]
+    #[pyo3(signature = (texts, vocab_size, min_frequency = Int(2)))]
     fn train(
         py: Python<'_>,
         texts: Vec<String>,
-        vocab_size: usize,
-        min_frequency: u64,
+        vocab_size: Int,
+        min_frequency: Int,
     ) -> PyResult<Self> {
+        let max = gpt_rs::tokenizer::MAX_VOCAB;
+        let vocab_size = vocab_size.within("vocab_size", 257, max as i128)? as usize;
+        let min_frequency = min_frequency.within("min_frequency", 0, u32::MAX as i128)? as u64;
         if texts.iter().all(|t| t.is_empty()) {
             return Err(PyValueError::new_err(
                 "cannot train a tokenizer on an empty corpus",
@@ -222,27 +215,22 @@ impl PyModel {
     #[allow(clippy::too_many_arguments)]
     fn gen_args(
         &self,
-        max_new_tokens: i64,
+        max_new_tokens: Int,
         temperature: f64,
-        top_k: Option<i64>,
+        top_k: Option<Int>,
         top_p: Option<f64>,
         min_p: Option<f64>,
         repetition_penalty: Option<f64>,
-        seed: Option<u64>,
-        stop_token_ids: Option<Vec<i64>>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
         stop: Option<Vec<String>>,
     ) -> PyResult<GenArgs> {
-        let max_new_tokens = usize::try_from(max_new_tokens).map_err(|_| {
-            PyValueError::new_err(format!("max_new_tokens must be >= 0, got {max_new_tokens}"))
-        })?;
+        let max_new_tokens = max_new_tokens.within("max_new_tokens", 0, u32::MAX as i128)? as usize;
+        // A top_k beyond the vocabulary keeps every token (as Hugging Face's TopKLogitsWarper).
         let top_k = top_k
-            .map(|k| {
-                usize::try_from(k)
-                    .ok()
-                    .filter(|&k| k > 0)
-                    .ok_or_else(|| PyValueError::new_err(format!("top_k must be >= 1, got {k}")))
-            })
+            .map(|k| k.within("top_k", 1, i64::MAX as i128).map(|k| k as usize))
             .transpose()?;
+        let seed = args::seed(seed)?;
         let stop_token_ids = match stop_token_ids {
             Some(ids) => ids_from_py(ids, "stop_token_ids")?,
             None => self
@@ -295,7 +283,10 @@ impl PyModel {
                 let reused = scratch.try_lock().ok().and_then(|mut s| s.take());
                 let (mut cache, mut ws) = match reused {
                     Some((cache, ws)) if cache.capacity() >= ids.len() => (cache, ws),
-                    _ => (KvCache::new(&model.config, ids.len()), Workspace::default()),
+                    _ => (
+                        KvCache::new(&model.config, ids.len())?,
+                        Workspace::default(),
+                    ),
                 };
                 cache.len = 0;
                 model.forward(
@@ -388,7 +379,7 @@ impl PyModel {
     fn forward_tokens<'py>(
         &self,
         py: Python<'py>,
-        ids: Vec<i64>,
+        ids: Vec<Int>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let ids = ids_from_py(ids, "forward_tokens")?;
         let t = ids.len();
@@ -400,7 +391,7 @@ impl PyModel {
 
     /// Logits of the last position: float32 array of shape ``(vocab_size,)`` (only that row
     /// goes through the output projection).
-    fn logits<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    fn logits<'py>(&self, py: Python<'py>, ids: Vec<Int>) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let ids = ids_from_py(ids, "logits")?;
         Ok(PyArray1::from_vec(
             py,
@@ -428,15 +419,15 @@ impl PyModel {
     fn generate_tokens(
         &self,
         py: Python<'_>,
-        prompt_ids: Vec<i64>,
-        max_new_tokens: i64,
+        prompt_ids: Vec<Int>,
+        max_new_tokens: Int,
         temperature: f64,
-        top_k: Option<i64>,
+        top_k: Option<Int>,
         top_p: Option<f64>,
         min_p: Option<f64>,
         repetition_penalty: Option<f64>,
-        seed: Option<u64>,
-        stop_token_ids: Option<Vec<i64>>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
     ) -> PyResult<Vec<u32>> {
         let prompt = ids_from_py(prompt_ids, "prompt_ids")?;
         let args = self.gen_args(
@@ -458,20 +449,20 @@ impl PyModel {
     ///
     /// Takes the sampling arguments of ``generate_tokens``, plus ``stop``: strings that end
     /// generation (the text is cut before the first one).
-    #[pyo3(signature = (prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[pyo3(signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
         py: Python<'_>,
         prompt: &str,
-        max_new_tokens: i64,
+        max_new_tokens: Int,
         temperature: f64,
-        top_k: Option<i64>,
+        top_k: Option<Int>,
         top_p: Option<f64>,
         min_p: Option<f64>,
         repetition_penalty: Option<f64>,
-        seed: Option<u64>,
-        stop_token_ids: Option<Vec<i64>>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
         stop: Option<Vec<String>>,
     ) -> PyResult<String> {
         Ok(self
@@ -493,20 +484,20 @@ impl PyModel {
 
     /// Generates continuations of several prompts at once (one batched forward per step);
     /// each result equals what ``generate`` gives for that prompt alone.
-    #[pyo3(signature = (prompts, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[pyo3(signature = (prompts, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
     #[allow(clippy::too_many_arguments)]
     fn generate_batch(
         &self,
         py: Python<'_>,
         prompts: Vec<String>,
-        max_new_tokens: i64,
+        max_new_tokens: Int,
         temperature: f64,
-        top_k: Option<i64>,
+        top_k: Option<Int>,
         top_p: Option<f64>,
         min_p: Option<f64>,
         repetition_penalty: Option<f64>,
-        seed: Option<u64>,
-        stop_token_ids: Option<Vec<i64>>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
         stop: Option<Vec<String>>,
     ) -> PyResult<Vec<String>> {
         let tok = self.tokenizer()?.clone();
@@ -534,7 +525,7 @@ impl PyModel {
                 if has_stop {
                     Ok(s.text.clone())
                 } else {
-                    tok.decode(s.new_tokens())
+                    tok.decode_generated(s.new_tokens())
                 }
             })
             .collect::<gpt_rs::Result<Vec<_>>>()
@@ -543,19 +534,19 @@ impl PyModel {
 
     /// Like ``generate``, but yields text pieces as they are decoded (joined, they equal what
     /// ``generate`` returns; a multi-byte character is never split).
-    #[pyo3(signature = (prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[pyo3(signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         prompt: &str,
-        max_new_tokens: i64,
+        max_new_tokens: Int,
         temperature: f64,
-        top_k: Option<i64>,
+        top_k: Option<Int>,
         top_p: Option<f64>,
         min_p: Option<f64>,
         repetition_penalty: Option<f64>,
-        seed: Option<u64>,
-        stop_token_ids: Option<Vec<i64>>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
         stop: Option<Vec<String>>,
     ) -> PyResult<TextStreamIter> {
         let tok = self.tokenizer()?.clone();
@@ -633,10 +624,34 @@ impl PyModel {
 }
 
 /// Iterator returned by ``Model.stream``: yields decoded text pieces.
-#[pyclass(name = "TextStream", module = "gpt_rs")]
+///
+/// Safe to share between threads: each piece goes to exactly one consumer, and the stream's
+/// lock is only ever waited for with the GIL released (a thread holding the lock never waits
+/// for the GIL), so concurrent consumers cannot deadlock the interpreter.
+#[pyclass(name = "TextStream", module = "gpt_rs", frozen)]
 pub struct TextStreamIter {
     gen: Mutex<Generator>,
     backend: BackendKind,
+}
+
+impl TextStreamIter {
+    /// Runs `f` on the generator under its lock, taken with the GIL released.
+    fn with_gen<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Generator) -> gpt_rs::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            crate::errors::catch_panics(|| {
+                let mut gen = self
+                    .gen
+                    .lock()
+                    .map_err(|_| Error::Internal("the stream was used after a failure".into()))?;
+                f(&mut gen)
+            })
+        })
+        .map_err(to_py)
+    }
 }
 
 #[pymethods]
@@ -647,32 +662,29 @@ impl TextStreamIter {
 
     /// Tokens generated so far (a stop token is not counted).
     #[getter]
-    fn num_tokens(&self) -> PyResult<usize> {
-        let gen = self
-            .gen
-            .lock()
-            .map_err(|_| PyRuntimeError::new_err("stream used after a failure"))?;
-        Ok(gen.seqs[0].new_tokens().len())
+    fn num_tokens(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_gen(py, |gen| Ok(gen.seqs[0].new_tokens().len()))
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
         let be = self.backend.get().map_err(to_py)?;
         loop {
             py.check_signals()?;
-            let mut gen = self
-                .gen
-                .lock()
-                .map_err(|_| PyRuntimeError::new_err("stream used after a failure"))?;
-            let piece = gen.take_text(0);
-            if !piece.is_empty() {
-                return Ok(Some(piece));
+            // Some(item) ends the call: a piece, or None when the stream is exhausted.
+            let item = self.with_gen(py, |gen| {
+                let piece = gen.take_text(0);
+                if !piece.is_empty() {
+                    return Ok(Some(Some(piece)));
+                }
+                if gen.is_done() {
+                    return Ok(Some(None));
+                }
+                threads::install(|| gen.step(be))?;
+                Ok(None)
+            })?;
+            if let Some(item) = item {
+                return Ok(item);
             }
-            if gen.is_done() {
-                return Ok(None);
-            }
-            let gen = &mut *gen;
-            py.detach(|| crate::errors::catch_panics(|| threads::install(|| gen.step(be))))
-                .map_err(to_py)?;
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use gpt_rs::backend::{self, BackendKind};
+use gpt_rs::memory;
 use gpt_rs::ops::{self, BinaryOp};
 use gpt_rs::storage::{Owner, Storage};
 use gpt_rs::tensor::Data;
@@ -65,15 +66,16 @@ fn is_writeable(arr: &Bound<'_, PyUntypedArray>) -> bool {
 
 /// Copies a typed array (any strides) into a vector in C order.
 fn copy_elems<T: numpy::Element + Copy>(arr: &Bound<'_, PyUntypedArray>) -> PyResult<Vec<T>> {
-    copy_elems_with(arr, <[T]>::to_vec, |v| v)
+    copy_elems_with(arr, |s| memory::copy(s, "from_numpy: the copy"), Ok)
 }
 
 /// The array's elements in C order: `contiguous` gets them as one slice when they are laid
-/// out that way, `strided` a vector gathered element by element otherwise.
+/// out that way, `strided` a vector gathered element by element otherwise (allocated
+/// fallibly: a zero-stride view of 2^40 elements is a MemoryError, not an abort).
 fn copy_elems_with<T: numpy::Element + Copy, R>(
     arr: &Bound<'_, PyUntypedArray>,
-    contiguous: impl FnOnce(&[T]) -> R,
-    strided: impl FnOnce(Vec<T>) -> R,
+    contiguous: impl FnOnce(&[T]) -> gpt_rs::Result<R>,
+    strided: impl FnOnce(Vec<T>) -> gpt_rs::Result<R>,
 ) -> PyResult<R> {
     let typed = arr
         .cast::<PyArrayDyn<T>>()
@@ -82,10 +84,28 @@ fn copy_elems_with<T: numpy::Element + Copy, R>(
         .try_readonly()
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     // `as_slice` also accepts Fortran order (memory order), so only use it for C order.
-    Ok(match ro.as_slice() {
+    match ro.as_slice() {
         Ok(s) if arr.is_c_contiguous() => contiguous(s),
-        _ => strided(ro.as_array().iter().copied().collect()),
-    })
+        _ => {
+            let shape = arr.shape().to_vec();
+            let gathered = memory::collect(ro.as_array().iter().copied(), "").map_err(|_| {
+                memory::out_of_memory(
+                    &format!(
+                        "from_numpy: a copy of the {} array of shape {shape:?}",
+                        arr.dtype()
+                    ),
+                    memory::bytes_of::<T>(memory::numel_u128(&shape)),
+                )
+            });
+            gathered.and_then(strided)
+        }
+    }
+    .map_err(to_py)
+}
+
+/// Converts each element with `f` into a fallibly allocated vector (float64 -> float32).
+fn convert<T: Copy, U>(v: &[T], f: impl Fn(T) -> U) -> gpt_rs::Result<Vec<U>> {
+    memory::collect(v.iter().map(|&x| f(x)), "from_numpy: the converted copy")
 }
 
 /// The array's memory, shared (no copy). Caller checked dtype, contiguity and alignment.
@@ -161,12 +181,20 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
                 if shareable { "" } else { " that is not C-contiguous" }
             )))
         }
-        (b'f', 4) => Data::F32(copy_elems_with(&arr, Storage::copy_of, Storage::from_vec)?),
-        (b'f', 8) => Data::F32(Storage::from_vec(copy_elems::<f64>(&arr)?.into_iter().map(|v| v as f32).collect())),
+        (b'f', 4) => Data::F32(copy_elems_with(
+            &arr,
+            |s| Storage::copy_of(s, "from_numpy: the copy"),
+            |v| Ok(Storage::from_vec(v)),
+        )?),
+        (b'f', 8) => Data::F32(copy_elems_with(
+            &arr,
+            |s: &[f64]| convert(s, |v| v as f32).map(Storage::from_vec),
+            |v| convert(&v, |v| v as f32).map(Storage::from_vec),
+        )?),
         (b'i', 4) => Data::I32(Storage::from_vec(copy_elems::<i32>(&arr)?)),
         (b'i', 8) => {
             let v = copy_elems::<i64>(&arr)?;
-            let mut out = Vec::with_capacity(v.len());
+            let mut out = memory::with_capacity(v.len(), "from_numpy: the int32 copy").map_err(to_py)?;
             for (i, &x) in v.iter().enumerate() {
                 out.push(i32::try_from(x).map_err(|_| {
                     PyOverflowError::new_err(format!(
@@ -303,13 +331,24 @@ impl PyTensor {
         dtype: Option<Bound<'py, PyAny>>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut arr = numpy_view(py, &self.inner)?;
-        if let Some(dt) = dtype {
-            arr = arr.call_method1("astype", (dt,))?;
-        } else if copy == Some(true) {
-            arr = arr.call_method0("copy")?;
+        let arr = numpy_view(py, &self.inner)?;
+        let converts = match &dtype {
+            Some(dt) => !np_module(py)?
+                .call_method1("dtype", (dt,))?
+                .eq(arr.getattr("dtype")?)?,
+            None => false,
+        };
+        match (converts, copy) {
+            // NumPy's protocol: copy=False must not copy, so a conversion is an error.
+            (true, Some(false)) => Err(PyValueError::new_err(format!(
+                "cannot convert a {} tensor to {} without a copy (copy=False); use copy=None or True",
+                self.inner.dtype(),
+                dtype.map(|d| d.to_string()).unwrap_or_default()
+            ))),
+            (true, _) => arr.call_method1("astype", (dtype,)),
+            (false, Some(true)) => arr.call_method0("copy"),
+            (false, _) => Ok(arr),
         }
-        Ok(arr)
     }
 
     /// The dimensions, as a list of ints.

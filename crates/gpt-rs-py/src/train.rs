@@ -27,7 +27,7 @@ pub struct PyTrainable {
 fn tokens(arr: &PyReadonlyArray2<'_, i64>, what: &str) -> PyResult<(Vec<u32>, usize, usize)> {
     let (b, t) = (arr.shape()[0], arr.shape()[1]);
     let view = arr.as_array();
-    let mut ids = Vec::with_capacity(b * t);
+    let mut ids = gpt_rs::memory::with_capacity(b * t, what).map_err(to_py)?;
     for &x in view.iter() {
         ids.push(u32::try_from(x).map_err(|_| {
             PyValueError::new_err(format!("{what}: token id {x} is negative or too large"))
@@ -130,7 +130,8 @@ impl PyTrainable {
         let v = self.model.config.vocab_size;
         let m = &mut self.model;
         let out = run(py, usize::MAX, move || {
-            m.logits(&x, b, t).map(<[f32]>::to_vec)
+            m.logits(&x, b, t)
+                .and_then(|l| gpt_rs::memory::copy(l, "logits: the output"))
         })?;
         PyArray1::from_vec(py, out).reshape([b, t, v])
     }
@@ -190,7 +191,10 @@ impl PyTrainable {
             weight_decay,
         };
         let n = self.model.layout.total;
-        let opt = self.opt.get_or_insert_with(|| AdamW::new(n));
+        if self.opt.is_none() {
+            self.opt = Some(AdamW::new(n).map_err(to_py)?);
+        }
+        let opt = self.opt.as_mut().expect("just set");
         let m = &mut self.model;
         run(py, usize::MAX, move || {
             opt.update(&mut m.params, &m.grads, &m.layout, &hp);
@@ -234,7 +238,7 @@ impl PyTrainable {
         let opt = match &self.opt {
             Some(o) => o,
             None => {
-                empty = AdamW::new(n);
+                empty = AdamW::new(n).map_err(to_py)?;
                 &empty
             }
         };

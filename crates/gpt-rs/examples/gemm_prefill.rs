@@ -32,7 +32,7 @@ fn main() {
         .collect();
     let panels: Vec<Panels> = mats
         .iter()
-        .map(|(k, n, w)| Panels::from_kn(w, *k, *n))
+        .map(|(k, n, w)| Panels::from_kn(w, *k, *n).unwrap())
         .collect();
     let nk: Vec<Vec<f32>> = mats
         .iter()

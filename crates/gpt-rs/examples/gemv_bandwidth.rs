@@ -17,11 +17,12 @@ fn main() {
     // 64 matrices of 768 x 3072 (604 MB, more than the caches), cycled so no matrix is still
     // cached when reused, in the weight memory the GPT-2 runtime uses (huge pages on Linux).
     let (k, n, count) = (768usize, 3072usize, 64usize);
-    let all = Storage::weights_with(k * n * count, |w| {
+    let all = Storage::weights_with(k * n * count, "matrices", |w| {
         for (j, v) in w.iter_mut().enumerate() {
             *v = (j % 13) as f32 * 0.01;
         }
-    });
+    })
+    .expect("memory for the matrices");
     let mats: Vec<&[f32]> = all.as_slice().chunks(k * n).collect();
     let x: Vec<f32> = (0..k).map(|i| i as f32 * 1e-3).collect();
     let mut y = vec![0.0f32; n];
@@ -55,7 +56,10 @@ fn main() {
         bytes / t / 1e9
     );
     // The same values as `Panels` (how the GPT-2 runtime keeps its projections).
-    let panels: Vec<Panels> = mats.iter().map(|w| Panels::from_kn(w, k, n)).collect();
+    let panels: Vec<Panels> = mats
+        .iter()
+        .map(|w| Panels::from_kn(w, k, n).unwrap())
+        .collect();
     drop(all);
     let t = time(&mut || {
         gpt_rs::threads::install(|| {

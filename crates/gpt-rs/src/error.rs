@@ -21,6 +21,10 @@ pub enum Error {
     /// A file that does not exist (Python `FileNotFoundError`).
     #[error("{0}")]
     NotFound(String),
+    /// An allocation the OS refused, or a size that cannot exist (Python `MemoryError`).
+    /// The message names what was being allocated and the bytes asked for.
+    #[error("{0}")]
+    Memory(String),
     /// The user interrupted a long operation (Python `KeyboardInterrupt`).
     #[error("interrupted")]
     Interrupted,

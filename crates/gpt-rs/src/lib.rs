@@ -8,6 +8,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod error;
 pub mod generate;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod ops;

@@ -10,6 +10,8 @@ use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::error::Result;
+
 /// Something that keeps a buffer's memory alive for as long as it exists.
 pub type Owner = Arc<dyn Any + Send + Sync>;
 
@@ -75,14 +77,17 @@ impl Storage<f32> {
     /// weights). On Linux it is anonymous memory advised to use transparent huge pages: a
     /// decode step streams every weight once, and with 2 MiB pages the hardware prefetchers
     /// run across what would be 4 KiB page boundaries and the TLB covers the whole model.
-    /// Elsewhere, or if the mapping fails, a plain vector.
-    pub fn weights_with(len: usize, fill: impl FnOnce(&mut [f32])) -> Self {
+    /// Elsewhere, or if the mapping fails, a plain vector. `Error::Memory` (naming `what`) if
+    /// neither can be had.
+    pub fn weights_with(len: usize, what: &str, fill: impl FnOnce(&mut [f32])) -> Result<Self> {
         #[cfg(target_os = "linux")]
         if len > 0 {
             // One huge page more than needed, so the buffer can start on a huge-page boundary
             // (the pages before it are never touched, so they cost address space only).
             const HUGE: usize = 2 << 20;
-            let bytes = len * std::mem::size_of::<f32>();
+            let bytes = crate::memory::bytes_of::<f32>(len as u128);
+            crate::memory::check_size::<u8>(bytes + HUGE as u128, what)?;
+            let bytes = bytes as usize;
             if let Ok(mut map) = memmap2::MmapMut::map_anon(bytes + HUGE) {
                 let offset = map.as_ptr().align_offset(HUGE);
                 // Advice only: without transparent huge pages the buffer still works.
@@ -95,22 +100,22 @@ impl Storage<f32> {
                 fill(data);
                 let ptr = data.as_ptr();
                 // SAFETY: the map lives in the owner for as long as this storage or its clones.
-                return unsafe { Self::from_raw_parts(ptr, len, true, Arc::new(map)) };
+                return Ok(unsafe { Self::from_raw_parts(ptr, len, true, Arc::new(map)) });
             }
         }
-        let mut v = vec![0.0f32; len];
+        let mut v = crate::memory::zeroed(len, what)?;
         fill(&mut v);
-        Self::from_vec(v)
+        Ok(Self::from_vec(v))
     }
 
     /// A copy of `src`. Large buffers (from `LARGE_COPY` bytes, NumPy's own threshold for
     /// huge pages) go to weight memory (`weights_with`): a big tensor made from an array is
     /// usually a weight that every later product streams, at the bandwidth huge pages give.
-    pub fn copy_of(src: &[f32]) -> Self {
+    pub fn copy_of(src: &[f32], what: &str) -> Result<Self> {
         if std::mem::size_of_val(src) >= LARGE_COPY {
-            Self::weights_with(src.len(), |d| d.copy_from_slice(src))
+            Self::weights_with(src.len(), what, |d| d.copy_from_slice(src))
         } else {
-            Self::from_vec(src.to_vec())
+            Ok(Self::from_vec(crate::memory::copy(src, what)?))
         }
     }
 }
@@ -138,15 +143,15 @@ pub mod recycle {
     static KEPT: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
     /// A buffer of `n` floats with unspecified (old) contents, for a kernel that writes every
-    /// element.
-    pub fn take(n: usize) -> Vec<f32> {
+    /// element; `Error::Memory` naming `what` if a new one cannot be allocated.
+    pub fn take(n: usize, what: &str) -> crate::Result<Vec<f32>> {
         if (MIN_LEN..=MAX_LEN).contains(&n) {
             let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(i) = kept.iter().position(|v| v.len() == n) {
-                return kept.swap_remove(i);
+                return Ok(kept.swap_remove(i));
             }
         }
-        vec![0.0; n]
+        crate::memory::zeroed(n, what)
     }
 
     /// Keeps `v` for a later `take`, if there is room.

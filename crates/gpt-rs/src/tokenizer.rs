@@ -19,6 +19,11 @@ pub struct Tokenizer {
     eos_token_id: Option<u32>,
 }
 
+/// The largest vocabulary `train_bpe` builds (2^21; the largest published vocabularies have
+/// about 2^18 tokens): the trainer allocates per token up front, so a size from a typo
+/// (`10**9`) would otherwise exhaust memory.
+pub const MAX_VOCAB: usize = 1 << 21;
+
 const EOS_NAMES: [&str; 3] = ["<|endoftext|>", "</s>", "<eos>"];
 
 impl Tokenizer {
@@ -27,6 +32,12 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::NotFound(format!(
                 "tokenizer file not found: {}",
+                path.display()
+            )));
+        }
+        if !path.is_file() {
+            return Err(Error::Io(format!(
+                "cannot read {}: not a regular file",
                 path.display()
             )));
         }
@@ -45,6 +56,12 @@ impl Tokenizer {
             if !p.exists() {
                 return Err(Error::NotFound(format!(
                     "tokenizer file not found: {}",
+                    p.display()
+                )));
+            }
+            if !p.is_file() {
+                return Err(Error::Io(format!(
+                    "cannot read {}: not a regular file",
                     p.display()
                 )));
             }
@@ -90,6 +107,18 @@ impl Tokenizer {
             .map_err(|e| Error::Value(format!("cannot decode: {e}")))
     }
 
+    /// Decodes generated ids: ids without a token (a model's vocabulary padded beyond the
+    /// tokenizer's, as many checkpoints have) decode as nothing instead of failing after the
+    /// work is done.
+    pub fn decode_generated(&self, ids: &[u32]) -> Result<String> {
+        let v = self.vocab_size() as u32;
+        if ids.iter().all(|&i| i < v) {
+            return self.decode(ids);
+        }
+        let known: Vec<u32> = ids.iter().copied().filter(|&i| i < v).collect();
+        self.decode(&known)
+    }
+
     pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let v = self.vocab_size() as u32;
         match ids.iter().position(|&i| i >= v) {
@@ -125,9 +154,9 @@ impl Tokenizer {
         min_frequency: u64,
     ) -> Result<Self> {
         let alphabet = ByteLevel::alphabet();
-        if vocab_size < alphabet.len() + 1 {
+        if vocab_size < alphabet.len() + 1 || vocab_size > MAX_VOCAB {
             return Err(Error::Value(format!(
-                "vocab_size must be at least {} (the 256 byte symbols and <|endoftext|>), got {vocab_size}",
+                "vocab_size must be from {} (the 256 byte symbols and <|endoftext|>) to {MAX_VOCAB}, got {vocab_size}",
                 alphabet.len() + 1
             )));
         }
@@ -194,7 +223,12 @@ pub struct TextStream {
 }
 
 impl TextStream {
+    /// The text `id` completes, if any. An id without a token (padded vocabularies) adds
+    /// nothing, as in `Tokenizer::decode_generated`.
     pub fn step(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        if id as usize >= tok.vocab_size() {
+            return Ok(None);
+        }
         tokenizers::tokenizer::step_decode_stream(
             &tok.inner,
             vec![id],

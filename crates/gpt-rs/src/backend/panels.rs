@@ -24,12 +24,13 @@ pub struct Panels {
 
 impl Panels {
     /// Lays out `w` (`[k, n]` row-major, e.g. a Hugging Face Conv1D weight) as panels, in
-    /// weight memory (`Storage::weights_with`), on the engine's threads.
-    pub fn from_kn(w: &[f32], k: usize, n: usize) -> Self {
+    /// weight memory (`Storage::weights_with`), on the engine's threads. `Error::Memory` if
+    /// the memory cannot be had.
+    pub fn from_kn(w: &[f32], k: usize, n: usize) -> crate::Result<Self> {
         assert_eq!(w.len(), k * n, "Panels::from_kn: slice is not [k, n]");
         let panel = k * PANEL;
         // Zero-filled memory: the padding columns of the last panel stay zero.
-        let data = Storage::weights_with(n.div_ceil(PANEL) * panel, |dst| {
+        let data = Storage::weights_with(n.div_ceil(PANEL) * panel, "weight panels", |dst| {
             crate::threads::install(|| {
                 dst.par_chunks_mut(panel.max(1))
                     .enumerate()
@@ -40,8 +41,8 @@ impl Panels {
                         }
                     })
             })
-        });
-        Self { data, k, n }
+        })?;
+        Ok(Self { data, k, n })
     }
 
     /// Rows (inputs).

@@ -22,8 +22,7 @@ pub struct Gpt2Config {
 
 impl Gpt2Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let text = super::read_text_file(path)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Value(format!("{} is not valid JSON: {e}", path.display())))?;
         Self::from_json(&v).map_err(|e| match e {
@@ -83,14 +82,17 @@ impl Gpt2Config {
             n_inner: int(&["n_inner"], Some(4 * n_embd))?,
             layer_norm_epsilon: match obj.get("layer_norm_epsilon") {
                 None | Some(Value::Null) => 1e-5,
+                // Checked as the f32 the kernels use: 1e300 would be inf, 1e-300 zero.
                 Some(x) => x
                     .as_f64()
+                    .map(|e| e as f32)
                     .filter(|e| e.is_finite() && *e > 0.0)
                     .ok_or_else(|| {
                         Error::Value(format!(
-                            "'layer_norm_epsilon' must be a positive number, got {x}"
+                            "'layer_norm_epsilon' must be a positive number that is finite and \
+                             non-zero as a float32 (about 1.2e-38 to 3.4e38), got {x}"
                         ))
-                    })? as f32,
+                    })?,
             },
             bos_token_id: token("bos_token_id")?,
             eos_token_id: token("eos_token_id")?,
@@ -100,6 +102,23 @@ impl Gpt2Config {
                 return Err(Error::Value(format!(
                     "activation_function '{act}' is not supported (GPT-2 uses 'gelu_new', the tanh GELU)"
                 )));
+            }
+        }
+        // Attention variants of GPT2Config that this runtime does not implement: refused, so a
+        // checkpoint never silently runs with attention other than the one it was trained with.
+        for (key, supported) in [
+            ("scale_attn_weights", true),
+            ("scale_attn_by_inverse_layer_idx", false),
+            ("add_cross_attention", false),
+        ] {
+            match obj.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::Bool(b)) if *b == supported => {}
+                Some(x) => {
+                    return Err(Error::Value(format!(
+                        "'{key}' is {x}; only {supported} is supported"
+                    )))
+                }
             }
         }
         if !cfg.n_embd.is_multiple_of(cfg.n_head) {

@@ -1,8 +1,11 @@
 //! Checkpoints: memory-mapped safetensors files, Hugging Face `config.json`, and writing
 //! files atomically.
 //!
-//! f32 tensors are used in place from the memory map (no copy, so a loaded model holds one
-//! copy of its weights); f16, bf16 and f64 tensors are converted to f32 once at load.
+//! The map is read only while loading: `tensor` gives f32 tensors in place (no copy) for the
+//! loader to repack, and `tensor_owned` copies what a model keeps as is. A loaded model holds
+//! nothing of the file, so replacing or truncating the file afterwards cannot change it or
+//! crash it (a file shortened *while* it loads can still end the process with SIGBUS, as with
+//! any memory-mapped loader). f16, bf16 and f64 tensors are converted to f32 once at load.
 
 mod config;
 
@@ -109,7 +112,26 @@ impl SafetensorsFile {
         self.entries.iter().any(|e| e.0 == name)
     }
 
-    /// The tensor `name` as f32, checked against `expected` shape.
+    /// The tensor `name` as f32 in memory of its own: what a loaded model keeps, unaffected by
+    /// later changes to the file.
+    pub fn tensor_owned(
+        &self,
+        name: &str,
+        expected: &[usize],
+        backend: BackendKind,
+    ) -> Result<Tensor> {
+        let t = self.tensor(name, expected, backend)?;
+        let data = t.f32s(name)?;
+        let map = self.map.as_ptr_range();
+        if !map.contains(&(data.as_ptr() as *const u8)) {
+            return Ok(t); // converted from another dtype: already a copy
+        }
+        let copy = crate::memory::copy(data, &format!("loading '{name}'"))?;
+        Tensor::from_f32(copy, t.shape().to_vec(), backend)
+    }
+
+    /// The tensor `name` as f32, checked against `expected` shape. f32 data is a view of the
+    /// memory map: for a loader that repacks it (`tensor_owned` for what is kept as is).
     pub fn tensor(&self, name: &str, expected: &[usize], backend: BackendKind) -> Result<Tensor> {
         let (_, dtype, shape, range) =
             self.entries.iter().find(|e| e.0 == name).ok_or_else(|| {
@@ -123,6 +145,7 @@ impl SafetensorsFile {
         }
         let bytes = &self.map[range.clone()];
         let n: usize = shape.iter().product();
+        let what = &format!("{}: converting '{name}' to f32", self.path.display());
         let data = match dtype {
             Dtype::F32 if (bytes.as_ptr() as usize).is_multiple_of(4) => {
                 // SAFETY: the safetensors crate checked that the range holds n f32 values inside
@@ -136,30 +159,18 @@ impl SafetensorsFile {
                     )
                 })
             }
-            Dtype::F32 => Data::F32(Storage::from_vec(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            )),
-            Dtype::F16 => Data::F32(Storage::from_vec(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            )),
-            Dtype::BF16 => Data::F32(Storage::from_vec(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            )),
-            Dtype::F64 => Data::F32(Storage::from_vec(
-                bytes
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                    .collect(),
-            )),
+            Dtype::F32 => Data::F32(Storage::from_vec(convert(bytes, 4, what, |b| {
+                f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            })?)),
+            Dtype::F16 => Data::F32(Storage::from_vec(convert(bytes, 2, what, |b| {
+                half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+            })?)),
+            Dtype::BF16 => Data::F32(Storage::from_vec(convert(bytes, 2, what, |b| {
+                half::bf16::from_le_bytes([b[0], b[1]]).to_f32()
+            })?)),
+            Dtype::F64 => Data::F32(Storage::from_vec(convert(bytes, 8, what, |b| {
+                f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
+            })?)),
             other => {
                 return Err(Error::DType(format!(
                     "{}: tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16, F64",
@@ -169,6 +180,44 @@ impl SafetensorsFile {
         };
         Tensor::new(data, shape.clone(), backend)
     }
+}
+
+/// Reads a small text file (a `config.json`): regular files only, at most `MAX_TEXT_FILE`
+/// bytes, so a FIFO cannot block the loader and `/dev/zero` cannot fill memory.
+pub fn read_text_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let io = |e: std::io::Error| Error::Io(format!("cannot read {}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(format!("{} not found", path.display())),
+        _ => io(e),
+    })?;
+    if !meta.is_file() {
+        return Err(Error::Io(format!(
+            "cannot read {}: not a regular file",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    let file = std::fs::File::open(path).map_err(io)?;
+    file.take(MAX_TEXT_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_TEXT_FILE {
+        return Err(Error::Value(format!(
+            "{} is larger than {} MiB; a config file is a few KB",
+            path.display(),
+            MAX_TEXT_FILE >> 20
+        )));
+    }
+    Ok(text)
+}
+
+/// The largest `read_text_file` reads.
+pub const MAX_TEXT_FILE: u64 = 16 << 20;
+
+/// Little-endian elements of `size` bytes converted one by one, into a fallibly allocated vector.
+fn convert(bytes: &[u8], size: usize, what: &str, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>> {
+    crate::memory::collect(bytes.chunks_exact(size).map(f), what)
 }
 
 /// Writes `path` through a temporary file in the same folder, then renames it into place, so

@@ -7,7 +7,9 @@ pub use sampler::{Sampler, SamplingParams};
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::checkpoint::Gpt2Config;
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::models::gpt2::{Gpt2, KvCache, Logits, SeqInput, Workspace};
 use crate::tokenizer::{TextStream, Tokenizer};
 
@@ -19,6 +21,26 @@ pub struct StopCriteria {
     pub stop_token_ids: Vec<u32>,
     /// Strings that end the sequence; the text is cut before the first one (needs a tokenizer).
     pub stop_strings: Vec<String>,
+}
+
+/// Refuses, before anything is allocated, KV caches that together exceed this machine's
+/// physical memory: the allocator would grant them lazily (overcommit) and the OOM killer
+/// would end the process once generation touched them.
+fn check_cache_memory(cfg: &Gpt2Config, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<()> {
+    let total: u128 = prompts
+        .iter()
+        .map(|p| KvCache::bytes_for(cfg, p.len() + max_new_tokens))
+        .sum();
+    match memory::physical_bytes() {
+        Some(ram) if total > ram => Err(Error::Memory(format!(
+            "generation: the KV caches of {} sequences need {} ({total} bytes), more than this \
+             machine's {} of memory; generate fewer prompts at once or lower max_new_tokens",
+            prompts.len(),
+            memory::human(total),
+            memory::human(ram)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// One sequence being generated.
@@ -109,24 +131,25 @@ impl Generator {
                 )));
             }
         }
-        let seqs = prompts
-            .iter()
-            .map(|p| Sequence {
+        check_cache_memory(cfg, prompts, stop.max_new_tokens)?;
+        let mut seqs = memory::with_capacity(prompts.len(), "the sequences")?;
+        for p in prompts {
+            seqs.push(Sequence {
                 tokens: {
-                    let mut t = Vec::with_capacity(p.len() + stop.max_new_tokens);
+                    let mut t = memory::with_capacity(p.len() + stop.max_new_tokens, "tokens")?;
                     t.extend_from_slice(p);
                     t
                 },
                 prompt_len: p.len(),
                 text: String::new(),
                 finished: stop.max_new_tokens == 0,
-                cache: KvCache::new(cfg, p.len() + stop.max_new_tokens),
+                cache: KvCache::new(cfg, p.len() + stop.max_new_tokens)?,
                 sampler: Sampler::new(params.clone()),
                 stream: TextStream::default(),
                 emitted: 0,
                 cut: None,
-            })
-            .collect();
+            });
+        }
         let keep_text = keep_text || !stop.stop_strings.is_empty();
         Ok(Self {
             model,
@@ -157,7 +180,7 @@ impl Generator {
             // Prefill each prompt on its own (prefill is compute-bound, so nothing is lost), so
             // that every sequence sees exactly the arithmetic of a one-by-one run.
             let v = model.config.vocab_size;
-            let mut logits = vec![0.0f32; active.len() * v];
+            let mut logits = memory::zeroed(active.len() * v, "the logits")?;
             for (row, &i) in active.iter().enumerate() {
                 let seq = &mut self.seqs[i];
                 model.forward(
@@ -207,7 +230,7 @@ impl Generator {
         seq.finished = true;
         if self.keep_text && seq.cut.is_none() {
             if let Some(tok) = self.tokenizer.as_deref() {
-                seq.text = tok.decode(&seq.tokens[seq.prompt_len..])?;
+                seq.text = tok.decode_generated(&seq.tokens[seq.prompt_len..])?;
             }
         }
         Ok(())

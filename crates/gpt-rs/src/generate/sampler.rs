@@ -68,8 +68,11 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
-    /// Reused candidate buffer (no allocation per token once grown).
-    cand: Vec<(f32, u32)>,
+    /// Reused candidate buffer (no allocation per token once grown): scaled logits, then
+    /// probabilities, in f64 so that no temperature overflows them (1 / 1e-45 is 7e44).
+    cand: Vec<(f64, u32)>,
+    /// Reused buffer of the history's distinct tokens (repetition penalty).
+    seen: Vec<u32>,
 }
 
 impl Sampler {
@@ -89,6 +92,7 @@ impl Sampler {
             params,
             rng: ChaCha8Rng::seed_from_u64(seed),
             cand: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -100,43 +104,50 @@ impl Sampler {
     /// Picks the next token from `logits` (modified in place) given the sequence so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         if let Some(pen) = self.params.repetition_penalty {
-            for &t in history {
-                let l = &mut logits[t as usize];
-                *l = if *l > 0.0 { *l / pen } else { *l * pen };
+            // Once per distinct token, however often it occurs (Hugging Face's
+            // RepetitionPenaltyLogitsProcessor gathers and scatters each id once).
+            self.seen.clear();
+            self.seen.extend_from_slice(history);
+            self.seen.sort_unstable();
+            self.seen.dedup();
+            for &t in &self.seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l < 0.0 { *l * pen } else { *l / pen };
+                }
             }
         }
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
-        let inv_t = 1.0 / self.params.temperature;
+        let t = self.params.temperature as f64;
         // Candidates sorted by logit, descending; top-k keeps only the first k.
         self.cand.clear();
         self.cand.extend(
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &l)| (l * inv_t, i as u32)),
+                .map(|(i, &l)| (l as f64 / t, i as u32)),
         );
-        let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let by_logit = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let k = self.params.top_k.unwrap_or(usize::MAX).min(self.cand.len());
         if k < self.cand.len() {
             self.cand.select_nth_unstable_by(k - 1, by_logit);
             self.cand.truncate(k);
         }
         self.cand.sort_unstable_by(by_logit);
-        // Softmax over the candidates (in f64).
-        let max = self.cand[0].0 as f64;
+        // Softmax over the candidates.
+        let max = self.cand[0].0;
         let mut probs_sum = 0.0f64;
         for c in self.cand.iter_mut() {
-            let p = (c.0 as f64 - max).exp();
+            let p = (c.0 - max).exp();
             probs_sum += p;
-            c.0 = p as f32;
+            c.0 = p;
         }
         let mut keep = self.cand.len();
         if let Some(top_p) = self.params.top_p {
             let mut cum = 0.0;
             for (i, c) in self.cand.iter().enumerate() {
-                cum += c.0 as f64 / probs_sum;
+                cum += c.0 / probs_sum;
                 if cum >= top_p as f64 {
                     keep = i + 1;
                     break;
@@ -144,7 +155,7 @@ impl Sampler {
             }
         }
         if let Some(min_p) = self.params.min_p {
-            let threshold = self.cand[0].0 * min_p;
+            let threshold = self.cand[0].0 * min_p as f64;
             keep = keep.min(
                 self.cand
                     .iter()
@@ -153,10 +164,10 @@ impl Sampler {
                     .max(1),
             );
         }
-        let total: f64 = self.cand[..keep].iter().map(|c| c.0 as f64).sum();
+        let total: f64 = self.cand[..keep].iter().map(|c| c.0).sum();
         let mut u = self.uniform() * total;
         for c in &self.cand[..keep] {
-            u -= c.0 as f64;
+            u -= c.0;
             if u < 0.0 {
                 return c.1;
             }
@@ -245,6 +256,41 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn subnormal_temperatures_are_greedy_within_top_k() {
+        // 1 / T overflows f32 for these (f32 subnormals); in f64 they are just very sharp.
+        for t in [1e-39f32, 1e-44, 1e-45, f32::MIN_POSITIVE] {
+            for top_k in [None, Some(2)] {
+                let mut s = sampler(SamplingParams {
+                    temperature: t,
+                    top_k,
+                    ..Default::default()
+                });
+                for _ in 0..20 {
+                    let mut l = [0.5f32, 3.0, -1.0, 2.9, 1e30, -1e30];
+                    l[4] = 2.0; // large but finite logits too: below
+                    assert_eq!(s.sample(&mut l, &[]), 1, "T={t:e} top_k={top_k:?}");
+                    let mut big = [1e30f32, -1e30, 3e30];
+                    assert_eq!(s.sample(&mut big, &[]), 2, "T={t:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_once_per_distinct_token() {
+        // Hugging Face's RepetitionPenaltyLogitsProcessor: logit / p if >= 0, logit * p if < 0,
+        // once per distinct id of the history, however often it occurs.
+        let mut s = sampler(SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: Some(2.0),
+            ..Default::default()
+        });
+        let mut l = [4.0f32, -1.0, 3.0, 0.0];
+        s.sample(&mut l, &[0, 0, 0, 1, 1, 3]);
+        assert_eq!(l, [2.0, -2.0, 3.0, 0.0]);
     }
 
     #[test]

@@ -34,14 +34,14 @@ impl Proj {
         backend: BackendKind,
     ) -> Result<Self> {
         let w = f.tensor(&format!("{name}.weight"), &[k, n], backend)?;
-        let weight = Panels::from_kn(w.f32s("weight")?, k, n);
+        let weight = Panels::from_kn(w.f32s("weight")?, k, n)?;
         // The panels are what the model keeps: let the mapped pages go now, so loading never
         // holds both copies.
         drop(w);
         f.release_tensor(&format!("{name}.weight"));
         Ok(Self {
             weight,
-            bias: f.tensor(&format!("{name}.bias"), &[n], backend)?,
+            bias: f.tensor_owned(&format!("{name}.bias"), &[n], backend)?,
         })
     }
 
@@ -80,7 +80,7 @@ impl Proj {
 /// A copy of `t` in weight memory (huge pages where available: `Storage::weights_with`).
 fn to_weight_memory(t: &Tensor, backend: BackendKind) -> Result<Tensor> {
     let src = t.f32s("weight")?;
-    let data = Storage::weights_with(src.len(), |d| d.copy_from_slice(src));
+    let data = Storage::weights_with(src.len(), "model weights", |d| d.copy_from_slice(src))?;
     Tensor::new(Data::F32(data), t.shape().to_vec(), backend)
 }
 
@@ -117,17 +117,28 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache for up to `capacity` positions (at most the model's `n_positions`).
-    pub fn new(c: &Gpt2Config, capacity: usize) -> Self {
+    /// A cache for up to `capacity` positions (at most the model's `n_positions`), or
+    /// `Error::Memory`.
+    pub fn new(c: &Gpt2Config, capacity: usize) -> Result<Self> {
         let capacity = capacity.min(c.n_positions);
         let per_layer = capacity * c.n_embd;
-        let alloc = || (0..c.n_layer).map(|_| vec![0.0; per_layer]).collect();
-        Self {
-            k: alloc(),
-            v: alloc(),
+        let alloc = || {
+            (0..c.n_layer)
+                .map(|_| crate::memory::zeroed(per_layer, "the KV cache"))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            k: alloc()?,
+            v: alloc()?,
             capacity,
             len: 0,
-        }
+        })
+    }
+
+    /// Bytes of a cache for `capacity` positions (128-bit, for checks before allocating).
+    pub fn bytes_for(c: &Gpt2Config, capacity: usize) -> u128 {
+        let capacity = capacity.min(c.n_positions) as u128;
+        2 * c.n_layer as u128 * capacity * c.n_embd as u128 * 4
     }
 
     pub fn capacity(&self) -> usize {
@@ -167,11 +178,9 @@ pub struct Workspace {
     pub logits: Vec<f32>,
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
+/// The first `n` floats of a workspace buffer, grown (fallibly) when it is too short.
+fn grow(v: &mut Vec<f32>, n: usize) -> Result<&mut [f32]> {
+    crate::memory::grow(v, n, "the forward pass's activations")
 }
 
 impl Gpt2 {
@@ -190,8 +199,11 @@ impl Gpt2 {
             config.n_positions,
             config.n_inner,
         );
-        let get =
-            |name: &str, shape: &[usize]| f.tensor(&format!("{prefix}{name}"), shape, backend);
+        // What the model keeps as is is copied out of the map (`tensor_owned`): a loaded model
+        // must not change or crash when its file is later replaced or truncated.
+        let get = |name: &str, shape: &[usize]| {
+            f.tensor_owned(&format!("{prefix}{name}"), shape, backend)
+        };
         let proj = |name: &str, k: usize, n: usize| {
             Proj::load(&f, &format!("{prefix}{name}"), k, n, backend)
         };
@@ -206,7 +218,10 @@ impl Gpt2 {
         // The token embedding doubles as the output projection, streamed once per decoded
         // token: copy it into weight memory first (before the projections, so loading never
         // holds more than this one extra copy) and let its mapped pages go.
-        let wte = to_weight_memory(&get("wte.weight", &[v, c])?, backend)?;
+        let wte = to_weight_memory(
+            &f.tensor(&format!("{prefix}wte.weight"), &[v, c], backend)?,
+            backend,
+        )?;
         f.release_tensor(&format!("{prefix}wte.weight"));
         let h = (0..config.n_layer)
             .map(|i| {
@@ -231,8 +246,7 @@ impl Gpt2 {
         };
         let lm_head = lm_head.filter(|l| l.f32s("lm_head").ok() != wte.f32s("wte").ok());
         let lm_head = lm_head.map(|l| to_weight_memory(&l, backend)).transpose()?;
-        // The large tensors were copied out of the map; let their pages go (wpe and the
-        // small tensors are still used in place and come back when touched).
+        // The large tensors were copied out of the map; let their pages go.
         f.release_pages();
         Ok(Self {
             wpe: get("wpe.weight", &[p, c])?,
@@ -309,7 +323,7 @@ impl Gpt2 {
         let exact = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
 
         // x = wte[token] + wpe[position]                                      // (R, C)
-        let x = grow(&mut ws.x, rows * c);
+        let x = grow(&mut ws.x, rows * c)?;
         let mut r = 0;
         for s in seqs.iter() {
             for (j, &t) in s.tokens.iter().enumerate() {
@@ -324,7 +338,7 @@ impl Gpt2 {
 
         for (l, b) in self.h.iter().enumerate() {
             // h = ln_1(x); qkv = h @ c_attn + b                               // (R, 3C)
-            let h = grow(&mut ws.h, rows * c);
+            let h = grow(&mut ws.h, rows * c)?;
             be.layer_norm(
                 &ws.x[..rows * c],
                 b.ln_1_weight.f32s("ln_1")?,
@@ -333,16 +347,16 @@ impl Gpt2 {
                 c,
                 eps,
             );
-            let qkv = grow(&mut ws.qkv, rows * 3 * c);
+            let qkv = grow(&mut ws.qkv, rows * 3 * c)?;
             b.c_attn.apply(be, &ws.h[..rows * c], qkv, rows, exact)?;
 
             // Per sequence: append k, v to the cache (H, P, D); attend; merge heads.  // (R, C)
-            let att = grow(&mut ws.att, rows * c);
+            let att = grow(&mut ws.att, rows * c)?;
             let mut r0 = 0;
             for s in seqs.iter_mut() {
                 let (n, start, p) = (s.tokens.len(), s.cache.len, s.cache.capacity);
                 let (kc, vc) = (&mut s.cache.k[l], &mut s.cache.v[l]);
-                let q = grow(&mut ws.q, nh * n * d); // (H, n, D)
+                let q = grow(&mut ws.q, nh * n * d)?; // (H, n, D)
                 for j in 0..n {
                     let row = &ws.qkv[(r0 + j) * 3 * c..(r0 + j + 1) * 3 * c];
                     for hh in 0..nh {
@@ -354,7 +368,7 @@ impl Gpt2 {
                             .copy_from_slice(&row[2 * c + hh * d..2 * c + (hh + 1) * d]);
                     }
                 }
-                let o = grow(&mut ws.o, nh * n * d); // (H, n, D)
+                let o = grow(&mut ws.o, nh * n * d)?; // (H, n, D)
                 be.attention(
                     &ws.q[..nh * n * d],
                     kc,
@@ -377,13 +391,13 @@ impl Gpt2 {
             }
 
             // x = x + att @ c_proj + b
-            let proj = grow(&mut ws.proj, rows * c);
+            let proj = grow(&mut ws.proj, rows * c)?;
             b.attn_c_proj
                 .apply(be, &ws.att[..rows * c], proj, rows, exact)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
 
             // x = x + gelu_tanh(ln_2(x) @ c_fc + b) @ c_proj + b                 // (R, 4C) inside
-            let h = grow(&mut ws.h, rows * c);
+            let h = grow(&mut ws.h, rows * c)?;
             be.layer_norm(
                 &ws.x[..rows * c],
                 b.ln_2_weight.f32s("ln_2")?,
@@ -392,11 +406,11 @@ impl Gpt2 {
                 c,
                 eps,
             );
-            let fc = grow(&mut ws.fc, rows * inner);
+            let fc = grow(&mut ws.fc, rows * inner)?;
             b.c_fc.apply(be, &ws.h[..rows * c], fc, rows, exact)?;
-            let fc_act = grow(&mut ws.fc_act, rows * inner);
+            let fc_act = grow(&mut ws.fc_act, rows * inner)?;
             be.gelu_tanh(&ws.fc[..rows * inner], fc_act);
-            let proj = grow(&mut ws.proj, rows * c);
+            let proj = grow(&mut ws.proj, rows * c)?;
             b.mlp_c_proj
                 .apply(be, &ws.fc_act[..rows * inner], proj, rows, exact)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
@@ -408,7 +422,7 @@ impl Gpt2 {
         } else {
             seqs.len()
         };
-        let sel = grow(&mut ws.sel, m * c);
+        let sel = grow(&mut ws.sel, m * c)?;
         match which {
             Logits::All => sel.copy_from_slice(&ws.x[..rows * c]),
             Logits::Last => {
@@ -419,7 +433,7 @@ impl Gpt2 {
                 }
             }
         }
-        let h = grow(&mut ws.h, m * c);
+        let h = grow(&mut ws.h, m * c)?;
         be.layer_norm(
             &ws.sel[..m * c],
             self.ln_f_weight.f32s("ln_f")?,
@@ -430,7 +444,7 @@ impl Gpt2 {
         );
         let head = self.lm_head.as_ref().unwrap_or(&self.wte).f32s("lm_head")?;
         let v = cfg.vocab_size;
-        let logits = grow(&mut ws.logits, m * v);
+        let logits = grow(&mut ws.logits, m * v)?;
         // For generation, at most 15 rows per call: the row-count-independent (bit-identical)
         // path of matmul_nt, so a batch gives exactly the logits of one-by-one runs.
         let chunk = if which == Logits::Last { 15 } else { m.max(1) };

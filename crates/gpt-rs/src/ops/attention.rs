@@ -45,7 +45,7 @@ pub fn scaled_dot_product_attention(
         ));
     }
     let g: usize = sq[..r - 2].iter().product();
-    new_f32(be, sq.to_vec(), |out| {
+    new_f32(be, "scaled_dot_product_attention", sq.to_vec(), |out| {
         be.attention(qs, ks, vs, out, g, tq, tk, d, tk * d, causal)
     })
 }

@@ -5,6 +5,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::tensor::{numel, Data, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,28 +89,39 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     strides
 }
 
-/// Applies `f` elementwise over broadcast inputs into a new vector of `out` elements.
+/// Applies `f` elementwise over broadcast inputs into a new vector of `out` elements
+/// (allocated fallibly: `Error::Memory` names the op).
 fn apply<A: Copy, B: Copy, O>(
     a: &[A],
     sa: &[usize],
     b: &[B],
     sb: &[usize],
     out: &[usize],
+    op: BinaryOp,
     f: impl Fn(A, B) -> O,
-) -> Vec<O> {
-    let n: usize = out.iter().product();
+) -> Result<Vec<O>> {
+    let n = numel(out)?;
+    let oom = |_| {
+        memory::out_of_memory(
+            &format!(
+                "'{}' of shapes {sa:?} and {sb:?}: the output of shape {out:?}",
+                op.symbol()
+            ),
+            memory::bytes_of::<O>(n as u128),
+        )
+    };
     if sa == sb {
-        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+        return memory::collect(a.iter().zip(b).map(|(&x, &y)| f(x, y)), "").map_err(oom);
     }
     if b.len() == 1 && sa == out {
-        return a.iter().map(|&x| f(x, b[0])).collect();
+        return memory::collect(a.iter().map(|&x| f(x, b[0])), "").map_err(oom);
     }
     if a.len() == 1 && sb == out {
-        return b.iter().map(|&y| f(a[0], y)).collect();
+        return memory::collect(b.iter().map(|&y| f(a[0], y)), "").map_err(oom);
     }
-    let mut res = Vec::with_capacity(n);
+    let mut res = memory::with_capacity(n, "").map_err(oom)?;
     if n == 0 {
-        return res;
+        return Ok(res);
     }
     let (ta, tb) = (broadcast_strides(sa, out), broadcast_strides(sb, out));
     let nd = out.len();
@@ -125,7 +137,7 @@ fn apply<A: Copy, B: Copy, O>(
         let mut ax = nd - 1;
         loop {
             if ax == 0 {
-                return res;
+                return Ok(res);
             }
             ax -= 1;
             idx[ax] += 1;
@@ -137,11 +149,14 @@ fn apply<A: Copy, B: Copy, O>(
     }
 }
 
-fn as_f32(t: &Tensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.data() {
+fn as_f32(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
+    Ok(match t.data() {
         Data::F32(s) => std::borrow::Cow::Borrowed(s.as_slice()),
-        Data::I32(s) => std::borrow::Cow::Owned(s.as_slice().iter().map(|&v| v as f32).collect()),
-    }
+        Data::I32(s) => std::borrow::Cow::Owned(memory::collect(
+            s.as_slice().iter().map(|&v| v as f32),
+            "the i32 operand converted to f32",
+        )?),
+    })
 }
 
 /// `a <op> b` with broadcasting.
@@ -155,13 +170,14 @@ pub fn binary(be: &dyn Backend, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<
                 y.as_slice(),
                 b.shape(),
                 &out,
+                op,
                 |p, q| op.i32(p, q),
-            );
+            )?;
             Tensor::from_i32(v, out, be.kind())
         }
         _ => {
-            let (x, y) = (as_f32(a), as_f32(b));
-            let v = apply(&x, a.shape(), &y, b.shape(), &out, |p, q| op.f32(p, q));
+            let (x, y) = (as_f32(a)?, as_f32(b)?);
+            let v = apply(&x, a.shape(), &y, b.shape(), &out, op, |p, q| op.f32(p, q))?;
             Tensor::from_f32(v, out, be.kind())
         }
     }

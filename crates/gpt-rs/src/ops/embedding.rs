@@ -33,7 +33,7 @@ pub fn embedding_lookup(be: &dyn Backend, table: &Tensor, indices: &Tensor) -> R
             "embedding_lookup: index {bad} at position {pos} is out of range for a table of {v} rows"
         )));
     }
-    new_f32(be, vec![is.len(), c], |out| {
+    new_f32(be, "embedding_lookup", vec![is.len(), c], |out| {
         for (row, &i) in out.chunks_exact_mut(c.max(1)).zip(is) {
             let i = i as usize;
             row.copy_from_slice(&ts[i * c..(i + 1) * c]);

@@ -28,9 +28,11 @@ pub fn matmul(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         )));
     }
     match (sa.len(), sb.len()) {
-        (2, 2) => new_f32(be, vec![m, n], |c| be.matmul(asl, bsl, None, c, m, k, n)),
+        (2, 2) => new_f32(be, "matmul", vec![m, n], |c| {
+            be.matmul(asl, bsl, None, c, m, k, n)
+        }),
         // [B, M, K] @ [K, N] is one (B*M) x K product.
-        (3, 2) => new_f32(be, vec![sa[0], m, n], |c| {
+        (3, 2) => new_f32(be, "matmul", vec![sa[0], m, n], |c| {
             be.matmul(asl, bsl, None, c, sa[0] * m, k, n)
         }),
         _ => {
@@ -40,7 +42,7 @@ pub fn matmul(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                     sa[0], sb[0]
                 )));
             }
-            new_f32(be, vec![sa[0], m, n], |c| {
+            new_f32(be, "matmul", vec![sa[0], m, n], |c| {
                 for i in 0..sa[0] {
                     be.matmul(
                         &asl[i * m * k..(i + 1) * m * k],
@@ -96,7 +98,7 @@ pub fn linear(
     let m: usize = x.shape()[..x.ndim() - 1].iter().product();
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
-    new_f32(be, shape, |c| be.matmul(xs, ws, bs, c, m, k, n))
+    new_f32(be, "linear", shape, |c| be.matmul(xs, ws, bs, c, m, k, n))
 }
 
 /// `x + bias` where `bias` is `[C]` and `x` is `[..., C]`.
@@ -110,5 +112,7 @@ pub fn add_bias(be: &dyn Backend, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             bias.shape()
         )));
     }
-    new_f32_overwritten(be, x.shape().to_vec(), |out| be.add_bias(xs, bs, out))
+    new_f32_overwritten(be, "add_bias", x.shape().to_vec(), |out| {
+        be.add_bias(xs, bs, out)
+    })
 }

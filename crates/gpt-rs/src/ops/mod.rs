@@ -19,16 +19,19 @@ pub use shape::{narrow, transpose};
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::memory;
 use crate::tensor::{Data, Tensor};
 
-/// Runs `f(input, output)` over a fresh, zero-filled f32 buffer shaped like `shape`.
+/// Runs `f(output)` over a fresh, zero-filled f32 buffer shaped like `shape`. The buffer is
+/// allocated fallibly (`memory`): a refused allocation is `Error::Memory` naming `op`.
 pub(crate) fn new_f32(
     be: &dyn Backend,
+    op: &str,
     shape: Vec<usize>,
     f: impl FnOnce(&mut [f32]),
 ) -> Result<Tensor> {
     let n = crate::tensor::numel(&shape)?;
-    let mut out = vec![0.0f32; n];
+    let mut out = memory::zeroed(n, op).map_err(|_| output_error(op, &shape))?;
     f(&mut out);
     Tensor::from_f32(out, shape, be.kind())
 }
@@ -37,16 +40,25 @@ pub(crate) fn new_f32(
 /// old contents (`storage::recycle`), which skips the zero fill.
 pub(crate) fn new_f32_overwritten(
     be: &dyn Backend,
+    op: &str,
     shape: Vec<usize>,
     f: impl FnOnce(&mut [f32]),
 ) -> Result<Tensor> {
     let n = crate::tensor::numel(&shape)?;
-    let mut out = crate::storage::recycle::take(n);
+    let mut out = crate::storage::recycle::take(n, op).map_err(|_| output_error(op, &shape))?;
     f(&mut out);
     Tensor::new(
         Data::F32(crate::storage::Storage::recycled(out)),
         shape,
         be.kind(),
+    )
+}
+
+/// The `MemoryError` for an op's f32 output of `shape` that could not be allocated.
+pub(crate) fn output_error(op: &str, shape: &[usize]) -> crate::Error {
+    memory::out_of_memory(
+        &format!("{op}: the f32 output of shape {shape:?}"),
+        memory::bytes_of::<f32>(memory::numel_u128(shape)),
     )
 }
 

@@ -37,7 +37,7 @@ pub fn layer_norm(
             "layer_norm: eps must be a positive finite number, got {eps}"
         )));
     }
-    new_f32_overwritten(be, x.shape().to_vec(), |out| {
+    new_f32_overwritten(be, "layer_norm", x.shape().to_vec(), |out| {
         be.layer_norm(xs, ws, bs, out, c, eps)
     })
 }

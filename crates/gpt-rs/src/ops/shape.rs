@@ -2,6 +2,7 @@
 //! Both copy into a new contiguous tensor.
 
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::tensor::{Data, Tensor};
 
 fn axis(dim: i64, ndim: usize, op: &str) -> Result<usize> {
@@ -15,11 +16,11 @@ fn axis(dim: i64, ndim: usize, op: &str) -> Result<usize> {
 }
 
 /// Copies `src` (shape `shape`) with axes permuted by `perm` into a new vector.
-fn permute_copy<T: Copy>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+fn permute_copy<T: Copy>(src: &[T], shape: &[usize], perm: &[usize]) -> Result<Vec<T>> {
     let n = src.len();
-    let mut out = Vec::with_capacity(n);
+    let mut out = memory::with_capacity(n, "transpose: the output")?;
     if n == 0 {
-        return out;
+        return Ok(out);
     }
     let nd = shape.len();
     let mut strides = vec![1usize; nd];
@@ -42,7 +43,7 @@ fn permute_copy<T: Copy>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
         let mut ax = nd - 1;
         loop {
             if ax == 0 {
-                return out;
+                return Ok(out);
             }
             ax -= 1;
             idx[ax] += 1;
@@ -66,12 +67,12 @@ pub fn transpose(x: &Tensor, dim0: i64, dim1: i64) -> Result<Tensor> {
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     match x.data() {
         Data::F32(s) => Tensor::from_f32(
-            permute_copy(s.as_slice(), x.shape(), &perm),
+            permute_copy(s.as_slice(), x.shape(), &perm)?,
             shape,
             x.backend(),
         ),
         Data::I32(s) => Tensor::from_i32(
-            permute_copy(s.as_slice(), x.shape(), &perm),
+            permute_copy(s.as_slice(), x.shape(), &perm)?,
             shape,
             x.backend(),
         ),
@@ -100,22 +101,22 @@ pub fn narrow(x: &Tensor, dim: i64, start: usize, len: usize) -> Result<Tensor> 
         inner: usize,
         start: usize,
         len: usize,
-    ) -> Vec<T> {
-        let mut out = Vec::with_capacity(outer * len * inner);
+    ) -> Result<Vec<T>> {
+        let mut out = memory::with_capacity(outer * len * inner, "narrow: the output")?;
         for o in 0..outer {
             let base = (o * size + start) * inner;
             out.extend_from_slice(&s[base..base + len * inner]);
         }
-        out
+        Ok(out)
     }
     match x.data() {
         Data::F32(s) => Tensor::from_f32(
-            slice(s.as_slice(), outer, size, inner, start, len),
+            slice(s.as_slice(), outer, size, inner, start, len)?,
             shape,
             x.backend(),
         ),
         Data::I32(s) => Tensor::from_i32(
-            slice(s.as_slice(), outer, size, inner, start, len),
+            slice(s.as_slice(), outer, size, inner, start, len)?,
             shape,
             x.backend(),
         ),

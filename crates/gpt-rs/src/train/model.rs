@@ -49,13 +49,10 @@ struct Activations {
 fn sized(v: &mut Vec<f32>, n: usize) -> Result<()> {
     if v.len() != n {
         *v = Vec::new();
-        v.try_reserve_exact(n).map_err(|_| {
-            Error::Value(format!(
-                "cannot allocate {:.1} GB of training activations: lower the batch size or context",
-                n as f64 * 4.0 / 1e9
-            ))
-        })?;
-        v.resize(n, 0.0);
+        *v = crate::memory::zeroed(
+            n,
+            "the training activations (lower the batch size or context)",
+        )?;
     }
     Ok(())
 }
@@ -76,20 +73,20 @@ impl TrainableGpt2 {
     pub fn new(config: Gpt2Config, seed: u64) -> Result<Self> {
         validate(&config)?;
         let layout = Layout::new(&config);
-        let params = params::init(&layout, &config, seed);
-        Ok(Self::with_params(config, layout, params))
+        let params = params::init(&layout, &config, seed)?;
+        Self::with_params(config, layout, params)
     }
 
-    fn with_params(config: Gpt2Config, layout: Layout, params: Vec<f32>) -> Self {
-        let grads = vec![0.0; layout.total];
-        Self {
+    fn with_params(config: Gpt2Config, layout: Layout, params: Vec<f32>) -> Result<Self> {
+        let grads = crate::memory::zeroed(layout.total, "the gradients")?;
+        Ok(Self {
             config,
             layout,
             params,
             grads,
             acts: Activations::default(),
             shape: (0, 0),
-        }
+        })
     }
 
     /// Loads the weights of a Hugging Face GPT-2 `model.safetensors` (any dtype the loader
@@ -103,7 +100,7 @@ impl TrainableGpt2 {
         } else {
             ""
         };
-        let mut params = vec![0.0f32; layout.total];
+        let mut params = crate::memory::zeroed(layout.total, "the model's parameters")?;
         let cpu = backend::BackendKind::Cpu;
         for spec in &layout.specs {
             let t = f.tensor(&format!("{prefix}{}", spec.name), &spec.shape, cpu)?;
@@ -118,7 +115,7 @@ impl TrainableGpt2 {
                 )));
             }
         }
-        Ok(Self::with_params(config, layout, params))
+        Self::with_params(config, layout, params)
     }
 
     /// Writes `model.safetensors` (f32, HF GPT2LMHeadModel keys) and `config.json` into `dir`.
@@ -130,13 +127,13 @@ impl TrainableGpt2 {
             .specs
             .iter()
             .map(|s| {
-                (
+                Ok((
                     format!("transformer.{}", s.name),
-                    to_le_bytes(&self.params[s.range()]),
+                    to_le_bytes(&self.params[s.range()])?,
                     s.shape.clone(),
-                )
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let views = bytes.iter().map(|(name, b, shape)| {
             (
                 name.as_str(),

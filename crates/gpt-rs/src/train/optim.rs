@@ -33,12 +33,13 @@ pub struct AdamW {
 const CHUNK: usize = 1 << 14;
 
 impl AdamW {
-    pub fn new(n: usize) -> Self {
-        Self {
-            m: vec![0.0; n],
-            v: vec![0.0; n],
+    /// Zero moments for `n` parameters, or `Error::Memory` (8 bytes a parameter).
+    pub fn new(n: usize) -> Result<Self> {
+        Ok(Self {
+            m: crate::memory::zeroed(n, "the optimizer's first moments")?,
+            v: crate::memory::zeroed(n, "the optimizer's second moments")?,
             step: 0,
-        }
+        })
     }
 
     /// One update of `params` from `grads`. Per element, as PyTorch:
@@ -78,7 +79,7 @@ impl AdamW {
 
     /// Saves the moments to a safetensors file (`exp_avg`, `exp_avg_sq`; the step in metadata).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let (m, v) = (to_le_bytes(&self.m), to_le_bytes(&self.v));
+        let (m, v) = (to_le_bytes(&self.m)?, to_le_bytes(&self.v)?);
         let n = self.m.len();
         let view = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("sizes match");
         let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
@@ -118,10 +119,12 @@ impl AdamW {
                     t.shape()
                 )));
             }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
+            crate::memory::collect(
+                t.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "the optimizer state",
+            )
         };
         Ok(Self {
             m: read("exp_avg")?,
@@ -131,8 +134,11 @@ impl AdamW {
     }
 }
 
-pub(crate) fn to_le_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// The little-endian bytes of `x` (what safetensors stores), allocated fallibly.
+pub(crate) fn to_le_bytes(x: &[f32]) -> Result<Vec<u8>> {
+    let mut out = crate::memory::with_capacity(x.len() * 4, "the bytes to save")?;
+    out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+    Ok(out)
 }
 
 /// The global L2 norm of the gradients (accumulated in f64).
@@ -196,7 +202,7 @@ mod tests {
             vec![0.0f64; n],
             vec![0.0f64; n],
         );
-        let mut opt = AdamW::new(n);
+        let mut opt = AdamW::new(n).unwrap();
         for step in 1..=3 {
             opt.update(&mut params, &grads, &layout, &hp);
             for s in &layout.specs {

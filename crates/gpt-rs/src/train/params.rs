@@ -163,9 +163,9 @@ impl Layout {
 /// GPT-2's initialization (as Hugging Face's `GPT2PreTrainedModel._init_weights`): weights and
 /// embeddings N(0, 0.02), the residual projections (`c_proj`) N(0, 0.02 / sqrt(2 n_layer)),
 /// biases 0, layer-norm weights 1. Deterministic for a seed, whatever the thread count.
-pub fn init(layout: &Layout, cfg: &Gpt2Config, seed: u64) -> Vec<f32> {
+pub fn init(layout: &Layout, cfg: &Gpt2Config, seed: u64) -> crate::Result<Vec<f32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut params = vec![0.0f32; layout.total];
+    let mut params = crate::memory::zeroed(layout.total, "the model's parameters")?;
     let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
     for spec in &layout.specs {
         let dst = &mut params[spec.range()];
@@ -183,7 +183,7 @@ pub fn init(layout: &Layout, cfg: &Gpt2Config, seed: u64) -> Vec<f32> {
             fill_normal(&mut rng, dst, std);
         }
     }
-    params
+    Ok(params)
 }
 
 /// Fills `dst` with N(0, std^2) draws (Box-Muller on 53-bit uniforms).
@@ -242,9 +242,9 @@ mod tests {
             ..cfg()
         };
         let l = Layout::new(&c);
-        let a = init(&l, &c, 7);
-        assert_eq!(a, init(&l, &c, 7));
-        assert_ne!(a, init(&l, &c, 8));
+        let a = init(&l, &c, 7).unwrap();
+        assert_eq!(a, init(&l, &c, 7).unwrap());
+        assert_ne!(a, init(&l, &c, 8).unwrap());
         let wte = &a[l.get("wte.weight").unwrap().range()];
         let mean = wte.iter().map(|&x| x as f64).sum::<f64>() / wte.len() as f64;
         let std =
