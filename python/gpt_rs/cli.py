@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -41,8 +42,8 @@ def _default_model() -> Optional[str]:
 def _setup(args: argparse.Namespace) -> None:
     if getattr(args, "backend", None):
         gpt_rs.set_backend(args.backend)
-    if getattr(args, "threads", None):
-        gpt_rs.set_num_threads(args.threads)
+    if getattr(args, "threads", None) is not None:
+        gpt_rs.set_num_threads(args.threads)  # ValueError for 0 or a negative count
 
 
 def _load(args: argparse.Namespace) -> gpt_rs.Model:
@@ -279,6 +280,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`gpt-rs generate ... | head`): stop quietly, as Unix tools do
+        # on SIGPIPE. Point stdout at /dev/null so the interpreter's final flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except MemoryError as e:
+        print(f"gpt-rs: error: out of memory: {e}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, TypeError) as e:
         print(f"gpt-rs: error: {e}", file=sys.stderr)
         return 2

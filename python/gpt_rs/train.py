@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,19 +141,67 @@ def _read_documents(files: Sequence[Path]) -> tuple[list[str], int]:
     return docs, skipped
 
 
+MAX_VOCAB = 1 << 21  # the largest vocabulary Tokenizer.train builds
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Writes ``path`` through a temporary file beside it, renamed into place: a reader that
+    mapped the old file keeps reading the old contents (the rename leaves its inode alone),
+    and an interrupted write never leaves a truncated file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_json(path: Path, max_bytes: int = 16 << 20):
+    """A small JSON file: regular files only, at most ``max_bytes`` (a FIFO cannot block and
+    /dev/zero cannot fill memory); ValueError names the file when it is not valid JSON."""
+    if not path.is_file():
+        raise OSError(f"cannot read {path}: not a regular file")
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ValueError(f"{path} is larger than {max_bytes >> 20} MiB")
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
 class TokenData:
-    """A token file on disk (written by ``prepare_data``), memory-mapped, never read whole."""
+    """A token file on disk (written by ``prepare_data``), memory-mapped, never read whole.
+
+    If the file is overwritten in place after it was opened (``cp`` over it), reading raises
+    OSError instead of returning other tokens or crashing on a shorter file; files replaced
+    by rename (as ``prepare_data`` does) keep their old contents for this object."""
 
     def __init__(self, path: PathLike, dtype: str = "uint16") -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"token file not found: {self.path}")
-        size = self.path.stat().st_size
+        # Our own descriptor of the mapped inode: fstat on it tells whether that file changed.
+        fd = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, fd)
+        self._fd = fd
+        st = os.fstat(fd)
+        self._stamp = (st.st_size, st.st_mtime_ns)
         self.tokens = (
             np.memmap(self.path, dtype=np.dtype(dtype), mode="r")
-            if size
+            if st.st_size
             else np.zeros(0, dtype=dtype)
         )
+
+    def _check_unchanged(self) -> None:
+        st = os.fstat(self._fd)
+        if (st.st_size, st.st_mtime_ns) != self._stamp:
+            raise OSError(
+                f"{self.path} was modified after it was opened ({self._stamp[0]} -> "
+                f"{st.st_size} bytes); open it again (or prepare the data again)"
+            )
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -171,6 +220,7 @@ class TokenData:
         int64 arrays of shape ``(batch_size, context)``."""
         self.check_context(context)
         starts = rng.integers(0, len(self) - context, size=batch_size)
+        self._check_unchanged()
         w = np.stack([np.asarray(self.tokens[s : s + context + 1]) for s in starts])
         w = w.astype(np.int64)
         return w[:, :-1], w[:, 1:]
@@ -186,6 +236,7 @@ class TokenData:
             n -= n % batch_size
         starts = np.linspace(0, len(self) - context - 1, n).astype(np.int64)
         for i in range(0, n, batch_size):
+            self._check_unchanged()
             w = np.stack(
                 [np.asarray(self.tokens[s : s + context + 1]) for s in starts[i : i + batch_size]]
             )
@@ -225,7 +276,7 @@ def prepare_data(
         source: a text file, or a folder of them (see ``find_text_files``).
         out_dir: where ``train.bin``, ``val.bin``, ``data.json`` and the tokenizer files go.
             If it already holds data prepared from the same source and settings, that is reused.
-        vocab_size: tokenizer size (at least 257).
+        vocab_size: tokenizer size, from 257 to 2**21.
         val_fraction: share of documents held out for evaluation (of tokens, for one file).
         pattern: file-name pattern for folders, e.g. ``"*.py"``.
         exclude_dirs: folder names to skip, e.g. ``["test", "site-packages"]``.
@@ -240,6 +291,10 @@ def prepare_data(
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    if not 257 <= vocab_size <= MAX_VOCAB:  # checked before the corpus is read
+        raise ValueError(f"vocab_size must be an integer from 257 to {MAX_VOCAB}, got {vocab_size}")
     out = Path(out_dir)
     src = Path(source).resolve()
     settings = {
@@ -252,7 +307,7 @@ def prepare_data(
     }
     meta_path = out / "data.json"
     if meta_path.is_file():
-        info = json.loads(meta_path.read_text())
+        info = _read_json(meta_path)
         if info.get("settings") == settings:
             say(f"using the data prepared in {out}")
             return _open_prepared(out, info)
@@ -288,8 +343,10 @@ def prepare_data(
 
     out.mkdir(parents=True, exist_ok=True)
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
-    train_ids.astype(dtype).tofile(out / "train.bin")
-    val_ids.astype(dtype).tofile(out / "val.bin")
+    # Beside the old files, then renamed into place: a PreparedData opened earlier for this
+    # folder keeps reading its own (old) tokens.
+    _write_atomically(out / "train.bin", train_ids.astype(dtype).tofile)
+    _write_atomically(out / "val.bin", val_ids.astype(dtype).tofile)
     tok.save(os.fspath(out))
     info = {
         "settings": settings,
@@ -300,7 +357,7 @@ def prepare_data(
         "vocab_size": tok.vocab_size,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    meta_path.write_text(json.dumps(info, indent=2) + "\n")
+    _write_atomically(meta_path, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     say(
         f"tokens: {len(train_ids):,} train, {len(val_ids):,} validation "
         f"({info['seconds']} s) -> {out}"
@@ -359,22 +416,37 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        positive = {
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-        }
-        for name, v in positive.items():
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.context is not None and self.context < 1:
-            raise ValueError(f"context must be positive, got {self.context}")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a non-negative number, got {self.lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.eval_interval < 1 or self.eval_batches < 1:
-            raise ValueError("eval_interval and eval_batches must be positive")
+        """Raises ValueError naming the first setting that cannot work (checked before any
+        step runs, so a bad setting never fails mid-run)."""
+
+        def integer(name: str, v, lo: int, allow_none: bool = False) -> None:
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+        def number(name: str, v, lo: float, *, strict: bool, hi: Optional[float] = None) -> None:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if strict else v >= lo) and (hi is None or v < hi)
+            if not ok:
+                bound = f"> {lo}" if strict else f">= {lo}"
+                bound += f" and < {hi}" if hi is not None else ""
+                raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+
+        for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches"):
+            integer(name, getattr(self, name), 1)
+        integer("context", self.context, 1, allow_none=True)
+        integer("warmup", self.warmup, 0, allow_none=True)
+        integer("seed", self.seed, 0)
+        number("lr", self.lr, 0.0, strict=False)
+        if self.min_lr is not None:
+            number("min_lr", self.min_lr, 0.0, strict=False)
+        number("weight_decay", self.weight_decay, 0.0, strict=False)
+        number("beta1", self.beta1, 0.0, strict=False, hi=1.0)
+        number("beta2", self.beta2, 0.0, strict=False, hi=1.0)
+        number("eps", self.eps, 0.0, strict=True)
+        if self.grad_clip is not None:
+            number("grad_clip", self.grad_clip, 0.0, strict=True)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -496,15 +568,30 @@ class Trainer:
         state_path = ck / "trainer_state.json"
         if not state_path.is_file():
             raise FileNotFoundError(f"no trainer_state.json in {ck}: not a training checkpoint")
-        state = json.loads(state_path.read_text())
+        state = _read_json(state_path)
+        bad = f"{state_path} is not a trainer state written by Trainer.save"
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise ValueError(f"{bad}: it has no 'config' object")
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{bad}: 'step' must be a non-negative integer, got {step!r}")
+        history = state.get("history", [])
+        if not isinstance(history, list):
+            raise ValueError(f"{bad}: 'history' must be a list")
+        if config is None:
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            unknown = sorted(set(state["config"]) - known)
+            if unknown:
+                raise ValueError(f"{bad}: unknown settings {unknown} in 'config'")
+            config = TrainConfig(**state["config"])
+            config.validate()
         model = TrainableModel.load(os.fspath(ck))
         model.load_optimizer(os.fspath(ck / "optimizer.safetensors"))
-        cfg = config or TrainConfig(**state["config"])
         tok = getattr(data, "tokenizer", None)
         if tok is None and (ck / "tokenizer.json").is_file():
             tok = Tokenizer.from_file(os.fspath(ck / "tokenizer.json"))
-        t = cls(model, data, cfg, tokenizer=tok, step=int(state["step"]))
-        t.history = list(state.get("history", []))
+        t = cls(model, data, config, tokenizer=tok, step=step)
+        t.history = list(history)
         return t
 
     def fit(

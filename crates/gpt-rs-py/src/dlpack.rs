@@ -241,7 +241,11 @@ unsafe fn check(dt: &DLTensor) -> PyResult<Checked> {
     let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
     let numel = memory::numel_u128(&shape);
     let item = (bits / 8) as i128;
-    memory::check_size::<u8>(numel * item as u128, "from_dlpack: the tensor").map_err(to_py)?;
+    if numel.saturating_mul(item as u128) > isize::MAX as u128 {
+        return Err(bad(format!(
+            "the capsule's shape {dims:?} describes more bytes than can exist"
+        )));
+    }
     // Strides in elements; NULL means C-contiguous. The span [lo, hi] of element offsets
     // any index can reach (negative strides reach below the first element).
     let strides: Vec<i64> = if dt.strides.is_null() || ndim == 0 {
@@ -454,7 +458,6 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<CheckedCapsule>()?;
     m.add_function(wrap_pyfunction!(from_dlpack, m)?)?;
     Ok(())
 }

@@ -81,7 +81,10 @@ impl PyTokenizer {
     ///         to 2**21.
     ///     min_frequency: merges seen fewer times than this are not learned.
     #[staticmethod]
-    #[pyo3(signature = (texts, vocab_size, min_frequency = Int(2)))]
+    #[pyo3(
+        signature = (texts, vocab_size, min_frequency = Int(2)),
+        text_signature = "(texts, vocab_size, min_frequency=2)"
+    )]
     fn train(
         py: Python<'_>,
         texts: Vec<String>,
@@ -449,7 +452,10 @@ impl PyModel {
     ///
     /// Takes the sampling arguments of ``generate_tokens``, plus ``stop``: strings that end
     /// generation (the text is cut before the first one).
-    #[pyo3(signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[pyo3(
+        signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
+        text_signature = "($self, prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -484,7 +490,10 @@ impl PyModel {
 
     /// Generates continuations of several prompts at once (one batched forward per step);
     /// each result equals what ``generate`` gives for that prompt alone.
-    #[pyo3(signature = (prompts, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[pyo3(
+        signature = (prompts, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
+        text_signature = "($self, prompts, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn generate_batch(
         &self,
@@ -534,7 +543,10 @@ impl PyModel {
 
     /// Like ``generate``, but yields text pieces as they are decoded (joined, they equal what
     /// ``generate`` returns; a multi-byte character is never split).
-    #[pyo3(signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None))]
+    #[pyo3(
+        signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
+        text_signature = "($self, prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::args::Int;
 use crate::errors::{run, to_py};
 
 /// A GPT-2-architecture model with gradients and optimizer state, for training.
@@ -56,8 +57,9 @@ impl PyTrainable {
     ///         ``n_layer``, ``n_head``, ...; missing ones take GPT2Config's defaults).
     ///     seed: the initialization seed.
     #[new]
-    #[pyo3(signature = (config, seed = 0))]
-    fn new(py: Python<'_>, config: &Bound<'_, PyDict>, seed: u64) -> PyResult<Self> {
+    #[pyo3(signature = (config, seed = Int(0)), text_signature = "(config, seed=0)")]
+    fn new(py: Python<'_>, config: &Bound<'_, PyDict>, seed: Int) -> PyResult<Self> {
+        let seed = crate::args::seed(Some(seed))?.unwrap_or(0);
         let cfg = config_from_py(py, config)?;
         let model = run(py, usize::MAX, move || TrainableGpt2::new(cfg, seed))?;
         Ok(Self { model, opt: None })

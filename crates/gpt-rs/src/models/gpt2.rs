@@ -107,10 +107,12 @@ pub struct Gpt2 {
 }
 
 /// Per-sequence key/value cache, allocated once for `capacity` positions: for each layer,
-/// `k` and `v` laid out `(H, capacity, D)`.
+/// `k` and `v` laid out `(H, capacity, D)`, all in one block. One large allocation comes
+/// from the OS as untouched zero pages, so a cache costs memory only as positions fill it
+/// (thousands of small per-layer blocks would each be cleared up front).
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    data: Vec<f32>,
+    per_layer: usize,
     capacity: usize,
     /// Positions filled so far.
     pub len: usize,
@@ -122,14 +124,9 @@ impl KvCache {
     pub fn new(c: &Gpt2Config, capacity: usize) -> Result<Self> {
         let capacity = capacity.min(c.n_positions);
         let per_layer = capacity * c.n_embd;
-        let alloc = || {
-            (0..c.n_layer)
-                .map(|_| crate::memory::zeroed(per_layer, "the KV cache"))
-                .collect::<Result<Vec<_>>>()
-        };
         Ok(Self {
-            k: alloc()?,
-            v: alloc()?,
+            data: crate::memory::zeroed(2 * c.n_layer * per_layer, "the KV cache")?,
+            per_layer,
             capacity,
             len: 0,
         })
@@ -139,6 +136,12 @@ impl KvCache {
     pub fn bytes_for(c: &Gpt2Config, capacity: usize) -> u128 {
         let capacity = capacity.min(c.n_positions) as u128;
         2 * c.n_layer as u128 * capacity * c.n_embd as u128 * 4
+    }
+
+    /// Layer `l`'s keys and values.
+    fn layer_mut(&mut self, l: usize) -> (&mut [f32], &mut [f32]) {
+        let n = self.per_layer;
+        self.data[2 * l * n..2 * (l + 1) * n].split_at_mut(n)
     }
 
     pub fn capacity(&self) -> usize {
@@ -355,7 +358,7 @@ impl Gpt2 {
             let mut r0 = 0;
             for s in seqs.iter_mut() {
                 let (n, start, p) = (s.tokens.len(), s.cache.len, s.cache.capacity);
-                let (kc, vc) = (&mut s.cache.k[l], &mut s.cache.v[l]);
+                let (kc, vc) = s.cache.layer_mut(l);
                 let q = grow(&mut ws.q, nh * n * d)?; // (H, n, D)
                 for j in 0..n {
                     let row = &ws.qkv[(r0 + j) * 3 * c..(r0 + j + 1) * 3 * c];
