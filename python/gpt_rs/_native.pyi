@@ -9,6 +9,7 @@ import numpy.typing as npt
 from typing_extensions import Self
 
 __version__: str
+_MAX_VOCAB_SIZE: int
 __all__ = [
     "Model",
     "TextStream",
@@ -22,6 +23,7 @@ __all__ = [
     "Tensor",
     "TransformerBlock",
     "__version__",
+    "_MAX_VOCAB_SIZE",
     "_panic_for_tests",
     "add_bias",
     "cpu_features",

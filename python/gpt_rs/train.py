@@ -40,6 +40,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from . import _native
 from ._native import Tokenizer, TrainableModel
 
 __all__ = [
@@ -141,7 +142,7 @@ def _read_documents(files: Sequence[Path]) -> tuple[list[str], int]:
     return docs, skipped
 
 
-MAX_VOCAB = 1 << 21  # the largest vocabulary Tokenizer.train builds
+MAX_VOCAB = _native._MAX_VOCAB_SIZE  # the largest vocabulary Tokenizer.train builds
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -550,9 +551,8 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
             "history": self.history[-1000:],
         }
-        tmp = out / "trainer_state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(out / "trainer_state.json")
+        text = json.dumps(state, indent=2) + "\n"
+        _write_atomically(out / "trainer_state.json", lambda p: p.write_text(text))
         return out
 
     @classmethod

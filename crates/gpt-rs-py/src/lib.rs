@@ -98,6 +98,7 @@ fn _panic_for_tests(py: Python<'_>, release_gil: bool) -> PyResult<()> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("_MAX_VOCAB_SIZE", gpt_rs::tokenizer::MAX_VOCAB)?;
     m.add_function(wrap_pyfunction!(set_backend, m)?)?;
     m.add_function(wrap_pyfunction!(get_backend, m)?)?;
     m.add_function(wrap_pyfunction!(list_backends, m)?)?;

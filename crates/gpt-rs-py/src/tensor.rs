@@ -66,16 +66,18 @@ fn is_writeable(arr: &Bound<'_, PyUntypedArray>) -> bool {
 
 /// Copies a typed array (any strides) into a vector in C order.
 fn copy_elems<T: numpy::Element + Copy>(arr: &Bound<'_, PyUntypedArray>) -> PyResult<Vec<T>> {
-    copy_elems_with(arr, |s| memory::copy(s, "from_numpy: the copy"), Ok)
+    copy_elems_with(arr, |s| memory::copy(s, "from_numpy: the copy"), |v| v, Ok)
 }
 
 /// The array's elements in C order: `contiguous` gets them as one slice when they are laid
-/// out that way, `strided` a vector gathered element by element otherwise (allocated
-/// fallibly: a zero-stride view of 2^40 elements is a MemoryError, not an abort).
-fn copy_elems_with<T: numpy::Element + Copy, R>(
+/// out that way; otherwise they are gathered element by element through `map` (so a
+/// conversion happens in the same pass) and handed to `strided`. Allocated fallibly: a
+/// zero-stride view of 2^40 elements is a MemoryError, not an abort.
+fn copy_elems_with<T: numpy::Element + Copy, U, R>(
     arr: &Bound<'_, PyUntypedArray>,
     contiguous: impl FnOnce(&[T]) -> gpt_rs::Result<R>,
-    strided: impl FnOnce(Vec<T>) -> gpt_rs::Result<R>,
+    map: impl Fn(T) -> U,
+    strided: impl FnOnce(Vec<U>) -> gpt_rs::Result<R>,
 ) -> PyResult<R> {
     let typed = arr
         .cast::<PyArrayDyn<T>>()
@@ -88,24 +90,20 @@ fn copy_elems_with<T: numpy::Element + Copy, R>(
         Ok(s) if arr.is_c_contiguous() => contiguous(s),
         _ => {
             let shape = arr.shape().to_vec();
-            let gathered = memory::collect(ro.as_array().iter().copied(), "").map_err(|_| {
-                memory::out_of_memory(
-                    &format!(
-                        "from_numpy: a copy of the {} array of shape {shape:?}",
-                        arr.dtype()
-                    ),
-                    memory::bytes_of::<T>(memory::numel_u128(&shape)),
-                )
-            });
+            let gathered =
+                memory::collect(ro.as_array().iter().map(|&x| map(x)), "").map_err(|_| {
+                    memory::out_of_memory(
+                        &format!(
+                            "from_numpy: a copy of the {} array of shape {shape:?}",
+                            arr.dtype()
+                        ),
+                        memory::bytes_of::<U>(memory::numel_u128(&shape)),
+                    )
+                });
             gathered.and_then(strided)
         }
     }
     .map_err(to_py)
-}
-
-/// Converts each element with `f` into a fallibly allocated vector (float64 -> float32).
-fn convert<T: Copy, U>(v: &[T], f: impl Fn(T) -> U) -> gpt_rs::Result<Vec<U>> {
-    memory::collect(v.iter().map(|&x| f(x)), "from_numpy: the converted copy")
 }
 
 /// The array's memory, shared (no copy). Caller checked dtype, contiguity and alignment.
@@ -184,12 +182,17 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
         (b'f', 4) => Data::F32(copy_elems_with(
             &arr,
             |s| Storage::copy_of(s, "from_numpy: the copy"),
+            |v| v,
             |v| Ok(Storage::from_vec(v)),
         )?),
         (b'f', 8) => Data::F32(copy_elems_with(
             &arr,
-            |s: &[f64]| convert(s, |v| v as f32).map(Storage::from_vec),
-            |v| convert(&v, |v| v as f32).map(Storage::from_vec),
+            |s: &[f64]| {
+                memory::collect(s.iter().map(|&v| v as f32), "from_numpy: the converted copy")
+                    .map(Storage::from_vec)
+            },
+            |v: f64| v as f32,
+            |v| Ok(Storage::from_vec(v)),
         )?),
         (b'i', 4) => Data::I32(Storage::from_vec(copy_elems::<i32>(&arr)?)),
         (b'i', 8) => {

@@ -72,11 +72,8 @@ pub fn numel_u128(shape: &[usize]) -> u128 {
 
 /// The layout of `n` elements of `T`, or `Error::Memory` when it exceeds what can exist.
 fn layout<T>(n: usize, what: &str) -> Result<Layout> {
-    let bytes = bytes_of::<T>(n as u128);
-    if bytes > MAX_BYTES {
-        return Err(out_of_memory(what, bytes));
-    }
-    Layout::array::<T>(n).map_err(|_| out_of_memory(what, bytes))
+    check_size::<T>(n as u128, what)?;
+    Layout::array::<T>(n).map_err(|_| out_of_memory(what, bytes_of::<T>(n as u128)))
 }
 
 /// `vec![0; n]` that returns `Error::Memory` instead of aborting. Large buffers come from

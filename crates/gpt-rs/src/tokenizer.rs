@@ -17,6 +17,26 @@ use crate::error::{Error, Result};
 pub struct Tokenizer {
     inner: HfTokenizer,
     eos_token_id: Option<u32>,
+    /// `inner.get_vocab_size(true)`, which walks the added tokens on every call: kept here,
+    /// since streaming asks for it once per generated token.
+    vocab_size: usize,
+}
+
+/// `path` must be an existing regular file (a FIFO would block the reader).
+fn check_file(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Err(Error::NotFound(format!(
+            "tokenizer file not found: {}",
+            path.display()
+        )));
+    }
+    if !path.is_file() {
+        return Err(Error::Io(format!(
+            "cannot read {}: not a regular file",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The largest vocabulary `train_bpe` builds (2^21; the largest published vocabularies have
@@ -29,18 +49,7 @@ const EOS_NAMES: [&str; 3] = ["<|endoftext|>", "</s>", "<eos>"];
 impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::NotFound(format!(
-                "tokenizer file not found: {}",
-                path.display()
-            )));
-        }
-        if !path.is_file() {
-            return Err(Error::Io(format!(
-                "cannot read {}: not a regular file",
-                path.display()
-            )));
-        }
+        check_file(path)?;
         let inner = HfTokenizer::from_file(path).map_err(|e| {
             Error::Value(format!(
                 "{} is not a valid tokenizer.json: {e}",
@@ -52,20 +61,8 @@ impl Tokenizer {
 
     /// Builds GPT-2's byte-level BPE from the original `vocab.json` and `merges.txt`.
     pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {
-        for p in [vocab, merges] {
-            if !p.exists() {
-                return Err(Error::NotFound(format!(
-                    "tokenizer file not found: {}",
-                    p.display()
-                )));
-            }
-            if !p.is_file() {
-                return Err(Error::Io(format!(
-                    "cannot read {}: not a regular file",
-                    p.display()
-                )));
-            }
-        }
+        check_file(vocab)?;
+        check_file(merges)?;
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(|e| {
@@ -86,6 +83,7 @@ impl Tokenizer {
     fn wrap(inner: HfTokenizer) -> Self {
         let eos_token_id = EOS_NAMES.iter().find_map(|t| inner.token_to_id(t));
         Self {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             eos_token_id,
         }
@@ -131,7 +129,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn eos_token_id(&self) -> Option<u32> {
