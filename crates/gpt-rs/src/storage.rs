@@ -72,20 +72,20 @@ impl<T: Send + Sync + 'static> Storage<T> {
     }
 }
 
-impl Storage<f32> {
-    /// A buffer of `len` floats filled once by `fill` and then only read, many times over (model
+impl<T: crate::memory::Zeroable + Send + Sync + 'static> Storage<T> {
+    /// A buffer of `len` elements filled once by `fill` and then only read, many times over (model
     /// weights). On Linux it is anonymous memory advised to use transparent huge pages: a
     /// decode step streams every weight once, and with 2 MiB pages the hardware prefetchers
     /// run across what would be 4 KiB page boundaries and the TLB covers the whole model.
     /// Elsewhere, or if the mapping fails, a plain vector. `Error::Memory` (naming `what`) if
     /// neither can be had.
-    pub fn weights_with(len: usize, what: &str, fill: impl FnOnce(&mut [f32])) -> Result<Self> {
+    pub fn weights_with(len: usize, what: &str, fill: impl FnOnce(&mut [T])) -> Result<Self> {
         #[cfg(target_os = "linux")]
         if len > 0 {
             // One huge page more than needed, so the buffer can start on a huge-page boundary
             // (the pages before it are never touched, so they cost address space only).
             const HUGE: usize = 2 << 20;
-            let bytes = crate::memory::bytes_of::<f32>(len as u128);
+            let bytes = crate::memory::bytes_of::<T>(len as u128);
             crate::memory::check_size::<u8>(bytes + HUGE as u128, what)?;
             let bytes = bytes as usize;
             if let Ok(mut map) = memmap2::MmapMut::map_anon(bytes + HUGE) {
@@ -93,9 +93,10 @@ impl Storage<f32> {
                 // Advice only: without transparent huge pages the buffer still works.
                 let _ = map.advise_range(memmap2::Advice::HugePage, offset, bytes);
                 // SAFETY: `offset + bytes` fits in the zero-filled mapping and `offset` is a
-                // multiple of the page size, so the floats are aligned.
+                // multiple of the page size, so the elements are aligned; zero bytes are a valid
+                // `T` (`Zeroable`).
                 let data = unsafe {
-                    std::slice::from_raw_parts_mut(map.as_mut_ptr().add(offset).cast::<f32>(), len)
+                    std::slice::from_raw_parts_mut(map.as_mut_ptr().add(offset).cast::<T>(), len)
                 };
                 fill(data);
                 let ptr = data.as_ptr();
@@ -107,7 +108,9 @@ impl Storage<f32> {
         fill(&mut v);
         Ok(Self::from_vec(v))
     }
+}
 
+impl Storage<f32> {
     /// A copy of `src`. Large buffers (from `LARGE_COPY` bytes, NumPy's own threshold for
     /// huge pages) go to weight memory (`weights_with`): a big tensor made from an array is
     /// usually a weight that every later product streams, at the bandwidth huge pages give.

@@ -159,6 +159,46 @@ on_every_backend! {
             assert_close(&g, &wt, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("matmul_panels {m}x{k}x{n}"));
         }
     };
+    matmul_prepared_bf16_and_out_in => |be| {
+        // Weights prepared from checkpoint bytes: [out, in] (nn.Linear) and [in, out] sources,
+        // f32 / bf16 / f16 elements, kept as f32 or bf16 panels. The reference multiplies the
+        // exact values the panels hold (bf16 rounding is the format's, not an error).
+        use gpt_rs::backend::{SourceDtype, WeightFormat, WeightSource};
+        let mut r = Rng(31);
+        for &(m, k, n) in &[(1, 768, 300), (2, 1000, 1100), (3, 5, 7), (16, 64, 33), (40, 129, 70), (130, 513, 96), (1, 0, 3)] {
+            let (a, w_nk) = (r.vec(m * k, 1.0), r.vec(n * k, 1.0));
+            for (dtype, format) in [(SourceDtype::F32, WeightFormat::Bf16), (SourceDtype::Bf16, WeightFormat::Bf16), (SourceDtype::Bf16, WeightFormat::F32), (SourceDtype::F16, WeightFormat::F32), (SourceDtype::F32, WeightFormat::F32)] {
+                for out_in in [true, false] {
+                    // The stored matrix: [n, k] if out_in, else [k, n].
+                    let stored: Vec<f32> = if out_in { w_nk.clone() } else { (0..k * n).map(|i| w_nk[(i % n) * k + i / n]).collect() };
+                    let bytes: Vec<u8> = match dtype {
+                        SourceDtype::F32 => stored.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        SourceDtype::Bf16 => stored.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                        SourceDtype::F16 => stored.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                    };
+                    let src = WeightSource { bytes: &bytes, dtype, out_in, k, n };
+                    let panels = Panels::prepare(&src, format).unwrap();
+                    assert_eq!(panels.format(), format);
+                    // What the panels must hold: the source value, rounded as the format says.
+                    let exact = |v: f32| -> f32 {
+                        let v = match dtype {
+                            SourceDtype::F32 => v,
+                            SourceDtype::Bf16 => half::bf16::from_f32(v).to_f32(),
+                            SourceDtype::F16 => half::f16::from_f32(v).to_f32(),
+                        };
+                        if format == WeightFormat::Bf16 { half::bf16::from_f32(v).to_f32() } else { v }
+                    };
+                    let w_kn: Vec<f32> = (0..k * n).map(|i| exact(w_nk[(i % n) * k + i / n])).collect();
+                    assert_eq!(panels.to_f32_kn().unwrap(), w_kn, "prepared values {dtype:?} -> {format:?}");
+                    let (mut got, mut want) = (vec![f32::NAN; m * n], vec![0.0; m * n]);
+                    be.matmul_panels(&a, &panels, None, &mut got, m);
+                    reference().matmul(&a, &w_kn, None, &mut want, m, k, n);
+                    let (g, wt) = (Tensor::from_f32(got, vec![m, n], be.kind()).unwrap(), Tensor::from_f32(want, vec![m, n], be.kind()).unwrap());
+                    assert_close(&g, &wt, 1e-4, 1e-4 * (k as f32).sqrt(), &format!("prepared {dtype:?}->{format:?} out_in={out_in} {m}x{k}x{n}"));
+                }
+            }
+        }
+    };
     attention_strided_cache => |be| {
         // Keys/values read in place from a preallocated [g, max_t, d] cache.
         let mut r = Rng(19);

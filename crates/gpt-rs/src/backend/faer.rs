@@ -85,12 +85,17 @@ impl Backend for Faer {
         if m == 0 || n == 0 {
             return;
         }
+        let Some(panels) = w.f32_panels() else {
+            // Other formats: widened panel by panel (the shared default).
+            return super::panels::matmul_by_panel(self, a, w, bias, c, m);
+        };
         let cp = SendPtr(c.as_mut_ptr());
         threads::install(|| {
             (0..w.panels()).into_par_iter().for_each(|j| {
                 let (j0, cols) = w.columns(j);
                 let lhs = MatRef::from_row_major_slice(a, m, k);
-                let rhs = MatRef::from_row_major_slice(w.panel(j), k, PANEL).subcols(0, cols);
+                let panel = &panels[j * k * PANEL..(j + 1) * k * PANEL];
+                let rhs = MatRef::from_row_major_slice(panel, k, PANEL).subcols(0, cols);
                 // SAFETY: C is m x n row-major; this view covers rows 0..m and columns
                 // j0..j0+cols only, which no other panel writes.
                 let dst =

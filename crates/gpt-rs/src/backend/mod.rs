@@ -16,7 +16,7 @@ pub mod faer;
 pub mod panels;
 pub mod portable;
 
-pub use panels::{Panels, PANEL};
+pub use panels::{Panels, SourceDtype, WeightFormat, WeightSource, PANEL};
 
 /// The kernels every backend provides. All buffers are row-major and contiguous.
 pub trait Backend: Send + Sync {

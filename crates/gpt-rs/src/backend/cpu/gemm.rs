@@ -584,19 +584,49 @@ fn gemm(a: &[f32], a_layout: ALayout, b: BSource<'_>, c: &mut [f32], m: usize, k
             ((g + 1) * panels_per_group).min(panels),
         );
         match b {
-            BSource::Panels(w) => {
-                for kb in 0..kblocks {
-                    let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
-                    let bp = BPanels {
-                        base: w.as_slice()[p0 * PANEL..].as_ptr(),
-                        first: 0,
-                        per: PANEL / nr,
-                        stride: k * PANEL,
-                        ld: PANEL,
-                    };
-                    run(kb, kc, bp, pg);
+            BSource::Panels(w) => match w.f32_panels() {
+                Some(panels) => {
+                    for kb in 0..kblocks {
+                        let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
+                        let bp = BPanels {
+                            base: panels[p0 * PANEL..].as_ptr(),
+                            first: 0,
+                            per: PANEL / nr,
+                            stride: k * PANEL,
+                            ld: PANEL,
+                        };
+                        run(kb, kc, bp, pg);
+                    }
                 }
-            }
+                None => {
+                    // Other formats (bf16): each K block of this task's panels is widened to
+                    // f32 into the thread's pack buffer, in the panels' own layout, and read
+                    // from there (k * n conversions per call against m * k * n FMAs).
+                    let (w0, w1) = (pg.0 * nr / PANEL, (pg.1 * nr).div_ceil(PANEL));
+                    PACK_B.with(|buf| {
+                        let bpack = &mut *buf.borrow_mut();
+                        let blen = (w1 - w0) * PANEL * k.min(KC);
+                        if bpack.len() < blen {
+                            bpack.resize(blen, 0.0);
+                        }
+                        for kb in 0..kblocks {
+                            let (p0, kc) = (kb * KC, (k - kb * KC).min(KC));
+                            for (q, j) in (w0..w1).enumerate() {
+                                let dst = &mut bpack[q * kc * PANEL..(q + 1) * kc * PANEL];
+                                w.panel_f32(j, p0, kc, dst);
+                            }
+                            let bp = BPanels {
+                                base: bpack.as_ptr(),
+                                first: pg.0,
+                                per: PANEL / nr,
+                                stride: kc * PANEL,
+                                ld: PANEL,
+                            };
+                            run(kb, kc, bp, pg);
+                        }
+                    });
+                }
+            },
             BSource::Pack(b, layout) => {
                 let (j0, j1) = (pg.0 * nr, (pg.1 * nr).min(n));
                 PACK_B.with(|buf| {

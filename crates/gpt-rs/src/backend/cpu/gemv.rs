@@ -19,7 +19,7 @@
 use super::simd::{level, stream_prefetch, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use super::vector::x86;
-use super::vector::{prefetch, Scalar, Vf};
+use super::vector::{prefetch, PanelElem, Scalar, Vf};
 use super::KC;
 use crate::backend::{Panels, SendPtr, PANEL};
 
@@ -99,13 +99,22 @@ pub(super) fn matmul_nt_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: u
 /// `c[m, n] += a[m, k] @ W` with W as `Panels`, for a few rows of `a`; runs inside the
 /// engine's pool.
 pub(super) fn matmul_panel_rows(a: &[f32], w: &Panels, c: &mut [f32], m: usize) {
-    let kernel = kernels(level()).panels;
-    let (k, n, b) = (w.k(), w.n(), w.as_slice());
+    let ks = kernels(level());
+    let (k, n) = (w.k(), w.n());
     let cp = SendPtr(c.as_mut_ptr());
+    // bf16 panels are half the bytes: twice the columns per chunk for the same stream length.
     // SAFETY: chunk [j0, j0+cw) (whole panels) writes only those columns of C's m rows.
-    column_chunks(n, m * k * n, NT_CHUNK, PANEL, |j0, cw| unsafe {
-        kernel(a, b, cp, m, k, n, j0, cw)
-    });
+    if let Some(b) = w.f32_panels() {
+        column_chunks(n, m * k * n, NT_CHUNK, PANEL, |j0, cw| unsafe {
+            (ks.panels)(a, b, cp, m, k, n, j0, cw)
+        });
+    } else if let Some(b) = w.bf16_panels() {
+        column_chunks(n, m * k * n, 2 * NT_CHUNK, PANEL, |j0, cw| unsafe {
+            (ks.panels_bf16)(a, b, cp, m, k, n, j0, cw)
+        });
+    } else {
+        unreachable!("matmul_panel_rows: a weight format without a cpu kernel")
+    }
 }
 
 /// `C[i, j0..j0+cw] += a[i, :] @ B[:, j0..j0+cw]` for the few rows of the GEMV path.
@@ -251,9 +260,9 @@ unsafe fn nk_chunk<V: Vf>(
 /// `stream_prefetch()` floats ahead (if any) issued by the first group. A row accumulates one
 /// FMA per `k` in order into its own registers, so its result does not depend on `m`.
 #[inline(always)]
-unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
+unsafe fn panel_chunk<E: PanelElem, V: Vf, const RG: usize, const NV: usize>(
     a: &[f32],
-    b: &[f32],
+    b: &[E],
     c: SendPtr,
     m: usize,
     k: usize,
@@ -261,7 +270,7 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
     j0: usize,
     cw: usize,
 ) {
-    const LINE: usize = 16;
+    let line = 64 / std::mem::size_of::<E>(); // elements per cache line
     debug_assert_eq!(NV * V::W, PANEL);
     if m == 1 {
         // One row (decode at batch 1): two concurrent weight streams, the two halves of the
@@ -269,10 +278,10 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
         let (first, count) = (j0 / PANEL, cw.div_ceil(PANEL));
         let half = count / 2;
         for q in 0..half {
-            unsafe { panel_streams::<V, NV, 2>(a, b, c, k, n, first + q, half) };
+            unsafe { panel_streams::<E, V, NV, 2>(a, b, c, k, n, first + q, half) };
         }
         if count % 2 == 1 {
-            unsafe { panel_streams::<V, NV, 1>(a, b, c, k, n, first + count - 1, 0) };
+            unsafe { panel_streams::<E, V, NV, 1>(a, b, c, k, n, first + count - 1, 0) };
         }
         return;
     }
@@ -289,14 +298,14 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
                 for p in 0..k {
                     let row = panel.add(p * PANEL);
                     if i0 == 0 && ahead > 0 {
-                        for l in (0..PANEL).step_by(LINE) {
+                        for l in (0..PANEL).step_by(line) {
                             prefetch(row.wrapping_add(l + ahead));
                         }
                     }
                     for (r, accr) in acc.iter_mut().enumerate().take(rows) {
                         let x = V::splat(*a.get_unchecked((i0 + r) * k + p));
                         for (v, y) in accr.iter_mut().enumerate() {
-                            *y = V::fma(x, V::load(row.add(v * V::W)), *y);
+                            *y = V::fma(x, E::load::<V>(row.add(v * V::W)), *y);
                         }
                     }
                 }
@@ -320,18 +329,18 @@ unsafe fn panel_chunk<V: Vf, const RG: usize, const NV: usize>(
 /// bandwidth unused: a Zen 3 core read 15 GB/s from one, 19-21 GB/s from two). Per column
 /// the same arithmetic as `panel_chunk` (from zero, one FMA per `k` in order, then added to C).
 #[inline(always)]
-unsafe fn panel_streams<V: Vf, const NV: usize, const S: usize>(
+unsafe fn panel_streams<E: PanelElem, V: Vf, const NV: usize, const S: usize>(
     a: &[f32],
-    b: &[f32],
+    b: &[E],
     c: SendPtr,
     k: usize,
     n: usize,
     p0: usize,
     stride: usize,
 ) {
-    const LINE: usize = 16;
+    let line = 64 / std::mem::size_of::<E>();
     let ahead = stream_prefetch();
-    let panel: [*const f32; S] =
+    let panel: [*const E; S] =
         std::array::from_fn(|s| b[(p0 + s * stride) * k * PANEL..][..k * PANEL].as_ptr());
     // SAFETY: `a` holds k floats; each panel holds k rows of PANEL floats; prefetches may point
     // past the end (wrapping_add), allowed for a hint; C's row holds n >= j + cols floats.
@@ -342,12 +351,12 @@ unsafe fn panel_streams<V: Vf, const NV: usize, const S: usize>(
             for (s, accs) in acc.iter_mut().enumerate() {
                 let row = panel[s].add(p * PANEL);
                 if ahead > 0 {
-                    for l in (0..PANEL).step_by(LINE) {
+                    for l in (0..PANEL).step_by(line) {
                         prefetch(row.wrapping_add(l + ahead));
                     }
                 }
                 for (v, y) in accs.iter_mut().enumerate() {
-                    *y = V::fma(x, V::load(row.add(v * V::W)), *y);
+                    *y = V::fma(x, E::load::<V>(row.add(v * V::W)), *y);
                 }
             }
         }
@@ -367,7 +376,7 @@ unsafe fn panel_streams<V: Vf, const NV: usize, const S: usize>(
 
 /// Instantiates a chunk kernel (`kn_chunk`, `nk_chunk` or `panel_chunk`) for one SIMD level.
 macro_rules! level_fn {
-    ($name:ident, $generic:ident, $V:ty $(, $rg:literal, $nv:literal)? $(; $feat:literal)?) => {
+    ($name:ident, $generic:ident, $V:ty $(; $feat:literal)?) => {
         $(#[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))])?
         #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
@@ -380,7 +389,23 @@ macro_rules! level_fn {
             j0: usize,
             cw: usize,
         ) {
-            unsafe { $generic::<$V $(, $rg, $nv)?>(a, b, c, m, k, n, j0, cw) }
+            unsafe { $generic::<$V>(a, b, c, m, k, n, j0, cw) }
+        }
+    };
+    ($name:ident, $generic:ident, $E:ty, $V:ty, $rg:literal, $nv:literal $(; $feat:literal)?) => {
+        $(#[cfg_attr(target_arch = "x86_64", target_feature(enable = $feat))])?
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            a: &[f32],
+            b: &[$E],
+            c: SendPtr,
+            m: usize,
+            k: usize,
+            n: usize,
+            j0: usize,
+            cw: usize,
+        ) {
+            unsafe { $generic::<$E, $V, $rg, $nv>(a, b, c, m, k, n, j0, cw) }
         }
     };
 }
@@ -389,35 +414,46 @@ level_fn!(kn_512, kn_chunk, x86::V512; "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
 level_fn!(nk_512, nk_chunk, x86::V512; "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_fn!(panel_512, panel_chunk, x86::V512, 4, 2; "avx512f,avx2,fma");
+level_fn!(panel_512, panel_chunk, f32, x86::V512, 4, 2; "avx512f,avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level_fn!(panel16_512, panel_chunk, u16, x86::V512, 4, 2; "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
 level_fn!(kn_256, kn_chunk, x86::V256; "avx2,fma");
 #[cfg(target_arch = "x86_64")]
 level_fn!(nk_256, nk_chunk, x86::V256; "avx2,fma");
 #[cfg(target_arch = "x86_64")]
-level_fn!(panel_256, panel_chunk, x86::V256, 2, 4; "avx2,fma");
+level_fn!(panel_256, panel_chunk, f32, x86::V256, 2, 4; "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level_fn!(panel16_256, panel_chunk, u16, x86::V256, 2, 4; "avx2,fma");
 level_fn!(kn_scalar, kn_chunk, Scalar);
 level_fn!(nk_scalar, nk_chunk, Scalar);
-level_fn!(panel_scalar, panel_chunk, Scalar, 1, 32);
+level_fn!(panel_scalar, panel_chunk, f32, Scalar, 1, 32);
+level_fn!(panel16_scalar, panel_chunk, u16, Scalar, 1, 32);
 
-type ChunkFn = unsafe fn(&[f32], &[f32], SendPtr, usize, usize, usize, usize, usize);
+type ChunkFn<E = f32> = unsafe fn(&[f32], &[E], SendPtr, usize, usize, usize, usize, usize);
 
-/// The chunk kernels of a level: `[k, n]`, `[n, k]` and `Panels` weights.
+/// The chunk kernels of a level: `[k, n]`, `[n, k]`, and f32 and bf16 `Panels` weights.
 struct Kernels {
     kn: ChunkFn,
     nk: ChunkFn,
     panels: ChunkFn,
+    panels_bf16: ChunkFn<u16>,
 }
 
 fn kernels(l: SimdLevel) -> Kernels {
-    let (kn, nk, panels): (ChunkFn, ChunkFn, ChunkFn) = match l {
+    let (kn, nk, panels, panels_bf16): (ChunkFn, ChunkFn, ChunkFn, ChunkFn<u16>) = match l {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => (kn_512, nk_512, panel_512),
+        SimdLevel::Avx512 => (kn_512, nk_512, panel_512, panel16_512),
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => (kn_256, nk_256, panel_256),
-        _ => (kn_scalar, nk_scalar, panel_scalar),
+        SimdLevel::Avx2 => (kn_256, nk_256, panel_256, panel16_256),
+        _ => (kn_scalar, nk_scalar, panel_scalar, panel16_scalar),
     };
-    Kernels { kn, nk, panels }
+    Kernels {
+        kn,
+        nk,
+        panels,
+        panels_bf16,
+    }
 }
 
 /// Threads to split over: the current pool's on a pool thread, the engine's elsewhere.

@@ -7,6 +7,8 @@ pub(super) trait Vf: Copy {
     unsafe fn zero() -> Self;
     unsafe fn splat(x: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
+    /// `W` bf16 values (bits) widened to f32 (exact: a bf16 is the top half of an f32).
+    unsafe fn load_bf16(p: *const u16) -> Self;
     unsafe fn store(self, p: *mut f32);
     /// `a * b + c`.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
@@ -25,6 +27,9 @@ impl Vf for Scalar {
     }
     unsafe fn load(p: *const f32) -> Self {
         Scalar(unsafe { *p })
+    }
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        Scalar(f32::from_bits((unsafe { *p } as u32) << 16))
     }
     unsafe fn store(self, p: *mut f32) {
         unsafe { *p = self.0 }
@@ -62,6 +67,15 @@ pub(super) mod x86 {
             unsafe { V256(_mm256_loadu_ps(p)) }
         }
         #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> Self {
+            unsafe {
+                let h = _mm_loadu_si128(p.cast());
+                V256(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(
+                    _mm256_cvtepu16_epi32(h),
+                )))
+            }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm256_storeu_ps(p, self.0) }
         }
@@ -92,6 +106,15 @@ pub(super) mod x86 {
             unsafe { V512(_mm512_loadu_ps(p)) }
         }
         #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> Self {
+            unsafe {
+                let h = _mm256_loadu_si256(p.cast());
+                V512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(
+                    _mm512_cvtepu16_epi32(h),
+                )))
+            }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm512_storeu_ps(p, self.0) }
         }
@@ -106,10 +129,28 @@ pub(super) mod x86 {
     }
 }
 
+/// An element type a prepared weight's panels store: loaded as f32 lanes.
+pub(super) trait PanelElem: Copy + Send + Sync + 'static {
+    unsafe fn load<V: Vf>(p: *const Self) -> V;
+}
+impl PanelElem for f32 {
+    #[inline(always)]
+    unsafe fn load<V: Vf>(p: *const f32) -> V {
+        unsafe { V::load(p) }
+    }
+}
+/// bf16, as its bits.
+impl PanelElem for u16 {
+    #[inline(always)]
+    unsafe fn load<V: Vf>(p: *const u16) -> V {
+        unsafe { V::load_bf16(p) }
+    }
+}
+
 /// Hints the CPU to fetch the cache line holding `p` into L1 (no-op off x86_64). Never faults,
 /// so `p` may point past the end of a buffer (computed with `wrapping_add`).
 #[inline(always)]
-pub(super) fn prefetch(p: *const f32) {
+pub(super) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint; it reads nothing architecturally and cannot fault.
     unsafe {
