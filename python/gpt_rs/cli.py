@@ -99,13 +99,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _setup(args)
     model = _load(args)
-    cfg = model.config
     rng = np.random.default_rng(0)
     print(f"{model!r}\nthreads {gpt_rs.get_num_threads()}, simd {gpt_rs.get_simd_level()}")
     for t in (128, 512):
-        if t > cfg["n_positions"]:
+        if t > model.context_length:
             continue
-        ids = rng.integers(0, cfg["vocab_size"], t).tolist()
+        ids = rng.integers(0, model.vocab_size, t).tolist()
         model.logits(ids)
         times = []
         for _ in range(args.repeats):
@@ -113,8 +112,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             model.logits(ids)
             times.append(time.perf_counter() - t0)
         print(f"prefill T={t}: {1e3 * float(np.median(times)):.1f} ms")
-    prompt = rng.integers(0, cfg["vocab_size"], 8).tolist()
-    new = min(args.decode_tokens, cfg["n_positions"] - 8)
+    prompt = rng.integers(0, model.vocab_size, 8).tolist()
+    new = min(args.decode_tokens, model.context_length - 8)
     model.generate_tokens(prompt, 4, temperature=0, stop_token_ids=[])
     rates = []
     for _ in range(args.repeats):

@@ -1,4 +1,5 @@
-"""Loading GPT-2 checkpoints: Hugging Face folders, or model ids already in the local hub cache."""
+"""Loading models: Hugging Face folders (GPT-2 and the Llama-family decoders), or model ids
+already in the local hub cache."""
 
 from __future__ import annotations
 
@@ -52,13 +53,19 @@ def resolve_model_path(name_or_path: Union[str, os.PathLike]) -> Path:
     )
 
 
-def load_model(name_or_path: Union[str, os.PathLike]) -> Model:
-    """Loads a GPT-2 checkpoint (weights are memory-mapped, not copied).
+def load_model(name_or_path: Union[str, os.PathLike], dtype: str = "auto") -> Model:
+    """Loads a causal language model from a Hugging Face folder.
+
+    Families (``config.json``'s ``model_type``): ``gpt2``, ``llama`` (Llama 2/3, SmolLM2,
+    TinyLlama), ``mistral``, ``qwen2`` (Qwen2.5) and ``qwen3``.
 
     Args:
-        name_or_path: a Hugging Face GPT-2 folder (``config.json``, ``model.safetensors``, and
-            ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``), or a model id already in the
-            local hub cache (e.g. ``"gpt2"``).
+        name_or_path: a Hugging Face model folder (``config.json``, ``model.safetensors`` or a
+            sharded ``model.safetensors.index.json``, and ``tokenizer.json`` or ``vocab.json`` +
+            ``merges.txt``), or a model id already in the local hub cache (e.g. ``"gpt2"``).
+        dtype: how the linear layers' weights are kept in memory: ``"auto"`` (the checkpoint's:
+            bf16 stays bf16, f32 and f16 become f32), ``"f32"`` or ``"bf16"`` (half the memory
+            and the bytes each decoded token reads). Activations are f32 either way.
 
     Returns:
         Model: with ``generate``, ``stream``, ``generate_batch``, ``generate_tokens``,
@@ -69,4 +76,4 @@ def load_model(name_or_path: Union[str, os.PathLike]) -> Model:
         ValueError: a missing tensor, a wrong shape (the message names the file, the key and
             both shapes) or an invalid config.
     """
-    return Model.from_dir(str(resolve_model_path(name_or_path)))
+    return Model.from_dir(str(resolve_model_path(name_or_path)), dtype)

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use gpt_rs::backend::{self, BackendKind};
 use gpt_rs::checkpoint::Gpt2Config;
+use gpt_rs::models::{CausalLm, KvCache, LoadDtype, Logits, SeqInput, Workspace};
 use gpt_rs::generate::{Generator, SamplingParams, StopCriteria};
-use gpt_rs::models::gpt2::{self, Gpt2, KvCache, Logits, SeqInput, Workspace};
 use gpt_rs::tokenizer::Tokenizer;
 use gpt_rs::{threads, Error};
 use numpy::{PyArray1, PyArray2};
@@ -139,20 +139,14 @@ impl PyTokenizer {
     }
 }
 
+/// A JSON value as the Python object `json.loads` gives.
+pub fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (v.to_string(),))
+}
+
 /// A model's hyper-parameters as the dict `Model.config` and `TrainableModel.config` return.
 pub fn config_dict<'py>(py: Python<'py>, c: &Gpt2Config) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("model_type", "gpt2")?;
-    d.set_item("vocab_size", c.vocab_size)?;
-    d.set_item("n_positions", c.n_positions)?;
-    d.set_item("n_embd", c.n_embd)?;
-    d.set_item("n_layer", c.n_layer)?;
-    d.set_item("n_head", c.n_head)?;
-    d.set_item("n_inner", c.n_inner)?;
-    d.set_item("layer_norm_epsilon", c.layer_norm_epsilon)?;
-    d.set_item("bos_token_id", c.bos_token_id)?;
-    d.set_item("eos_token_id", c.eos_token_id)?;
-    Ok(d)
+    Ok(json_to_py(py, &c.summary_json())?.cast_into::<PyDict>()?)
 }
 
 /// tokenizer.json (a file, or in a folder), else vocab.json + merges.txt; None if neither exists.
@@ -177,10 +171,10 @@ fn load_tokenizer(path: &std::path::Path) -> gpt_rs::Result<Option<Tokenizer>> {
     Ok(None)
 }
 
-/// A loaded GPT-2 model.
+/// A loaded causal language model (GPT-2 or a Llama-family decoder).
 #[pyclass(name = "Model", module = "gpt_rs", frozen)]
 pub struct PyModel {
-    model: Arc<Gpt2>,
+    model: Arc<dyn CausalLm>,
     tokenizer: Option<Arc<Tokenizer>>,
     path: PathBuf,
     pinned: Mutex<Option<BackendKind>>,
@@ -236,13 +230,18 @@ impl PyModel {
         let seed = args::seed(seed)?;
         let stop_token_ids = match stop_token_ids {
             Some(ids) => ids_from_py(ids, "stop_token_ids")?,
-            None => self
-                .model
-                .config
-                .eos_token_id
-                .or_else(|| self.tokenizer.as_ref().and_then(|t| t.eos_token_id()))
-                .into_iter()
-                .collect(),
+            None => {
+                let ids = &self.model.info().eos_token_ids;
+                if ids.is_empty() {
+                    self.tokenizer
+                        .as_ref()
+                        .and_then(|t| t.eos_token_id())
+                        .into_iter()
+                        .collect()
+                } else {
+                    ids.clone()
+                }
+            }
         };
         let params = SamplingParams {
             temperature: temperature as f32,
@@ -265,11 +264,11 @@ impl PyModel {
 
     /// One forward pass over `ids` (no generation), GIL released; returns the logits rows.
     fn run_forward(&self, py: Python<'_>, ids: Vec<u32>, which: Logits) -> PyResult<Vec<f32>> {
-        let cfg = &self.model.config;
-        if ids.is_empty() || ids.len() > cfg.n_positions {
+        let cfg = self.model.info();
+        if ids.is_empty() || ids.len() > cfg.context {
             return Err(PyValueError::new_err(format!(
                 "forward_tokens needs 1 to {} token ids (the model's context), got {}",
-                cfg.n_positions,
+                cfg.context,
                 ids.len()
             )));
         }
@@ -286,10 +285,7 @@ impl PyModel {
                 let reused = scratch.try_lock().ok().and_then(|mut s| s.take());
                 let (mut cache, mut ws) = match reused {
                     Some((cache, ws)) if cache.capacity() >= ids.len() => (cache, ws),
-                    _ => (
-                        KvCache::new(&model.config, ids.len())?,
-                        Workspace::default(),
-                    ),
+                    _ => (model.new_cache(ids.len())?, Workspace::default()),
                 };
                 cache.len = 0;
                 model.forward(
@@ -349,28 +345,31 @@ impl PyModel {
 
 #[pymethods]
 impl PyModel {
-    /// Loads a Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` and, if present,
-    /// ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``). Use ``gpt_rs.load_model``, which
-    /// also resolves hub model ids from the local cache.
+    /// Loads a Hugging Face model folder (``config.json``, ``model.safetensors`` or a sharded
+    /// index, and, if present, ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``). Use
+    /// ``gpt_rs.load_model``, which also resolves hub model ids from the local cache.
     #[staticmethod]
-    fn from_dir(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, dtype = "auto"))]
+    fn from_dir(py: Python<'_>, path: PathBuf, dtype: &str) -> PyResult<Self> {
         let be = backend::current();
+        let dtype = LoadDtype::parse(dtype).map_err(to_py)?;
         let p = path.clone();
         let (model, tok) = crate::errors::run(py, usize::MAX, move || -> gpt_rs::Result<_> {
-            Ok((gpt2::load_dir(&p, be)?, load_tokenizer(&p)?))
+            Ok((gpt_rs::models::load_dir(&p, be, dtype)?, load_tokenizer(&p)?))
         })?;
+        let vocab = model.info().vocab_size;
         if let Some(t) = &tok {
-            if t.vocab_size() > model.config.vocab_size {
+            if t.vocab_size() > vocab {
                 return Err(PyValueError::new_err(format!(
                     "{}: the tokenizer has {} tokens but the model's vocab_size is {}",
                     path.display(),
                     t.vocab_size(),
-                    model.config.vocab_size
+                    vocab
                 )));
             }
         }
         Ok(Self {
-            model: Arc::new(model),
+            model,
             tokenizer: tok.map(Arc::new),
             path,
             pinned: Mutex::new(None),
@@ -387,7 +386,7 @@ impl PyModel {
         let ids = ids_from_py(ids, "forward_tokens")?;
         let t = ids.len();
         let logits = self.run_forward(py, ids, Logits::All)?;
-        let arr = numpy::ndarray::Array2::from_shape_vec((t, self.model.config.vocab_size), logits)
+        let arr = numpy::ndarray::Array2::from_shape_vec((t, self.model.info().vocab_size), logits)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(PyArray2::from_owned_array(py, arr))
     }
@@ -591,8 +590,45 @@ impl PyModel {
 
     /// The model's hyper-parameters, as in ``config.json``.
     #[getter]
-    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        config_dict(py, &self.model.config)
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, &self.model.config_json())
+    }
+
+    /// The model family: ``config.json``'s ``model_type`` (``"gpt2"``, ``"llama"``, ``"qwen2"`` ...).
+    #[getter]
+    fn family(&self) -> String {
+        self.model.info().family.clone()
+    }
+
+    /// How the linear layers' weights are stored: ``"f32"`` or ``"bf16"``.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.model.info().dtype.name()
+    }
+
+    /// The longest sequence (prompt + generated tokens) the model takes.
+    #[getter]
+    fn context_length(&self) -> usize {
+        self.model.info().context
+    }
+
+    /// Number of token ids the model scores (its output width).
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.model.info().vocab_size
+    }
+
+    /// Token ids that end generation by default (``generation_config.json``'s
+    /// ``eos_token_id``, else ``config.json``'s, else the tokenizer's end-of-text token).
+    #[getter]
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.model.info().eos_token_ids.clone()
+    }
+
+    /// Bytes the weights take in memory.
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
     }
 
     /// The tokenizer found with the checkpoint, or None.
@@ -626,11 +662,18 @@ impl PyModel {
     }
 
     fn __repr__(&self) -> String {
-        let c = &self.model.config;
+        let c = self.model.info();
+        if c.family == "gpt2" {
+            return format!(
+                "Model(gpt2, n_layer={}, n_head={}, n_embd={}, vocab_size={}, n_positions={}, parameters={:.1}M, dtype={}, backend={}, path='{}')",
+                c.n_layer, c.n_head, c.hidden_size, c.vocab_size, c.context,
+                self.model.num_parameters() as f64 / 1e6, c.dtype.name(), self.backend_kind(), self.path.display()
+            );
+        }
         format!(
-            "Model(gpt2, n_layer={}, n_head={}, n_embd={}, vocab_size={}, n_positions={}, parameters={:.1}M, backend={}, path='{}')",
-            c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.n_positions,
-            self.model.num_parameters() as f64 / 1e6, self.backend_kind(), self.path.display()
+            "Model({}, layers={}, heads={}, kv_heads={}, hidden={}, vocab_size={}, context={}, parameters={:.1}M, dtype={}, backend={}, path='{}')",
+            c.family, c.n_layer, c.n_head, c.n_kv_head, c.hidden_size, c.vocab_size, c.context,
+            self.model.num_parameters() as f64 / 1e6, c.dtype.name(), self.backend_kind(), self.path.display()
         )
     }
 }

@@ -11,11 +11,13 @@ use crate::error::{Error, Result};
 #[cfg(feature = "conversion-c")]
 pub mod c;
 pub mod cpu;
+pub mod decoder;
 #[cfg(feature = "faer")]
 pub mod faer;
 pub mod panels;
 pub mod portable;
 
+pub use decoder::GateAct;
 pub use panels::{Panels, SourceDtype, WeightFormat, WeightSource, PANEL};
 
 /// The kernels every backend provides. All buffers are row-major and contiguous.
@@ -71,6 +73,32 @@ pub trait Backend: Send + Sync {
         for (ci, ti) in c.iter_mut().zip(&tmp) {
             *ci += ti;
         }
+    }
+
+    /// RMSNorm of each row of `weight.len()`: `x / sqrt(mean(x^2) + eps) * (offset + weight)`
+    /// (`offset` 1 for Gemma), in f32.
+    fn rms_norm(&self, x: &[f32], weight: &[f32], out: &mut [f32], eps: f32, offset: f32) {
+        decoder::rms_norm(x, weight, out, eps, offset)
+    }
+
+    /// Rotary position embedding, in place: see `decoder::rope`.
+    fn rope(
+        &self,
+        x: &mut [f32],
+        stride: usize,
+        offset: usize,
+        heads: usize,
+        d: usize,
+        cos: &[f32],
+        sin: &[f32],
+        interleaved: bool,
+    ) {
+        decoder::rope(x, stride, offset, heads, d, cos, sin, interleaved)
+    }
+
+    /// A gated MLP's activation: `out = act(gate) * up` for rows `[gate | up]` of `2 * inter`.
+    fn gated(&self, gu: &[f32], out: &mut [f32], inter: usize, act: GateAct) {
+        decoder::gated(gu, out, inter, act)
     }
 
     /// Softmax over each row of length `cols`.

@@ -67,7 +67,7 @@ pub struct WeightSource<'a> {
 impl WeightSource<'_> {
     /// Element `index` (in storage order) as f32.
     #[inline(always)]
-    fn get(&self, index: usize) -> f32 {
+    pub fn get(&self, index: usize) -> f32 {
         let b = self.bytes;
         match self.dtype {
             SourceDtype::F32 => {
@@ -156,32 +156,75 @@ impl Panels {
     /// Prepares a checkpoint's matrix in `format`, in weight memory (`Storage::weights_with`),
     /// on the engine's threads. `Error::Memory` if the memory cannot be had.
     pub fn prepare(src: &WeightSource<'_>, format: WeightFormat) -> Result<Self> {
-        let (k, n) = (src.k, src.n);
-        let elem = match src.dtype {
-            SourceDtype::F32 => 4,
-            _ => 2,
-        };
-        if src.bytes.len() as u128 != k as u128 * n as u128 * elem {
-            return Err(Error::Shape(format!(
-                "weight of {} bytes is not [{k}, {n}] of {:?}",
-                src.bytes.len(),
-                src.dtype
-            )));
+        Self::prepare_stacked(std::slice::from_ref(src), format)
+    }
+
+    /// Prepares matrices of one `k` side by side along their outputs (`n` = the sum of
+    /// theirs): a fused projection, such as q, k and v in one product.
+    pub fn prepare_stacked(srcs: &[WeightSource<'_>], format: WeightFormat) -> Result<Self> {
+        let k = srcs.first().map_or(0, |s| s.k);
+        let mut starts = Vec::with_capacity(srcs.len());
+        let mut n = 0;
+        for src in srcs {
+            let elem = match src.dtype {
+                SourceDtype::F32 => 4,
+                _ => 2,
+            };
+            if src.k != k || src.bytes.len() as u128 != src.k as u128 * src.n as u128 * elem {
+                return Err(Error::Shape(format!(
+                    "weight of {} bytes is not [{}, {}] of {:?} (stacked with k = {k})",
+                    src.bytes.len(),
+                    src.k,
+                    src.n,
+                    src.dtype
+                )));
+            }
+            starts.push(n);
+            n += src.n;
         }
+        // Column j of the stack is column j - starts[s] of source s.
+        let locate = |j: usize| {
+            let s = starts.partition_point(|&st| st <= j) - 1;
+            (&srcs[s], j - starts[s])
+        };
         let len = n.div_ceil(PANEL) * k * PANEL;
         let data = match format {
-            WeightFormat::F32 => {
-                PanelData::F32(Storage::weights_with(len, "weight panels", |d| {
-                    fill(d, k, n, |p, j| src.get(src.index(p, j)))
-                })?)
-            }
+            WeightFormat::F32 => PanelData::F32(Storage::weights_with(len, "weight panels", |d| {
+                fill(d, k, n, |p, j| {
+                    let (src, j) = locate(j);
+                    src.get(src.index(p, j))
+                })
+            })?),
             WeightFormat::Bf16 => {
                 PanelData::Bf16(Storage::weights_with(len, "bf16 weight panels", |d| {
-                    fill(d, k, n, |p, j| src.get_bf16(src.index(p, j)))
+                    fill(d, k, n, |p, j| {
+                        let (src, j) = locate(j);
+                        src.get_bf16(src.index(p, j))
+                    })
                 })?)
             }
         };
         Ok(Self { data, k, n })
+    }
+
+    /// Column `j` of `W` (`k` values) as f32 into `out`: a row of an embedding table kept as
+    /// the panels of its output projection.
+    pub fn column(&self, j: usize, out: &mut [f32]) {
+        let base = (j / PANEL) * self.k * PANEL + j % PANEL;
+        match &self.data {
+            PanelData::F32(d) => {
+                let d = d.as_slice();
+                for (p, o) in out[..self.k].iter_mut().enumerate() {
+                    *o = d[base + p * PANEL];
+                }
+            }
+            PanelData::Bf16(d) => {
+                let d = d.as_slice();
+                for (p, o) in out[..self.k].iter_mut().enumerate() {
+                    *o = f32::from_bits((d[base + p * PANEL] as u32) << 16);
+                }
+            }
+        }
     }
 
     pub fn format(&self) -> WeightFormat {

@@ -158,7 +158,120 @@ impl Gpt2Config {
         })
     }
 
+    /// The hyper-parameters as the dict Python's `Model.config` shows for GPT-2.
+    pub fn summary_json(&self) -> Value {
+        serde_json::json!({
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": self.n_inner,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        })
+    }
+
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
+    }
+}
+
+/// Typed reads of a JSON object's keys with errors that name the key, the value and the file:
+/// the config mapping of every family. A key set to `null` counts as absent.
+pub struct Keys<'a> {
+    obj: &'a serde_json::Map<String, Value>,
+    name: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    pub fn new(obj: &'a serde_json::Map<String, Value>, name: &'a str) -> Self {
+        Self { obj, name }
+    }
+
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn bad(&self, key: &str, want: &str, got: &Value) -> Error {
+        Error::Value(format!("{}: '{key}' must be {want}, got {got}", self.name))
+    }
+
+    /// A positive integer (at most 2^31), or `default` when absent.
+    pub fn usize(&self, key: &str, default: Option<usize>) -> Result<usize> {
+        match self.get(key) {
+            None => default.ok_or_else(|| Error::Value(format!("{}: missing '{key}'", self.name))),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0 && n <= 1 << 31)
+                .map(|n| n as usize)
+                .ok_or_else(|| self.bad(key, "a positive integer", v)),
+        }
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key).map(|_| self.usize(key, None)).transpose()
+    }
+
+    /// A finite number, or `default` when absent.
+    pub fn f64(&self, key: &str, default: Option<f64>) -> Result<f64> {
+        match self.get(key) {
+            None => default.ok_or_else(|| Error::Value(format!("{}: missing '{key}'", self.name))),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| self.bad(key, "a finite number", v)),
+        }
+    }
+
+    /// A normalization epsilon: positive and non-zero as the f32 the kernels use.
+    pub fn eps(&self, key: &str, default: f32) -> Result<f32> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .map(|e| e as f32)
+                .filter(|e| e.is_finite() && *e > 0.0)
+                .ok_or_else(|| self.bad(key, "a positive number, non-zero as a float32", v)),
+        }
+    }
+
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.bad(key, "true or false", v)),
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key)
+            .map(|v| v.as_str().ok_or_else(|| self.bad(key, "a string", v)))
+            .transpose()
+    }
+
+    pub fn object(&self, key: &str) -> Result<Option<&'a serde_json::Map<String, Value>>> {
+        self.get(key)
+            .map(|v| v.as_object().ok_or_else(|| self.bad(key, "an object", v)))
+            .transpose()
+    }
+
+    /// A token id or a list of them (`eos_token_id` is either); empty when absent.
+    pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let one = |v: &Value| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| self.bad(key, "a token id or a list of them", v))
+        };
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a.iter().map(one).collect(),
+            Some(v) => Ok(vec![one(v)?]),
+        }
     }
 }

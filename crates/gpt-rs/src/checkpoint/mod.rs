@@ -7,7 +7,7 @@
 //! crash it (a file shortened *while* it loads can still end the process with SIGBUS, as with
 //! any memory-mapped loader). f16, bf16 and f64 tensors are converted to f32 once at load.
 
-mod config;
+pub mod config;
 
 pub use config::Gpt2Config;
 
@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+pub use safetensors::Dtype;
+use safetensors::SafeTensors;
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
@@ -132,6 +133,15 @@ impl SafetensorsFile {
 
     /// The tensor `name` as f32, checked against `expected` shape. f32 data is a view of the
     /// memory map: for a loader that repacks it (`tensor_owned` for what is kept as is).
+    /// Tensor `name`'s dtype, shape and bytes in the map (None if absent): for weights a
+    /// backend prepares from the stored bytes.
+    pub fn raw(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == name)
+            .map(|(_, dtype, shape, range)| (*dtype, shape.as_slice(), &self.map[range.clone()]))
+    }
+
     pub fn tensor(&self, name: &str, expected: &[usize], backend: BackendKind) -> Result<Tensor> {
         let (_, dtype, shape, range) =
             self.entries.iter().find(|e| e.0 == name).ok_or_else(|| {

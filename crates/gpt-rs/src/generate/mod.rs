@@ -7,10 +7,9 @@ pub use sampler::{Sampler, SamplingParams};
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::checkpoint::Gpt2Config;
 use crate::error::{Error, Result};
 use crate::memory;
-use crate::models::gpt2::{Gpt2, KvCache, Logits, SeqInput, Workspace};
+use crate::models::{CausalLm, KvCache, Logits, ModelInfo, SeqInput, Workspace};
 use crate::tokenizer::{TextStream, Tokenizer};
 
 /// What ends a sequence.
@@ -26,7 +25,7 @@ pub struct StopCriteria {
 /// Refuses, before anything is allocated, KV caches that together exceed this machine's
 /// physical memory: the allocator would grant them lazily (overcommit) and the OOM killer
 /// would end the process once generation touched them.
-fn check_cache_memory(cfg: &Gpt2Config, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<()> {
+fn check_cache_memory(cfg: &ModelInfo, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<()> {
     let total: u128 = prompts
         .iter()
         .map(|p| KvCache::bytes_for(cfg, p.len() + max_new_tokens))
@@ -70,7 +69,7 @@ impl Sequence {
 /// unfinished sequences. Each sequence gets its own sampler seeded with the same seed, so
 /// sequence `i` is exactly what generating prompt `i` alone would give.
 pub struct Generator {
-    model: Arc<Gpt2>,
+    model: Arc<dyn CausalLm>,
     tokenizer: Option<Arc<Tokenizer>>,
     pub seqs: Vec<Sequence>,
     stop: StopCriteria,
@@ -82,15 +81,15 @@ pub struct Generator {
 impl Generator {
     /// Validates everything up front: ids, lengths, sampling parameters.
     pub fn new(
-        model: Arc<Gpt2>,
+        model: Arc<dyn CausalLm>,
         tokenizer: Option<Arc<Tokenizer>>,
         prompts: &[Vec<u32>],
         params: &SamplingParams,
         stop: StopCriteria,
         keep_text: bool,
     ) -> Result<Self> {
-        let cfg = model.config.clone();
-        let cfg = &cfg;
+        let info = model.info().clone();
+        let cfg = &info;
         params.validate()?;
         if prompts.is_empty() {
             return Err(Error::Value("no prompts given".into()));
@@ -113,21 +112,21 @@ impl Generator {
                     p[pos], cfg.vocab_size
                 )));
             }
-            if p.len() > cfg.n_positions {
+            if p.len() > cfg.context {
                 return Err(Error::Value(format!(
                     "prompt {i} has {} tokens, longer than the model's context of {} positions",
                     p.len(),
-                    cfg.n_positions
+                    cfg.context
                 )));
             }
-            if p.len() + stop.max_new_tokens > cfg.n_positions {
+            if p.len() + stop.max_new_tokens > cfg.context {
                 return Err(Error::Value(format!(
                     "prompt {i} ({} tokens) + max_new_tokens ({}) exceeds the model's context of {} positions; \
                      lower max_new_tokens to at most {}",
                     p.len(),
                     stop.max_new_tokens,
-                    cfg.n_positions,
-                    cfg.n_positions - p.len()
+                    cfg.context,
+                    cfg.context - p.len()
                 )));
             }
         }
@@ -143,7 +142,7 @@ impl Generator {
                 prompt_len: p.len(),
                 text: String::new(),
                 finished: stop.max_new_tokens == 0,
-                cache: KvCache::new(cfg, p.len() + stop.max_new_tokens)?,
+                cache: model.new_cache(p.len() + stop.max_new_tokens)?,
                 sampler: Sampler::new(params.clone()),
                 stream: TextStream::default(),
                 emitted: 0,
@@ -179,7 +178,7 @@ impl Generator {
         if !self.started {
             // Prefill each prompt on its own (prefill is compute-bound, so nothing is lost), so
             // that every sequence sees exactly the arithmetic of a one-by-one run.
-            let v = model.config.vocab_size;
+            let v = model.info().vocab_size;
             let mut logits = memory::zeroed(active.len() * v, "the logits")?;
             for (row, &i) in active.iter().enumerate() {
                 let seq = &mut self.seqs[i];
@@ -212,7 +211,7 @@ impl Generator {
             model.forward(be, &mut inputs, Logits::Last, &mut self.ws)?;
         }
         self.started = true;
-        let v = model.config.vocab_size;
+        let v = model.info().vocab_size;
         for (row, &i) in active.iter().enumerate() {
             let logits = &mut self.ws.logits[row * v..(row + 1) * v];
             let seq = &mut self.seqs[i];

@@ -10,7 +10,12 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, BackendKind, Panels};
+use super::attention::{attend, AttnSpec, QkvLayout};
+use super::{
+    add_in_place, check_inputs, grow, select_rows, CausalLm, Linear, LoadDtype, Logits, ModelInfo,
+    SeqInput, Workspace,
+};
+use crate::backend::{Backend, BackendKind, Panels, SourceDtype, WeightFormat, WeightSource};
 use crate::checkpoint::{Gpt2Config, SafetensorsFile};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -20,61 +25,50 @@ use crate::tensor::{Data, Tensor};
 /// kept as `Panels` (32 output columns at a time, each panel contiguous), the layout the `cpu`
 /// backend multiplies in place: prefill skips packing W per call, and decoding streams every
 /// weight once, front to back.
-pub struct Proj {
-    pub weight: Panels, // (in, out)
-    pub bias: Tensor,   // (out)
-}
-
-impl Proj {
-    fn load(
-        f: &SafetensorsFile,
-        name: &str,
-        k: usize,
-        n: usize,
-        backend: BackendKind,
-    ) -> Result<Self> {
-        let w = f.tensor(&format!("{name}.weight"), &[k, n], backend)?;
-        let weight = Panels::from_kn(w.f32s("weight")?, k, n)?;
-        // The panels are what the model keeps: let the mapped pages go now, so loading never
-        // holds both copies.
-        drop(w);
-        f.release_tensor(&format!("{name}.weight"));
-        Ok(Self {
-            weight,
-            bias: f.tensor_owned(&format!("{name}.bias"), &[n], backend)?,
-        })
-    }
-
-    fn numel(&self) -> usize {
-        self.weight.k() * self.weight.n() + self.bias.numel()
-    }
-
-    /// `out[rows, out] = x[rows, in] @ W + b`. With `exact`, rows go in calls of at most 15,
-    /// where every backend computes a row the same way whatever the row count (so batched
-    /// decoding equals one-by-one decoding).
-    fn apply(
-        &self,
-        be: &dyn Backend,
-        x: &[f32],
-        out: &mut [f32],
-        rows: usize,
-        exact: bool,
-    ) -> Result<()> {
-        let (k, n) = (self.weight.k(), self.weight.n());
-        let b = self.bias.f32s("bias")?;
-        let chunk = if exact { 15 } else { rows.max(1) };
-        for r0 in (0..rows).step_by(chunk) {
-            let r = chunk.min(rows - r0);
-            be.matmul_panels(
-                &x[r0 * k..(r0 + r) * k],
-                &self.weight,
-                Some(b),
-                &mut out[r0 * n..(r0 + r) * n],
-                r,
-            );
+fn load_proj(
+    f: &SafetensorsFile,
+    name: &str,
+    k: usize,
+    n: usize,
+    backend: BackendKind,
+    dtype: LoadDtype,
+) -> Result<Linear> {
+    let w = f.tensor(&format!("{name}.weight"), &[k, n], backend)?;
+    let stored = f.raw(&format!("{name}.weight")).map(|r| r.0);
+    let format = match (dtype, stored) {
+        (LoadDtype::Bf16, _) | (LoadDtype::Auto, Some(crate::checkpoint::Dtype::BF16)) => {
+            WeightFormat::Bf16
         }
-        Ok(())
-    }
+        _ => WeightFormat::F32,
+    };
+    let values = w.f32s("weight")?;
+    let weight = match format {
+        WeightFormat::F32 => Panels::from_kn(values, k, n)?,
+        WeightFormat::Bf16 => {
+            // SAFETY: f32 has no padding; the bytes are the values' little-endian images on the
+            // little-endian targets gpt_rs builds for.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4)
+            };
+            let src = WeightSource {
+                bytes,
+                dtype: SourceDtype::F32,
+                out_in: false,
+                k,
+                n,
+            };
+            Panels::prepare(&src, WeightFormat::Bf16)?
+        }
+    };
+    // The panels are what the model keeps: let the mapped pages go now, so loading never
+    // holds both copies.
+    drop(w);
+    f.release_tensor(&format!("{name}.weight"));
+    let bias = f.tensor_owned(&format!("{name}.bias"), &[n], backend)?;
+    Ok(Linear {
+        weight,
+        bias: Some(bias.f32s("bias")?.to_vec()),
+    })
 }
 
 /// A copy of `t` in weight memory (huge pages where available: `Storage::weights_with`).
@@ -87,12 +81,12 @@ fn to_weight_memory(t: &Tensor, backend: BackendKind) -> Result<Tensor> {
 pub struct Block {
     pub ln_1_weight: Tensor, // (C)
     pub ln_1_bias: Tensor,
-    pub c_attn: Proj,      // C -> 3C
-    pub attn_c_proj: Proj, // C -> C
+    pub c_attn: Linear,      // C -> 3C
+    pub attn_c_proj: Linear, // C -> C
     pub ln_2_weight: Tensor,
     pub ln_2_bias: Tensor,
-    pub c_fc: Proj,       // C -> 4C
-    pub mlp_c_proj: Proj, // 4C -> C
+    pub c_fc: Linear,       // C -> 4C
+    pub mlp_c_proj: Linear, // 4C -> C
 }
 
 pub struct Gpt2 {
@@ -104,92 +98,18 @@ pub struct Gpt2 {
     pub ln_f_bias: Tensor,
     /// A separate (untied) output projection `(V, C)`, if the checkpoint has one.
     pub lm_head: Option<Tensor>,
-}
-
-/// Per-sequence key/value cache, allocated once for `capacity` positions: for each layer,
-/// `k` and `v` laid out `(H, capacity, D)`, all in one block. One large allocation comes
-/// from the OS as untouched zero pages, so a cache costs memory only as positions fill it
-/// (thousands of small per-layer blocks would each be cleared up front).
-pub struct KvCache {
-    data: Vec<f32>,
-    per_layer: usize,
-    capacity: usize,
-    /// Positions filled so far.
-    pub len: usize,
-}
-
-impl KvCache {
-    /// A cache for up to `capacity` positions (at most the model's `n_positions`), or
-    /// `Error::Memory`.
-    pub fn new(c: &Gpt2Config, capacity: usize) -> Result<Self> {
-        let capacity = capacity.min(c.n_positions);
-        let per_layer = capacity * c.n_embd;
-        Ok(Self {
-            data: crate::memory::zeroed(2 * c.n_layer * per_layer, "the KV cache")?,
-            per_layer,
-            capacity,
-            len: 0,
-        })
-    }
-
-    /// Bytes of a cache for `capacity` positions (128-bit, for checks before allocating).
-    pub fn bytes_for(c: &Gpt2Config, capacity: usize) -> u128 {
-        let capacity = capacity.min(c.n_positions) as u128;
-        2 * c.n_layer as u128 * capacity * c.n_embd as u128 * 4
-    }
-
-    /// Layer `l`'s keys and values.
-    fn layer_mut(&mut self, l: usize) -> (&mut [f32], &mut [f32]) {
-        let n = self.per_layer;
-        self.data[2 * l * n..2 * (l + 1) * n].split_at_mut(n)
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-}
-
-/// One sequence's part of a forward step: its new tokens and its cache.
-pub struct SeqInput<'a> {
-    pub tokens: &'a [u32],
-    pub cache: &'a mut KvCache,
-}
-
-/// Which rows' logits to compute.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Only each sequence's last row (generation).
-    Last,
-    /// Every row (`forward_tokens`).
-    All,
-}
-
-/// Scratch buffers reused across steps (grown when needed, never shrunk), so decoding does not
-/// allocate per token.
-#[derive(Default)]
-pub struct Workspace {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    qkv: Vec<f32>,
-    att: Vec<f32>,
-    q: Vec<f32>,
-    o: Vec<f32>,
-    fc: Vec<f32>,
-    fc_act: Vec<f32>,
-    proj: Vec<f32>,
-    sel: Vec<f32>,
-    pub logits: Vec<f32>,
-}
-
-/// The first `n` floats of a workspace buffer, grown (fallibly) when it is too short.
-fn grow(v: &mut Vec<f32>, n: usize) -> Result<&mut [f32]> {
-    crate::memory::grow(v, n, "the forward pass's activations")
+    info: ModelInfo,
 }
 
 impl Gpt2 {
     /// Loads `model.safetensors` with `config` (keys with or without the `transformer.` prefix;
     /// the causal-mask buffers of old checkpoints are ignored).
-    pub fn load(weights: &Path, config: Gpt2Config, backend: BackendKind) -> Result<Self> {
+    pub fn load(
+        weights: &Path,
+        config: Gpt2Config,
+        backend: BackendKind,
+        dtype: LoadDtype,
+    ) -> Result<Self> {
         let f = SafetensorsFile::open(weights)?;
         let prefix = if f.contains("transformer.wte.weight") {
             "transformer."
@@ -208,7 +128,7 @@ impl Gpt2 {
             f.tensor_owned(&format!("{prefix}{name}"), shape, backend)
         };
         let proj = |name: &str, k: usize, n: usize| {
-            Proj::load(&f, &format!("{prefix}{name}"), k, n, backend)
+            load_proj(&f, &format!("{prefix}{name}"), k, n, backend, dtype)
         };
         if f.contains(&format!("{prefix}h.{}.ln_1.weight", config.n_layer)) {
             return Err(Error::Value(format!(
@@ -251,7 +171,21 @@ impl Gpt2 {
         let lm_head = lm_head.map(|l| to_weight_memory(&l, backend)).transpose()?;
         // The large tensors were copied out of the map; let their pages go.
         f.release_pages();
+        let info = ModelInfo {
+            family: "gpt2".into(),
+            vocab_size: v,
+            context: p,
+            hidden_size: c,
+            n_layer: config.n_layer,
+            n_head: config.n_head,
+            n_kv_head: config.n_head,
+            head_dim: config.head_dim(),
+            eos_token_ids: config.eos_token_id.into_iter().collect(),
+            bos_token_id: config.bos_token_id,
+            dtype: h.first().map_or(WeightFormat::F32, |b| b.c_attn.weight.format()),
+        };
         Ok(Self {
+            info,
             wpe: get("wpe.weight", &[p, c])?,
             ln_f_weight: get("ln_f.weight", &[c])?,
             ln_f_bias: get("ln_f.bias", &[c])?,
@@ -284,17 +218,39 @@ impl Gpt2 {
             + 2 * self.config.n_embd
             + self.lm_head.as_ref().map_or(0, |t| t.numel())
     }
+}
 
-    /// Runs the new tokens of `seqs` through the model, appending their keys/values to each
-    /// sequence's cache, and leaves logits in `ws.logits`: `(S, V)` for `Logits::Last` (one row
-    /// per sequence) or `(R, V)` for `Logits::All`. Callers validate token ids and lengths.
-    pub fn forward(
+impl CausalLm for Gpt2 {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn num_parameters(&self) -> usize {
+        Gpt2::num_parameters(self)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let lin = |l: &Linear| l.weight.bytes() + 4 * l.bias.as_ref().map_or(0, Vec::len);
+        self.h
+            .iter()
+            .map(|b| lin(&b.c_attn) + lin(&b.attn_c_proj) + lin(&b.c_fc) + lin(&b.mlp_c_proj) + 16 * self.config.n_embd)
+            .sum::<usize>()
+            + 4 * (self.wte.numel() + self.wpe.numel() + 2 * self.config.n_embd)
+            + 4 * self.lm_head.as_ref().map_or(0, |t| t.numel())
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.summary_json()
+    }
+
+    fn forward(
         &self,
         be: &dyn Backend,
         seqs: &mut [SeqInput<'_>],
         which: Logits,
         ws: &mut Workspace,
     ) -> Result<()> {
+        check_inputs(&self.info, seqs)?;
         let cfg = &self.config;
         let (c, nh, d, inner, eps) = (
             cfg.n_embd,
@@ -304,26 +260,17 @@ impl Gpt2 {
             cfg.layer_norm_epsilon,
         );
         let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
-        for s in seqs.iter() {
-            if s.cache.len + s.tokens.len() > s.cache.capacity {
-                return Err(Error::Value(format!(
-                    "sequence of {} tokens exceeds its cache of {} positions (the model's context is {})",
-                    s.cache.len + s.tokens.len(),
-                    s.cache.capacity,
-                    cfg.n_positions
-                )));
-            }
-            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(Error::Value(format!(
-                    "token id {t} is out of range for a vocabulary of {}",
-                    cfg.vocab_size
-                )));
-            }
-        }
         let wte = self.wte.f32s("wte")?;
         let wpe = self.wpe.f32s("wpe")?;
         // A decode step over several sequences: keep each row's arithmetic batch-independent.
         let exact = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
+        let spec = AttnSpec {
+            n_head: nh,
+            n_kv_head: nh,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            window: None,
+        };
 
         // x = wte[token] + wpe[position]                                      // (R, C)
         let x = grow(&mut ws.x, rows * c)?;
@@ -357,39 +304,25 @@ impl Gpt2 {
             let att = grow(&mut ws.att, rows * c)?;
             let mut r0 = 0;
             for s in seqs.iter_mut() {
-                let (n, start, p) = (s.tokens.len(), s.cache.len, s.cache.capacity);
+                let (n, start, cap) = (s.tokens.len(), s.cache.len, s.cache.capacity());
                 let (kc, vc) = s.cache.layer_mut(l);
-                let q = grow(&mut ws.q, nh * n * d)?; // (H, n, D)
-                for j in 0..n {
-                    let row = &ws.qkv[(r0 + j) * 3 * c..(r0 + j + 1) * 3 * c];
-                    for hh in 0..nh {
-                        let dst = (hh * p + start + j) * d;
-                        q[(hh * n + j) * d..(hh * n + j + 1) * d]
-                            .copy_from_slice(&row[hh * d..(hh + 1) * d]);
-                        kc[dst..dst + d].copy_from_slice(&row[c + hh * d..c + (hh + 1) * d]);
-                        vc[dst..dst + d]
-                            .copy_from_slice(&row[2 * c + hh * d..2 * c + (hh + 1) * d]);
-                    }
-                }
-                let o = grow(&mut ws.o, nh * n * d)?; // (H, n, D)
-                be.attention(
-                    &ws.q[..nh * n * d],
-                    kc,
-                    vc,
-                    o,
-                    nh,
+                attend(
+                    be,
+                    &spec,
+                    &ws.qkv[r0 * 3 * c..(r0 + n) * 3 * c],
+                    QkvLayout {
+                        stride: 3 * c,
+                        q: 0,
+                        k: c,
+                        v: 2 * c,
+                    },
                     n,
-                    start + n,
-                    d,
-                    p * d,
-                    true,
-                );
-                for j in 0..n {
-                    for hh in 0..nh {
-                        att[(r0 + j) * c + hh * d..(r0 + j) * c + (hh + 1) * d]
-                            .copy_from_slice(&o[(hh * n + j) * d..(hh * n + j + 1) * d]);
-                    }
-                }
+                    start,
+                    (kc, vc, cap),
+                    &mut ws.q,
+                    &mut ws.o,
+                    &mut att[r0 * c..(r0 + n) * c],
+                )?;
                 r0 += n;
             }
 
@@ -409,33 +342,18 @@ impl Gpt2 {
                 c,
                 eps,
             );
-            let fc = grow(&mut ws.fc, rows * inner)?;
+            let fc = grow(&mut ws.mlp, rows * inner)?;
             b.c_fc.apply(be, &ws.h[..rows * c], fc, rows, exact)?;
-            let fc_act = grow(&mut ws.fc_act, rows * inner)?;
-            be.gelu_tanh(&ws.fc[..rows * inner], fc_act);
+            let fc_act = grow(&mut ws.mlp_act, rows * inner)?;
+            be.gelu_tanh(&ws.mlp[..rows * inner], fc_act);
             let proj = grow(&mut ws.proj, rows * c)?;
             b.mlp_c_proj
-                .apply(be, &ws.fc_act[..rows * inner], proj, rows, exact)?;
+                .apply(be, &ws.mlp_act[..rows * inner], proj, rows, exact)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
         }
 
         // Final norm on the rows whose logits are wanted, then logits = x @ wte^T.   // (S|R, V)
-        let m = if which == Logits::All {
-            rows
-        } else {
-            seqs.len()
-        };
-        let sel = grow(&mut ws.sel, m * c)?;
-        match which {
-            Logits::All => sel.copy_from_slice(&ws.x[..rows * c]),
-            Logits::Last => {
-                let mut end = 0;
-                for (i, s) in seqs.iter().enumerate() {
-                    end += s.tokens.len();
-                    sel[i * c..(i + 1) * c].copy_from_slice(&ws.x[(end - 1) * c..end * c]);
-                }
-            }
-        }
+        let m = select_rows(&ws.x, &mut ws.sel, seqs, which, c)?;
         let h = grow(&mut ws.h, m * c)?;
         be.layer_norm(
             &ws.sel[..m * c],
@@ -470,15 +388,8 @@ impl Gpt2 {
     }
 }
 
-/// `x += y` (the residual connection).
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
 /// Loads a Hugging Face GPT-2 folder's `config.json` and `model.safetensors`.
-pub fn load_dir(dir: &Path, backend: BackendKind) -> Result<Gpt2> {
+pub fn load_dir(dir: &Path, backend: BackendKind, dtype: LoadDtype) -> Result<Gpt2> {
     let config_path = dir.join("config.json");
     let weights = dir.join("model.safetensors");
     for f in [&config_path, &weights] {
@@ -490,5 +401,9 @@ pub fn load_dir(dir: &Path, backend: BackendKind) -> Result<Gpt2> {
         }
     }
     let config = Gpt2Config::from_file(&config_path)?;
-    Gpt2::load(&weights, config, backend)
+    let mut g = Gpt2::load(&weights, config, backend, dtype)?;
+    if let Some(eos) = super::generation_eos(dir)? {
+        g.info.eos_token_ids = eos;
+    }
+    Ok(g)
 }

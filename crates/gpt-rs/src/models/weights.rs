@@ -1,0 +1,214 @@
+//! Reading a Hugging Face checkpoint's weights for the runtime: `model.safetensors` or a
+//! sharded `model.safetensors.index.json`, memory-mapped; linear layers prepared straight from
+//! the stored bytes (`Panels::prepare`), their mapped pages released as soon as they are
+//! copied, so loading never holds a weight twice.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::Linear;
+use crate::backend::{Panels, SourceDtype, WeightFormat, WeightSource};
+use crate::checkpoint::{read_text_file, Dtype, SafetensorsFile};
+use crate::error::{Error, Result};
+
+pub struct Checkpoint {
+    files: Vec<SafetensorsFile>,
+    /// Tensor name -> index into `files`.
+    index: HashMap<String, usize>,
+    dir: String,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files = if single.exists() {
+            vec![SafetensorsFile::open(&single)?]
+        } else if index_path.exists() {
+            let v: serde_json::Value = serde_json::from_str(&read_text_file(&index_path)?)
+                .map_err(|e| {
+                    Error::Value(format!("{} is not valid JSON: {e}", index_path.display()))
+                })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                Error::Value(format!("{}: no 'weight_map' object", index_path.display()))
+            })?;
+            let mut shards: Vec<&str> = Vec::new();
+            for (name, f) in map {
+                let f = f.as_str().ok_or_else(|| {
+                    Error::Value(format!(
+                        "{}: weight_map['{name}'] is not a file name",
+                        index_path.display()
+                    ))
+                })?;
+                // Shards must be files of this folder, never paths elsewhere.
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(Error::Value(format!(
+                        "{}: shard name '{f}' is not a plain file name",
+                        index_path.display()
+                    )));
+                }
+                if !shards.contains(&f) {
+                    shards.push(f);
+                }
+            }
+            shards.sort();
+            shards
+                .iter()
+                .map(|f| {
+                    let p = dir.join(f);
+                    if !p.exists() {
+                        return Err(Error::NotFound(format!(
+                            "{} not found (listed by {})",
+                            p.display(),
+                            index_path.display()
+                        )));
+                    }
+                    SafetensorsFile::open(&p)
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            return Err(Error::NotFound(format!(
+                "{} not found (nor model.safetensors.index.json)",
+                single.display()
+            )));
+        };
+        let mut index = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for name in f.names() {
+                index.insert(name.to_string(), i);
+            }
+        }
+        Ok(Self {
+            files,
+            index,
+            dir: dir.display().to_string(),
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
+        self.index
+            .get(name)
+            .and_then(|&i| self.files[i].raw(name))
+            .ok_or_else(|| Error::Value(format!("{}: missing tensor '{name}'", self.dir)))
+    }
+
+    /// The stored dtype of `name`, as a weight source dtype.
+    pub fn dtype(&self, name: &str) -> Result<SourceDtype> {
+        let (dtype, _, _) = self.raw(name)?;
+        match dtype {
+            Dtype::F32 => Ok(SourceDtype::F32),
+            Dtype::F16 => Ok(SourceDtype::F16),
+            Dtype::BF16 => Ok(SourceDtype::Bf16),
+            other => Err(Error::DType(format!(
+                "{}: tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16",
+                self.dir
+            ))),
+        }
+    }
+
+    /// `name` as a weight source of `shape` (checked), in storage order.
+    pub fn source(&self, name: &str, shape: &[usize]) -> Result<(SourceDtype, &[u8])> {
+        let dtype = self.dtype(name)?;
+        let (_, got, bytes) = self.raw(name)?;
+        if got != shape {
+            return Err(Error::Shape(format!(
+                "{}: tensor '{name}' has shape {got:?}, expected {shape:?}",
+                self.dir
+            )));
+        }
+        Ok((dtype, bytes))
+    }
+
+    /// A 1-D tensor (a norm weight, a bias) of `len` elements, copied out as f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (dtype, bytes) = self.source(name, &[len])?;
+        let src = WeightSource {
+            bytes,
+            dtype,
+            out_in: false,
+            k: 1,
+            n: len,
+        };
+        let mut out = crate::memory::zeroed(len, "a norm or bias vector")?;
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = src.get(i);
+        }
+        Ok(out)
+    }
+
+    /// Frees the mapped pages of `name` (it has been copied).
+    pub fn release(&self, name: &str) {
+        if let Some(&i) = self.index.get(name) {
+            self.files[i].release_tensor(name);
+        }
+    }
+
+    /// The format a weight stored as `dtype` is kept in.
+    pub fn format_for(dtype: SourceDtype, want: super::LoadDtype) -> WeightFormat {
+        match (want, dtype) {
+            (super::LoadDtype::F32, _) => WeightFormat::F32,
+            (super::LoadDtype::Bf16, _) => WeightFormat::Bf16,
+            (super::LoadDtype::Auto, SourceDtype::Bf16) => WeightFormat::Bf16,
+            (super::LoadDtype::Auto, _) => WeightFormat::F32,
+        }
+    }
+
+    /// A matrix stored `[n, k]` (`nn.Linear`'s `[out, in]`) or `[k, n]`, prepared as panels.
+    pub fn panels(&self, name: &str, k: usize, n: usize, out_in: bool, want: super::LoadDtype) -> Result<Panels> {
+        let shape = if out_in { [n, k] } else { [k, n] };
+        let (dtype, bytes) = self.source(name, &shape)?;
+        let src = WeightSource {
+            bytes,
+            dtype,
+            out_in,
+            k,
+            n,
+        };
+        let p = Panels::prepare(&src, Self::format_for(dtype, want))?;
+        self.release(name);
+        Ok(p)
+    }
+
+    /// Linear layers `names` (each `[out_i, in]`, PyTorch's layout) stacked along their
+    /// outputs into one prepared weight (e.g. q, k, v as one projection), with their biases
+    /// (`<name>.bias`) if `bias`.
+    pub fn linear(
+        &self,
+        names: &[(&str, usize)],
+        k: usize,
+        bias: bool,
+        want: super::LoadDtype,
+    ) -> Result<Linear> {
+        let mut sources = Vec::with_capacity(names.len());
+        for &(name, n) in names {
+            let (dtype, bytes) = self.source(&format!("{name}.weight"), &[n, k])?;
+            sources.push(WeightSource {
+                bytes,
+                dtype,
+                out_in: true,
+                k,
+                n,
+            });
+        }
+        let format = Self::format_for(sources[0].dtype, want);
+        let weight = Panels::prepare_stacked(&sources, format)?;
+        for &(name, _) in names {
+            self.release(&format!("{name}.weight"));
+        }
+        let bias = if bias {
+            let mut b = Vec::new();
+            for &(name, n) in names {
+                b.extend(self.vector(&format!("{name}.bias"), n)?);
+            }
+            Some(b)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
