@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use gpt_rs::backend::{self, BackendKind};
 use gpt_rs::checkpoint::Gpt2Config;
-use gpt_rs::models::{CausalLm, KvCache, LoadDtype, Logits, SeqInput, Workspace};
 use gpt_rs::generate::{Generator, SamplingParams, StopCriteria};
+use gpt_rs::models::{CausalLm, KvCache, LoadDtype, Logits, SeqInput, Workspace};
 use gpt_rs::tokenizer::Tokenizer;
 use gpt_rs::{threads, Error};
 use numpy::{PyArray1, PyArray2};
@@ -355,7 +355,10 @@ impl PyModel {
         let dtype = LoadDtype::parse(dtype).map_err(to_py)?;
         let p = path.clone();
         let (model, tok) = crate::errors::run(py, usize::MAX, move || -> gpt_rs::Result<_> {
-            Ok((gpt_rs::models::load_dir(&p, be, dtype)?, load_tokenizer(&p)?))
+            Ok((
+                gpt_rs::models::load_dir(&p, be, dtype)?,
+                load_tokenizer(&p)?,
+            ))
         })?;
         let vocab = model.info().vocab_size;
         if let Some(t) = &tok {

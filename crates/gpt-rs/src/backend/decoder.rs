@@ -13,7 +13,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32, offset: f32) {
     for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
         // Sum of squares in f64: rows of thousands of values keep their precision.
         let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let inv = (1.0 / ((ss / cols as f64) as f32 + eps).sqrt()) as f32;
+        let inv = 1.0 / ((ss / cols as f64) as f32 + eps).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = (v * inv) * (offset + g);
         }
@@ -39,7 +39,11 @@ pub fn rope(
     if half == 0 {
         return;
     }
-    for (r, (c, s)) in cos.chunks_exact(half).zip(sin.chunks_exact(half)).enumerate() {
+    for (r, (c, s)) in cos
+        .chunks_exact(half)
+        .zip(sin.chunks_exact(half))
+        .enumerate()
+    {
         let row = &mut x[r * stride + offset..r * stride + offset + heads * d];
         for head in row.chunks_exact_mut(d) {
             if interleaved {

@@ -189,12 +189,14 @@ impl Panels {
         };
         let len = n.div_ceil(PANEL) * k * PANEL;
         let data = match format {
-            WeightFormat::F32 => PanelData::F32(Storage::weights_with(len, "weight panels", |d| {
-                fill(d, k, n, |p, j| {
-                    let (src, j) = locate(j);
-                    src.get(src.index(p, j))
-                })
-            })?),
+            WeightFormat::F32 => {
+                PanelData::F32(Storage::weights_with(len, "weight panels", |d| {
+                    fill(d, k, n, |p, j| {
+                        let (src, j) = locate(j);
+                        src.get(src.index(p, j))
+                    })
+                })?)
+            }
             WeightFormat::Bf16 => {
                 PanelData::Bf16(Storage::weights_with(len, "bf16 weight panels", |d| {
                     fill(d, k, n, |p, j| {

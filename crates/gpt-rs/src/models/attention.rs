@@ -88,12 +88,34 @@ pub fn attend(
     let heads = |q: &[f32], o: &mut [f32], t: usize, lo: usize, tk: usize, causal: bool| {
         if g == 1 {
             // One call over all heads, each reading its own cache block in place.
-            be.attention(q, &kc[lo * d..], &vc[lo * d..], o, h, t, tk, d, cap * d, causal);
+            be.attention(
+                q,
+                &kc[lo * d..],
+                &vc[lo * d..],
+                o,
+                h,
+                t,
+                tk,
+                d,
+                cap * d,
+                causal,
+            );
         } else {
             // Grouped: each key/value head serves its g query heads (kv stride 0).
             for kh in 0..hk {
                 let (qs, kvs) = (kh * g * t * d..(kh + 1) * g * t * d, (kh * cap + lo) * d);
-                be.attention(&q[qs.clone()], &kc[kvs..], &vc[kvs..], &mut o[qs], g, t, tk, d, 0, causal);
+                be.attention(
+                    &q[qs.clone()],
+                    &kc[kvs..],
+                    &vc[kvs..],
+                    &mut o[qs],
+                    g,
+                    t,
+                    tk,
+                    d,
+                    0,
+                    causal,
+                );
             }
         }
     };

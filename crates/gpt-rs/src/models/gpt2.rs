@@ -182,7 +182,9 @@ impl Gpt2 {
             head_dim: config.head_dim(),
             eos_token_ids: config.eos_token_id.into_iter().collect(),
             bos_token_id: config.bos_token_id,
-            dtype: h.first().map_or(WeightFormat::F32, |b| b.c_attn.weight.format()),
+            dtype: h
+                .first()
+                .map_or(WeightFormat::F32, |b| b.c_attn.weight.format()),
         };
         Ok(Self {
             info,
@@ -233,7 +235,13 @@ impl CausalLm for Gpt2 {
         let lin = |l: &Linear| l.weight.bytes() + 4 * l.bias.as_ref().map_or(0, Vec::len);
         self.h
             .iter()
-            .map(|b| lin(&b.c_attn) + lin(&b.attn_c_proj) + lin(&b.c_fc) + lin(&b.mlp_c_proj) + 16 * self.config.n_embd)
+            .map(|b| {
+                lin(&b.c_attn)
+                    + lin(&b.attn_c_proj)
+                    + lin(&b.c_fc)
+                    + lin(&b.mlp_c_proj)
+                    + 16 * self.config.n_embd
+            })
             .sum::<usize>()
             + 4 * (self.wte.numel() + self.wpe.numel() + 2 * self.config.n_embd)
             + 4 * self.lm_head.as_ref().map_or(0, |t| t.numel())

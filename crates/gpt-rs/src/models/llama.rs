@@ -32,7 +32,9 @@ pub const FAMILIES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (all frequencies divided by it).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
     Llama3 {
         factor: f64,
@@ -177,7 +179,11 @@ impl LlamaConfig {
         let hidden_size = k.usize("hidden_size", None)?;
         let heads = k.usize("num_attention_heads", None)?;
         let kv_heads = k.usize("num_key_value_heads", Some(heads))?;
-        let default_head_dim = if family == "qwen3" { 128 } else { hidden_size / heads };
+        let default_head_dim = if family == "qwen3" {
+            128
+        } else {
+            hidden_size / heads
+        };
         let head_dim = k.usize("head_dim", Some(default_head_dim))?;
         if heads % kv_heads != 0 {
             return Err(Error::Value(format!(
@@ -185,7 +191,9 @@ impl LlamaConfig {
             )));
         }
         if head_dim % 2 != 0 {
-            return Err(Error::Value(format!("head_dim must be even for RoPE, got {head_dim}")));
+            return Err(Error::Value(format!(
+                "head_dim must be even for RoPE, got {head_dim}"
+            )));
         }
         if let Some(act) = k.str("hidden_act")? {
             if act != "silu" {
@@ -268,7 +276,12 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(dir: &Path, config: &Value, _backend: BackendKind, dtype: LoadDtype) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        config: &Value,
+        _backend: BackendKind,
+        dtype: LoadDtype,
+    ) -> Result<Self> {
         let cfg = LlamaConfig::from_json(config)?;
         let mut eos = cfg.eos_token_ids.clone();
         if let Some(g) = super::generation_eos(dir)? {
@@ -283,8 +296,15 @@ impl Llama {
             cfg.intermediate_size,
             cfg.vocab_size,
         );
-        let p = if ck.contains("model.embed_tokens.weight") { "model." } else { "" };
-        if ck.contains(&format!("{p}layers.{}.input_layernorm.weight", cfg.num_hidden_layers)) {
+        let p = if ck.contains("model.embed_tokens.weight") {
+            "model."
+        } else {
+            ""
+        };
+        if ck.contains(&format!(
+            "{p}layers.{}.input_layernorm.weight",
+            cfg.num_hidden_layers
+        )) {
             return Err(Error::Value(format!(
                 "{}: has weights for layer {} but config.json says num_hidden_layers = {}",
                 dir.display(),
@@ -323,7 +343,8 @@ impl Llama {
                         .then(|| ck.vector(&n("self_attn.k_norm.weight"), d))
                         .transpose()?,
                     o_proj: lin(&[("self_attn.o_proj", c)], h * d, cfg.o_bias)?,
-                    post_attention_layernorm: ck.vector(&n("post_attention_layernorm.weight"), c)?,
+                    post_attention_layernorm: ck
+                        .vector(&n("post_attention_layernorm.weight"), c)?,
                     gate_up_proj: lin(
                         &[("mlp.gate_proj", inter), ("mlp.up_proj", inter)],
                         c,
@@ -435,7 +456,8 @@ impl CausalLm for Llama {
         let mut r = 0;
         for s in seqs.iter() {
             for &t in s.tokens {
-                self.embed_tokens.column(t as usize, &mut x[r * c..(r + 1) * c]);
+                self.embed_tokens
+                    .column(t as usize, &mut x[r * c..(r + 1) * c]);
                 r += 1;
             }
         }
@@ -500,18 +522,27 @@ impl CausalLm for Llama {
 
             // x = x + att @ o_proj
             let proj = grow(&mut ws.proj, rows * c)?;
-            b.o_proj.apply(be, &ws.att[..rows * h * d], proj, rows, exact)?;
+            b.o_proj
+                .apply(be, &ws.att[..rows * h * d], proj, rows, exact)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
 
             // x = x + (silu(h @ gate) * (h @ up)) @ down,  h = rms_norm(x)    // (R, 2I) inside
             let hbuf = grow(&mut ws.h, rows * c)?;
-            be.rms_norm(&ws.x[..rows * c], &b.post_attention_layernorm, hbuf, eps, 0.0);
+            be.rms_norm(
+                &ws.x[..rows * c],
+                &b.post_attention_layernorm,
+                hbuf,
+                eps,
+                0.0,
+            );
             let gu = grow(&mut ws.mlp, rows * 2 * inter)?;
-            b.gate_up_proj.apply(be, &ws.h[..rows * c], gu, rows, exact)?;
+            b.gate_up_proj
+                .apply(be, &ws.h[..rows * c], gu, rows, exact)?;
             let act = grow(&mut ws.mlp_act, rows * inter)?;
             be.gated(&ws.mlp[..rows * 2 * inter], act, inter, GateAct::Silu);
             let proj = grow(&mut ws.proj, rows * c)?;
-            b.down_proj.apply(be, &ws.mlp_act[..rows * inter], proj, rows, exact)?;
+            b.down_proj
+                .apply(be, &ws.mlp_act[..rows * inter], proj, rows, exact)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
         }
         ws.sel = rope;
@@ -522,7 +553,15 @@ impl CausalLm for Llama {
         be.rms_norm(&ws.sel[..m * c], &self.norm, hbuf, eps, 0.0);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let logits = grow(&mut ws.logits, m * cfg.vocab_size)?;
-        super::linear::apply(be, head, None, &ws.h[..m * c], logits, m, which == Logits::Last);
+        super::linear::apply(
+            be,
+            head,
+            None,
+            &ws.h[..m * c],
+            logits,
+            m,
+            which == Logits::Last,
+        );
         for s in seqs.iter_mut() {
             s.cache.len += s.tokens.len();
         }
@@ -560,7 +599,13 @@ impl CausalLm for Llama {
         };
         self.layers
             .iter()
-            .map(|b| lin(&b.qkv_proj) + lin(&b.o_proj) + lin(&b.gate_up_proj) + lin(&b.down_proj) + vecs(b))
+            .map(|b| {
+                lin(&b.qkv_proj)
+                    + lin(&b.o_proj)
+                    + lin(&b.gate_up_proj)
+                    + lin(&b.down_proj)
+                    + vecs(b)
+            })
             .sum::<usize>()
             + self.embed_tokens.bytes()
             + self.lm_head.as_ref().map_or(0, Panels::bytes)
@@ -570,9 +615,11 @@ impl CausalLm for Llama {
     fn config_json(&self) -> Value {
         let mut v = self.raw_config.clone();
         if let Some(o) = v.as_object_mut() {
-            o.insert("model_type".into(), Value::from(self.config.model_type.clone()));
+            o.insert(
+                "model_type".into(),
+                Value::from(self.config.model_type.clone()),
+            );
         }
         v
     }
 }
-

@@ -146,7 +146,11 @@ pub(crate) fn select_rows(
     c: usize,
 ) -> Result<usize> {
     let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
-    let m = if which == Logits::All { rows } else { seqs.len() };
+    let m = if which == Logits::All {
+        rows
+    } else {
+        seqs.len()
+    };
     let out = grow(sel, m * c)?;
     match which {
         Logits::All => out.copy_from_slice(&x[..rows * c]),
@@ -226,9 +230,9 @@ pub fn load_dir(dir: &Path, backend: BackendKind, dtype: LoadDtype) -> Result<Ar
     };
     match model_type {
         "gpt2" => Ok(Arc::new(gpt2::load_dir(dir, backend, dtype)?)),
-        t if llama::FAMILIES.contains(&t) => {
-            Ok(Arc::new(llama::Llama::load(dir, &config, backend, dtype).map_err(at)?))
-        }
+        t if llama::FAMILIES.contains(&t) => Ok(Arc::new(
+            llama::Llama::load(dir, &config, backend, dtype).map_err(at)?,
+        )),
         other => Err(Error::Value(format!(
             "{}: model_type '{other}' is not supported; supported: gpt2, {}",
             config_path.display(),

@@ -30,9 +30,12 @@ impl Checkpoint {
                 .map_err(|e| {
                     Error::Value(format!("{} is not valid JSON: {e}", index_path.display()))
                 })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::Value(format!("{}: no 'weight_map' object", index_path.display()))
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::Value(format!("{}: no 'weight_map' object", index_path.display()))
+                })?;
             let mut shards: Vec<&str> = Vec::new();
             for (name, f) in map {
                 let f = f.as_str().ok_or_else(|| {
@@ -159,7 +162,14 @@ impl Checkpoint {
     }
 
     /// A matrix stored `[n, k]` (`nn.Linear`'s `[out, in]`) or `[k, n]`, prepared as panels.
-    pub fn panels(&self, name: &str, k: usize, n: usize, out_in: bool, want: super::LoadDtype) -> Result<Panels> {
+    pub fn panels(
+        &self,
+        name: &str,
+        k: usize,
+        n: usize,
+        out_in: bool,
+        want: super::LoadDtype,
+    ) -> Result<Panels> {
         let shape = if out_in { [n, k] } else { [k, n] };
         let (dtype, bytes) = self.source(name, &shape)?;
         let src = WeightSource {
