@@ -199,6 +199,15 @@ class Tokenizer:
     def vocab_size(self) -> int: ...
     @property
     def eos_token_id(self) -> Optional[int]: ...
+    @property
+    def has_chat_template(self) -> bool: ...
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        add_generation_prompt: bool = False,
+        tokenize: bool = True,
+        **kwargs: Any,
+    ) -> Union[str, list[int]]: ...
     @staticmethod
     def train(texts: Sequence[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer: ...
     def save(self, path: Union[str, os.PathLike[str]]) -> None: ...
@@ -239,6 +248,34 @@ class TrainableModel:
     def config(self) -> dict[str, Any]: ...
     @property
     def num_parameters(self) -> int: ...
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_new_tokens: int = 256,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> str: ...
+    def chat_stream(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_new_tokens: int = 256,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> TextStream: ...
     @property
     def family(self) -> str: ...
     @property

@@ -73,6 +73,43 @@ impl PyTokenizer {
         self.inner.eos_token_id()
     }
 
+    /// Whether the tokenizer has a chat template (``tokenizer_config.json``'s
+    /// ``chat_template`` or a ``chat_template.jinja`` file).
+    #[getter]
+    fn has_chat_template(&self) -> bool {
+        self.inner.chat_template().is_some()
+    }
+
+    /// Renders a conversation with the model's chat template, as transformers'
+    /// ``apply_chat_template`` does (same Jinja settings, byte-identical text).
+    ///
+    /// Args:
+    ///     messages: a list of ``{"role": ..., "content": ...}`` dicts.
+    ///     add_generation_prompt: end with the header of an assistant turn.
+    ///     tokenize: return token ids (no special tokens added: the template writes them)
+    ///         instead of the text.
+    ///     **kwargs: further template variables (e.g. ``date_string``, ``enable_thinking``).
+    ///
+    /// Raises:
+    ///     ValueError: the tokenizer has no chat template, or the template raised an error.
+    #[pyo3(signature = (messages, add_generation_prompt = false, tokenize = true, **kwargs))]
+    fn apply_chat_template<'py>(
+        &self,
+        py: Python<'py>,
+        messages: &Bound<'py, PyAny>,
+        add_generation_prompt: bool,
+        tokenize: bool,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let text = render_chat(py, &self.inner, messages, add_generation_prompt, kwargs)?;
+        if tokenize {
+            let ids = self.inner.encode_chat(&text).map_err(to_py)?;
+            Ok(ids.into_pyobject(py)?.into_any())
+        } else {
+            Ok(text.into_pyobject(py)?.into_any())
+        }
+    }
+
     /// Trains a byte-level BPE tokenizer (GPT-2's kind) on ``texts``.
     ///
     /// Args:
@@ -151,24 +188,39 @@ pub fn config_dict<'py>(py: Python<'py>, c: &Gpt2Config) -> PyResult<Bound<'py, 
 
 /// tokenizer.json (a file, or in a folder), else vocab.json + merges.txt; None if neither exists.
 fn load_tokenizer(path: &std::path::Path) -> gpt_rs::Result<Option<Tokenizer>> {
-    if path.is_file() {
-        return Tokenizer::from_file(path).map(Some);
-    }
-    if !path.exists() {
-        return Err(Error::NotFound(format!(
-            "{} does not exist",
-            path.display()
-        )));
-    }
-    let tj = path.join("tokenizer.json");
-    if tj.exists() {
-        return Tokenizer::from_file(&tj).map(Some);
-    }
-    let (v, m) = (path.join("vocab.json"), path.join("merges.txt"));
-    if v.exists() && m.exists() {
-        return Tokenizer::from_vocab_merges(&v, &m).map(Some);
-    }
-    Ok(None)
+    Tokenizer::load(path)
+}
+
+/// A Python object as JSON (through Python's `json.dumps`, so anything JSON-serializable works).
+fn py_to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<serde_json::Value> {
+    let text: String = py
+        .import("json")?
+        .call_method1("dumps", (obj,))
+        .map_err(|e| {
+            pyo3::exceptions::PyTypeError::new_err(format!("{what} must be JSON-serializable: {e}"))
+        })?
+        .extract()?;
+    serde_json::from_str(&text).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+}
+
+/// Renders a chat with the tokenizer's template: messages and extra variables from Python.
+fn render_chat(
+    py: Python<'_>,
+    tok: &Tokenizer,
+    messages: &Bound<'_, PyAny>,
+    add_generation_prompt: bool,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<String> {
+    let messages = py_to_json(py, messages, "messages")?;
+    let extra = match kwargs {
+        Some(k) => match py_to_json(py, k.as_any(), "chat template variables")? {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        },
+        None => serde_json::Map::new(),
+    };
+    tok.apply_chat_template(&messages, add_generation_prompt, &extra)
+        .map_err(to_py)
 }
 
 /// A loaded causal language model (GPT-2 or a Llama-family decoder).
@@ -304,6 +356,28 @@ impl PyModel {
                 }
                 Ok(logits)
             })
+        })
+    }
+
+    /// A text stream of the continuation of `ids`.
+    fn stream_ids(
+        &self,
+        ids: Vec<u32>,
+        tok: Arc<Tokenizer>,
+        args: GenArgs,
+    ) -> PyResult<TextStreamIter> {
+        let gen = Generator::new(
+            self.model.clone(),
+            Some(tok),
+            &[ids],
+            &args.params,
+            args.stop,
+            true,
+        )
+        .map_err(to_py)?;
+        Ok(TextStreamIter {
+            gen: Mutex::new(gen),
+            backend: self.backend_kind(),
         })
     }
 
@@ -576,19 +650,97 @@ impl PyModel {
             stop_token_ids,
             stop,
         )?;
-        let gen = Generator::new(
-            self.model.clone(),
-            Some(tok),
-            &[ids],
-            &args.params,
-            args.stop,
-            true,
+        self.stream_ids(ids, tok, args)
+    }
+
+    /// Replies to a conversation: the messages go through the model's chat template (with
+    /// the assistant header added), and the reply's text is returned. Takes ``generate``'s
+    /// sampling arguments; generation stops at the model's end-of-turn tokens
+    /// (``eos_token_ids``) unless ``stop_token_ids`` says otherwise.
+    ///
+    /// Raises:
+    ///     ValueError: the model has no chat template.
+    #[pyo3(
+        signature = (messages, max_new_tokens=Int(256), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
+        text_signature = "($self, messages, max_new_tokens=256, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        max_new_tokens: Int,
+        temperature: f64,
+        top_k: Option<Int>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<String> {
+        let tok = self.tokenizer()?.clone();
+        let text = render_chat(py, &tok, messages, true, None)?;
+        let ids = tok.encode_chat(&text).map_err(to_py)?;
+        let has_stop = stop.as_ref().is_some_and(|s| !s.is_empty());
+        let args = self.gen_args(
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop_token_ids,
+            stop,
+        )?;
+        let gen = self.run_generator(py, vec![ids], args, has_stop)?;
+        let s = &gen.seqs[0];
+        if has_stop {
+            Ok(s.text.clone())
+        } else {
+            tok.decode_generated(s.new_tokens()).map_err(to_py)
+        }
+    }
+
+    /// Like ``chat``, but yields the reply's text pieces as they are decoded.
+    #[pyo3(
+        signature = (messages, max_new_tokens=Int(256), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
+        text_signature = "($self, messages, max_new_tokens=256, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn chat_stream(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        max_new_tokens: Int,
+        temperature: f64,
+        top_k: Option<Int>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+        repetition_penalty: Option<f64>,
+        seed: Option<Int>,
+        stop_token_ids: Option<Vec<Int>>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<TextStreamIter> {
+        let tok = self.tokenizer()?.clone();
+        let text = render_chat(py, &tok, messages, true, None)?;
+        let ids = tok.encode_chat(&text).map_err(to_py)?;
+        self.stream_ids(
+            ids,
+            tok,
+            self.gen_args(
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty,
+                seed,
+                stop_token_ids,
+                stop,
+            )?,
         )
-        .map_err(to_py)?;
-        Ok(TextStreamIter {
-            gen: Mutex::new(gen),
-            backend: self.backend_kind(),
-        })
     }
 
     /// The model's hyper-parameters, as in ``config.json``.

@@ -5,6 +5,7 @@
 //! about Python; the `gpt-rs-py` crate translates.
 
 pub mod backend;
+pub mod chat;
 pub mod checkpoint;
 pub mod error;
 pub mod generate;

@@ -3,6 +3,7 @@
 //! never splits a multi-byte character.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -12,11 +13,17 @@ use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::Tokenizer as HfTokenizer;
 use tokenizers::{AddedToken, Model};
 
+use crate::chat::{ChatTemplate, TokenizerConfig};
 use crate::error::{Error, Result};
 
 pub struct Tokenizer {
     inner: HfTokenizer,
     eos_token_id: Option<u32>,
+    /// The model's chat template, if its folder has one.
+    chat: Option<Arc<ChatTemplate>>,
+    /// A BOS id `encode` puts first when `tokenizer_config.json` asks for it (`add_bos_token`)
+    /// and `tokenizer.json`'s post-processor does not add it already.
+    bos: Option<u32>,
     /// `inner.get_vocab_size(true)`, which walks the added tokens on every call: kept here,
     /// since streaming asks for it once per generated token.
     vocab_size: usize,
@@ -86,15 +93,104 @@ impl Tokenizer {
             vocab_size: inner.get_vocab_size(true),
             inner,
             eos_token_id,
+            chat: None,
+            bos: None,
         }
     }
 
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    /// A folder's tokenizer: `tokenizer.json` (or GPT-2's `vocab.json` + `merges.txt`) with
+    /// what `tokenizer_config.json` / `chat_template.jinja` add (the chat template, special
+    /// tokens, `add_bos_token`). `path` may also be a tokenizer.json file. None if the folder
+    /// has no tokenizer files.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        if path.is_file() {
+            return Self::from_file(path).map(Some);
+        }
+        if !path.exists() {
+            return Err(Error::NotFound(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let tj = path.join("tokenizer.json");
+        let (v, m) = (path.join("vocab.json"), path.join("merges.txt"));
+        let mut tok = if tj.exists() {
+            Self::from_file(&tj)?
+        } else if v.exists() && m.exists() {
+            Self::from_vocab_merges(&v, &m)?
+        } else {
+            return Ok(None);
+        };
+        let cfg = TokenizerConfig::from_dir(path)?;
+        if let Some(eos) = cfg.special_tokens.get("eos_token") {
+            if let Some(id) = tok.inner.token_to_id(eos) {
+                tok.eos_token_id = Some(id);
+            }
+        }
+        if cfg.add_bos_token == Some(true) {
+            let bos = cfg
+                .special_tokens
+                .get("bos_token")
+                .and_then(|b| tok.inner.token_to_id(b));
+            // Only if the post-processor does not already put it first.
+            let probe = tok.encode_plain("a", true)?;
+            tok.bos = bos.filter(|&b| probe.first() != Some(&b));
+        }
+        if let Some(src) = &cfg.chat_template {
+            tok.chat = Some(Arc::new(ChatTemplate::new(
+                src,
+                cfg.special_tokens.clone(),
+            )?));
+        }
+        Ok(Some(tok))
+    }
+
+    fn encode_plain(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, special)
             .map_err(|e| Error::Value(format!("cannot encode text: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text to ids as transformers' `tokenizer(text)` gives them: special tokens in the text
+    /// are matched, and the post-processor (e.g. Llama 3's BOS) applies.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode_plain(text, true)?;
+        if let Some(b) = self.bos {
+            ids.insert(0, b);
+        }
+        Ok(ids)
+    }
+
+    /// The model's chat template, if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_deref()
+    }
+
+    /// Renders `messages` with the chat template (ValueError without one).
+    pub fn apply_chat_template(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
+        self.chat
+            .as_ref()
+            .ok_or_else(|| {
+                Error::Value(
+                    "this model has no chat template (no 'chat_template' in tokenizer_config.json, \
+                     no chat_template.jinja); use generate() with a prompt"
+                        .into(),
+                )
+            })?
+            .render(messages, add_generation_prompt, extra)
+    }
+
+    /// The rendered chat as ids, as transformers tokenizes it (no special tokens added: the
+    /// template writes them).
+    pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_plain(text, false)
     }
 
     /// Decodes ids (special tokens are skipped); ids outside the vocabulary are an error.

@@ -1,0 +1,31 @@
+"""Conversations and per-template special tokens for the chat-template tests (shared by
+scripts/record_chat_templates.py and tests/test_chat.py)."""
+
+TEMPLATES = {
+    # file stem -> (bos_token, eos_token)
+    "meta-llama-Llama-3.1-8B-Instruct": ("<|begin_of_text|>", "<|eot_id|>"),
+    "meta-llama-Llama-3.2-3B-Instruct": ("<|begin_of_text|>", "<|eot_id|>"),
+    "Qwen-Qwen2.5-7B-Instruct": (None, "<|im_end|>"),
+    "Qwen-Qwen3-0.6B": (None, "<|im_end|>"),
+    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>"),
+    "HuggingFaceTB-SmolLM3-3B": (None, "<|im_end|>"),
+    "google-gemma-2-2b-it": ("<bos>", "<eos>"),
+}
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ],
+    [
+        {"role": "user", "content": "  leading and trailing spaces  \n\nnew lines"},
+        {"role": "assistant", "content": 'Ünïcödé 日本語 🙂 "quotes" and \\ backslash'},
+        {"role": "user", "content": ""},
+    ],
+]
+
+# Extra template variables passed to every rendering (fixed dates keep the output stable).
+EXTRA = {"date_string": "26 Jul 2024"}
