@@ -248,46 +248,6 @@ class TrainableModel:
     def config(self) -> dict[str, Any]: ...
     @property
     def num_parameters(self) -> int: ...
-    def chat(
-        self,
-        messages: Sequence[dict[str, Any]],
-        max_new_tokens: int = 256,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
-    ) -> str: ...
-    def chat_stream(
-        self,
-        messages: Sequence[dict[str, Any]],
-        max_new_tokens: int = 256,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
-    ) -> TextStream: ...
-    @property
-    def family(self) -> str: ...
-    @property
-    def dtype(self) -> str: ...
-    @property
-    def context_length(self) -> int: ...
-    @property
-    def vocab_size(self) -> int: ...
-    @property
-    def eos_token_ids(self) -> list[int]: ...
-    @property
-    def weight_bytes(self) -> int: ...
 
 @final
 class TextStream:
@@ -367,3 +327,43 @@ class Model:
     def backend(self, name: Optional[str]) -> None: ...
     @property
     def num_parameters(self) -> int: ...
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_new_tokens: int = 256,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> str: ...
+    def chat_stream(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_new_tokens: int = 256,
+        *,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        stop: Optional[Sequence[str]] = None,
+    ) -> TextStream: ...
+    @property
+    def family(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def eos_token_ids(self) -> list[int]: ...
+    @property
+    def weight_bytes(self) -> int: ...
