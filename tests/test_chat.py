@@ -106,3 +106,36 @@ def test_chat_without_template_raises(tmp_path):
     model = gpt_rs.load_model(tmp_path)
     with pytest.raises(ValueError, match="no chat template"):
         model.chat([{"role": "user", "content": "Hello"}])
+
+
+def test_cli_chat_keeps_history_and_resets(tmp_path):
+    import subprocess
+    import sys
+
+    fam.make_folder("qwen3_headdim", tmp_path)
+    src = (DIR / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    write_tokenizer(tmp_path, chat_template=src, eos_token="<|im_end|>")
+    model = gpt_rs.load_model(tmp_path)
+    kw = dict(temperature=0, top_k=None)
+    turn1 = [{"role": "user", "content": "Hello !"}]
+    r1 = model.chat(turn1, 6, **kw)
+    turn2 = [*turn1, {"role": "assistant", "content": r1}, {"role": "user", "content": "And ?"}]
+    r2 = model.chat(turn2, 6, **kw)
+    r3 = model.chat([{"role": "user", "content": "And ?"}], 6, **kw)
+    assert r2 != r3  # the history matters
+    cmd = [sys.executable, "-m", "gpt_rs", "chat", "--model", str(tmp_path)]
+    cmd += ["--max-new-tokens", "6", "--temperature", "0", "--top-k", "0"]
+    out = subprocess.run(
+        cmd, input="Hello !\nAnd ?\n/reset\nAnd ?\n", capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [r1, r2, r3]
+    info = subprocess.run(
+        [sys.executable, "-m", "gpt_rs", "info", "--model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        "qwen2" in info.stdout and "key/value 2" in info.stdout and "chat template" in info.stdout
+    )

@@ -50,16 +50,11 @@ def _load(args: argparse.Namespace) -> gpt_rs.Model:
     path = args.model or _default_model()
     if path is None:
         raise SystemExit(f"gpt-rs: {NO_DEFAULT_MODEL}")
-    return gpt_rs.load_model(path)
+    return gpt_rs.load_model(path, dtype=getattr(args, "dtype", None) or "auto")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    _setup(args)
-    model = _load(args)
-    t0 = time.perf_counter()
-    stream = model.stream(
-        args.prompt,
-        args.max_new_tokens,
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(
         temperature=args.temperature,
         top_k=args.top_k or None,
         top_p=args.top_p,
@@ -67,6 +62,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """An interactive multi-turn chat: one line per user turn, the reply streamed."""
+    _setup(args)
+    model = _load(args)
+    if model.tokenizer is None or not model.tokenizer.has_chat_template:
+        raise ValueError(f"{args.model or 'the default model'} has no chat template; use generate")
+    history: list = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    first = list(history)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"{model!r}\n/reset starts over, Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            if interactive:
+                print(file=sys.stderr)
+            return 0
+        if line.strip() == "/reset":
+            history = list(first)
+            print("[history cleared]", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        reply = []
+        for piece in model.chat_stream(history, args.max_new_tokens, **_sampling(args)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    _setup(args)
+    model = _load(args)
+    t0 = time.perf_counter()
+    stream = model.stream(args.prompt, args.max_new_tokens, **_sampling(args))
     sys.stdout.write(args.prompt)
     for piece in stream:
         sys.stdout.write(piece)
@@ -91,6 +130,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"simd level:  {gpt_rs.get_simd_level()}")
     print(f"cpu features: {' '.join(gpt_rs.cpu_features()) or '(none detected)'}")
     print(f"default model: {_default_model() or '(none installed)'}")
+    if args.model:
+        _setup(args)
+        m = _load(args)
+        c = m.config
+        size = f"{m.num_parameters / 1e6:.1f}M parameters"
+        print(f"model:       {m.family}, {size}, weights {m.dtype}")
+        layers = c.get("num_hidden_layers", c.get("n_layer"))
+        hidden = c.get("hidden_size", c.get("n_embd"))
+        heads = c.get("num_attention_heads", c.get("n_head"))
+        kv = c.get("num_key_value_heads", heads)
+        print(
+            f"  layers {layers}, hidden {hidden}, heads {heads} (key/value {kv}),"
+            f" vocab {m.vocab_size}, context {m.context_length}"
+        )
+        print(f"  weight memory {m.weight_bytes / 2**20:.1f} MiB; stop tokens {m.eos_token_ids}")
+        tok = m.tokenizer
+        print(
+            f"  tokenizer: {'yes' if tok else 'none'}"
+            f"{', chat template' if tok and tok.has_chat_template else ''}"
+        )
     return 0
 
 
@@ -209,23 +268,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--model", help="Hugging Face GPT-2 folder or cached model id")
+        sp.add_argument("--model", help="Hugging Face model folder or cached model id")
         sp.add_argument("--backend", choices=gpt_rs.list_backends(), help="compute backend")
         sp.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+        sp.add_argument(
+            "--dtype",
+            choices=["auto", "f32", "bf16"],
+            default="auto",
+            help="weights in memory (default auto: the checkpoint's)",
+        )
+
+    def sampling(sp: argparse.ArgumentParser, temperature: float = 0.8) -> None:
+        sp.add_argument(
+            "--temperature",
+            type=float,
+            default=temperature,
+            help=f"0 = greedy (default {temperature})",
+        )
+        sp.add_argument("--top-k", type=int, default=40, help="0 = no top-k filter (default 40)")
+        sp.add_argument("--top-p", type=float)
+        sp.add_argument("--min-p", type=float)
+        sp.add_argument("--repetition-penalty", type=float)
+        sp.add_argument("--seed", type=int)
 
     g = sub.add_parser("generate", help="stream generated text to stdout")
     common(g)
     g.add_argument("--prompt", required=True, help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=50)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=40, help="0 = no top-k filter (default 40)")
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--min-p", type=float)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--seed", type=int)
+    sampling(g)
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", help="version, backends, CPU features, threads")
+    c = sub.add_parser(
+        "chat",
+        help="interactive chat with a model that has a chat template",
+        description="One line per turn; the reply streams. /reset clears the history, "
+        "Ctrl-D quits. Reads turns from stdin when it is not a terminal.",
+    )
+    common(c)
+    c.add_argument("--system", help="a system message to start the conversation with")
+    c.add_argument("--max-new-tokens", type=int, default=512)
+    sampling(c, temperature=0.7)
+    c.set_defaults(func=cmd_chat)
+
+    i = sub.add_parser("info", help="version, backends, CPU features, threads; a model's sizes")
+    common(i)
     i.set_defaults(func=cmd_info)
 
     b = sub.add_parser("bench", help="prefill and decode speed of a model")
