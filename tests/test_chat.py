@@ -137,5 +137,5 @@ def test_cli_chat_keeps_history_and_resets(tmp_path):
         timeout=120,
     )
     assert (
-        "qwen2" in info.stdout and "key/value 2" in info.stdout and "chat template" in info.stdout
+        "qwen3" in info.stdout and "key/value 2" in info.stdout and "chat template" in info.stdout
     )
