@@ -2,7 +2,7 @@
 
 Run once in the peers venv (torch + transformers; never needed by the normal test run):
 
-    /path/to/peers/bin/python scripts/record_families.py
+    /path/to/peers/bin/python scripts/record_families.py [case ...]
 
 For each case it writes the model folder with tests/families.py, loads it with transformers'
 `AutoModelForCausalLM.from_pretrained` (refusing any missing, unexpected or mis-shaped key, so
@@ -67,7 +67,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in fam.CASES:
+        # Cases named on the command line, or all.
+        for name in sys.argv[1:] or fam.CASES:
             record(name, Path(tmp))
 
 

@@ -10,6 +10,7 @@ TEMPLATES = {
     "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>"),
     "HuggingFaceTB-SmolLM3-3B": (None, "<|im_end|>"),
     "google-gemma-2-2b-it": ("<bos>", "<eos>"),
+    "google-gemma-3-1b-it": ("<bos>", "<eos>"),
 }
 
 CONVERSATIONS = [

@@ -66,6 +66,41 @@ CASES: dict[str, dict] = {
     "qwen3_headdim": dict(
         model_type="qwen3", config=dict(num_key_value_heads=2, head_dim=24), style="v5"
     ),
+    # Gemma 3, transformers 5 keys: local layers (window 6 < the prompt, RoPE base 1e4) around
+    # a global one (base 1e6, linear scaling), head_dim 32 != C / H, query_pre_attn_scalar 24,
+    # logit softcapping, tied head.
+    "gemma3_window": dict(
+        model_type="gemma3_text",
+        config=dict(
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            head_dim=32,
+            query_pre_attn_scalar=24,
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=True,
+            rope_parameters=dict(
+                full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1000000.0),
+                sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+            ),
+        ),
+        style="v5",
+    ),
+    # Gemma 3, older keys: sliding_window_pattern, rope_local_base_freq; untied head, MQA.
+    "gemma3_old": dict(
+        model_type="gemma3_text",
+        config=dict(
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=6,
+            sliding_window_pattern=2,
+            rope_theta=1000000.0,
+            rope_local_base_freq=10000.0,
+        ),
+        style="old",
+    ),
     # The GQA Llama stored in bf16 (kept 16-bit by dtype="auto").
     "llama_bf16": dict(
         model_type="llama", config=dict(num_key_value_heads=2), style="v5", dtype="bf16"
@@ -81,6 +116,7 @@ ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 
 
@@ -104,9 +140,18 @@ def config_for(name: str) -> dict:
         eos_token_id=2,
         rope_theta=10000.0,
     )
+    if mt == "gemma3_text":
+        del cfg["hidden_act"]
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
+        cfg.update(bos_token_id=2, eos_token_id=1, pad_token_id=0)
     cfg.update(case["config"])
     dtype = "bfloat16" if case.get("dtype") == "bf16" else "float32"
-    if case["style"] == "v5":
+    if mt == "gemma3_text":
+        # Its rope settings are per layer kind already in rope_parameters (v5), or flat (old).
+        if case["style"] == "v5":
+            del cfg["rope_theta"]
+        cfg["dtype" if case["style"] == "v5" else "torch_dtype"] = dtype
+    elif case["style"] == "v5":
         # transformers 5: rope settings in rope_parameters, the dtype under "dtype".
         rope = dict(rope_type="default", rope_theta=cfg.pop("rope_theta"))
         rope.update(cfg.pop("rope_scaling", None) or {})
@@ -130,14 +175,20 @@ def weights_for(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     def w(*shape, scale=0.15):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
+    gemma = mt == "gemma3_text"
+
     def norm(n):
-        return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+        # Gemma's norms scale by (1 + w): their weights sit around 0, the others' around 1.
+        return ((0.0 if gemma else 1.0) + 0.2 * rng.standard_normal(n)).astype(np.float32)
 
     p = {"model.embed_tokens.weight": w(v, c, scale=1.0)}
     for layer in range(cfg["num_hidden_layers"]):
         pre = f"model.layers.{layer}."
         p[pre + "input_layernorm.weight"] = norm(c)
         p[pre + "post_attention_layernorm.weight"] = norm(c)
+        if gemma:
+            p[pre + "pre_feedforward_layernorm.weight"] = norm(c)
+            p[pre + "post_feedforward_layernorm.weight"] = norm(c)
         for proj, out in (("q_proj", h * d), ("k_proj", hk * d), ("v_proj", hk * d)):
             p[pre + f"self_attn.{proj}.weight"] = w(out, c)
             if qkv_bias:
@@ -145,7 +196,7 @@ def weights_for(name: str, seed: int = 0) -> dict[str, np.ndarray]:
         p[pre + "self_attn.o_proj.weight"] = w(c, h * d)
         if cfg.get("attention_bias", False):
             p[pre + "self_attn.o_proj.bias"] = w(c, scale=0.3)
-        if mt == "qwen3":
+        if mt in ("qwen3", "gemma3_text"):
             p[pre + "self_attn.q_norm.weight"] = norm(d)
             p[pre + "self_attn.k_norm.weight"] = norm(d)
         p[pre + "mlp.gate_proj.weight"] = w(i, c)

@@ -113,6 +113,31 @@ def test_unsupported_config_names_key_and_value(tmp_path, change, message):
         gpt_rs.load_model(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping = 50"),
+        ({"layer_types": ["full_attention"]}, "'layer_types' has 1 entries"),
+        ({"layer_types": ["chunked_attention"] * 3}, "'chunked_attention' is not supported"),
+        ({"hidden_activation": "gelu"}, "hidden_activation 'gelu'"),
+        (
+            {"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0}}},
+            "full_attention: rope type 'yarn'",
+        ),
+        ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ],
+)
+def test_unsupported_gemma3_config(tmp_path, change, message):
+    import json
+
+    fam.make_folder("gemma3_window", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(change)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=message):
+        gpt_rs.load_model(tmp_path)
+
+
 def test_missing_and_misshaped_tensors(tmp_path):
     import json
 
@@ -141,7 +166,8 @@ def test_live_against_transformers_save_pretrained(tmp_path):
     """With torch present: transformers' own random init and save_pretrained, every family."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    for name in ["llama_gqa", "llama3_tied", "mistral_window", "qwen2_tied", "qwen3_headdim"]:
+    names = ["llama_gqa", "llama3_tied", "mistral_window", "qwen2_tied", "qwen3_headdim"]
+    for name in names + ["gemma3_window", "gemma3_old"]:
         cfg = fam.config_for(name)
         cls = transformers.AutoConfig.for_model(**cfg)
         torch.manual_seed(0)

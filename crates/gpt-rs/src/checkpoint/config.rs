@@ -261,6 +261,28 @@ impl<'a> Keys<'a> {
             .transpose()
     }
 
+    /// A number, or None when absent or null.
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key).map(|_| self.f64(key, None)).transpose()
+    }
+
+    /// A list of strings, or None when absent.
+    pub fn str_list(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let a = v
+            .as_array()
+            .ok_or_else(|| self.bad(key, "a list of strings", v))?;
+        a.iter()
+            .map(|e| {
+                e.as_str()
+                    .ok_or_else(|| self.bad(key, "a list of strings", v))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// A token id or a list of them (`eos_token_id` is either); empty when absent.
     pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
         let one = |v: &Value| {

@@ -14,11 +14,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::attention::{attend, AttnSpec, QkvLayout};
+use super::attention::AttnSpec;
+use super::decoder;
 use super::weights::Checkpoint;
 use super::{
-    add_in_place, check_inputs, grow, select_rows, CausalLm, Linear, LoadDtype, Logits, ModelInfo,
-    SeqInput, Workspace,
+    add_in_place, check_inputs, grow, CausalLm, Linear, LoadDtype, Logits, ModelInfo, SeqInput,
+    Workspace,
 };
 use crate::backend::{Backend, BackendKind, GateAct, Panels};
 use crate::checkpoint::config::Keys;
@@ -65,6 +66,11 @@ impl Rope {
                     .map(|o| Keys::new(o, "rope_scaling")),
             ),
         };
+        Self::parse(theta, scaling)
+    }
+
+    /// Base `theta` with the scaling settings `scaling` (a `rope_scaling`-shaped object, if any).
+    pub fn parse(theta: f64, scaling: Option<Keys<'_>>) -> Result<Self> {
         let scaling = match scaling {
             None => RopeScaling::None,
             Some(s) => {
@@ -296,32 +302,14 @@ impl Llama {
             cfg.intermediate_size,
             cfg.vocab_size,
         );
-        let p = if ck.contains("model.embed_tokens.weight") {
-            "model."
-        } else {
-            ""
-        };
-        if ck.contains(&format!(
-            "{p}layers.{}.input_layernorm.weight",
-            cfg.num_hidden_layers
-        )) {
-            return Err(Error::Value(format!(
-                "{}: has weights for layer {} but config.json says num_hidden_layers = {}",
-                dir.display(),
-                cfg.num_hidden_layers,
-                cfg.num_hidden_layers
-            )));
-        }
+        let p = decoder::key_prefix(&ck, dir, cfg.num_hidden_layers)?;
         let embed_tokens = ck.panels(&format!("{p}embed_tokens.weight"), c, v, true, dtype)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let n = |s: &str| format!("{p}layers.{i}.{s}");
+                let pre = format!("{p}layers.{i}.");
+                let n = |s: &str| format!("{pre}{s}");
                 let lin = |parts: &[(&str, usize)], k: usize, bias: bool| {
-                    let names: Vec<(String, usize)> =
-                        parts.iter().map(|(s, o)| (n(s), *o)).collect();
-                    let refs: Vec<(&str, usize)> =
-                        names.iter().map(|(s, o)| (s.as_str(), *o)).collect();
-                    ck.linear(&refs, k, bias, dtype)
+                    decoder::load_linear(&ck, &pre, parts, k, bias, dtype)
                 };
                 Ok(Block {
                     input_layernorm: ck.vector(&n("input_layernorm.weight"), c)?,
@@ -402,28 +390,6 @@ impl Llama {
     }
 }
 
-/// Each head's RMSNorm (weight `(D)`) of `heads` heads at `offset` in every row: Qwen3's q/k norm.
-fn norm_heads(
-    be: &dyn Backend,
-    x: &mut [f32],
-    rows: usize,
-    stride: usize,
-    offset: usize,
-    heads: usize,
-    w: &[f32],
-    eps: f32,
-    tmp: &mut Vec<f32>,
-) -> Result<()> {
-    let n = heads * w.len();
-    let t = grow(tmp, n)?;
-    for r in 0..rows {
-        let seg = &mut x[r * stride + offset..r * stride + offset + n];
-        t.copy_from_slice(seg);
-        be.rms_norm(t, w, seg, eps, 0.0);
-    }
-    Ok(())
-}
-
 impl CausalLm for Llama {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -453,30 +419,10 @@ impl CausalLm for Llama {
 
         // x = embed_tokens[token]                                             // (R, C)
         let x = grow(&mut ws.x, rows * c)?;
-        let mut r = 0;
-        for s in seqs.iter() {
-            for &t in s.tokens {
-                self.embed_tokens
-                    .column(t as usize, &mut x[r * c..(r + 1) * c]);
-                r += 1;
-            }
-        }
+        decoder::embed(&self.embed_tokens, seqs, x, c, 1.0);
         // cos/sin of every row's position                                    // (R, D/2) each
         let half = d / 2;
-        let cs = grow(&mut ws.sel, 2 * rows * half)?;
-        let (cos, sin) = cs.split_at_mut(rows * half);
-        let mut r = 0;
-        for s in seqs.iter() {
-            for j in 0..s.tokens.len() {
-                let pos = (s.cache.len + j) as f32;
-                for (i, &f) in self.inv_freq.iter().enumerate() {
-                    let a = pos * f;
-                    cos[r * half + i] = a.cos();
-                    sin[r * half + i] = a.sin();
-                }
-                r += 1;
-            }
-        }
+        decoder::rope_angles(&self.inv_freq, seqs, grow(&mut ws.sel, 2 * rows * half)?);
         let rope = std::mem::take(&mut ws.sel);
         let (cos, sin) = rope[..2 * rows * half].split_at(rows * half);
         let spec = self.attn_spec();
@@ -488,37 +434,15 @@ impl CausalLm for Llama {
             let qkv = grow(&mut ws.qkv, rows * qkv_w)?;
             b.qkv_proj.apply(be, &ws.h[..rows * c], qkv, rows, exact)?;
             if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
-                norm_heads(be, qkv, rows, qkv_w, 0, h, qn, eps, &mut ws.mlp_act)?;
-                norm_heads(be, qkv, rows, qkv_w, h * d, hk, kn, eps, &mut ws.mlp_act)?;
+                let tmp = &mut ws.mlp_act;
+                decoder::norm_heads(be, qkv, rows, qkv_w, 0, h, qn, eps, 0.0, tmp)?;
+                decoder::norm_heads(be, qkv, rows, qkv_w, h * d, hk, kn, eps, 0.0, tmp)?;
             }
             be.rope(qkv, qkv_w, 0, h, d, cos, sin, false);
             be.rope(qkv, qkv_w, h * d, hk, d, cos, sin, false);
 
             // Per sequence: append k, v to the cache; attend.                 // (R, H D)
-            let att = grow(&mut ws.att, rows * h * d)?;
-            let mut r0 = 0;
-            for s in seqs.iter_mut() {
-                let (n, start, cap) = (s.tokens.len(), s.cache.len, s.cache.capacity());
-                let (kc, vc) = s.cache.layer_mut(l);
-                attend(
-                    be,
-                    &spec,
-                    &ws.qkv[r0 * qkv_w..(r0 + n) * qkv_w],
-                    QkvLayout {
-                        stride: qkv_w,
-                        q: 0,
-                        k: h * d,
-                        v: (h + hk) * d,
-                    },
-                    n,
-                    start,
-                    (kc, vc, cap),
-                    &mut ws.q,
-                    &mut ws.o,
-                    &mut att[r0 * h * d..(r0 + n) * h * d],
-                )?;
-                r0 += n;
-            }
+            decoder::self_attention(be, &spec, seqs, l, ws)?;
 
             // x = x + att @ o_proj
             let proj = grow(&mut ws.proj, rows * c)?;
@@ -548,24 +472,8 @@ impl CausalLm for Llama {
         ws.sel = rope;
 
         // logits = rms_norm(x[rows wanted]) @ lm_head                          // (S|R, V)
-        let m = select_rows(&ws.x, &mut ws.sel, seqs, which, c)?;
-        let hbuf = grow(&mut ws.h, m * c)?;
-        be.rms_norm(&ws.sel[..m * c], &self.norm, hbuf, eps, 0.0);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = grow(&mut ws.logits, m * cfg.vocab_size)?;
-        super::linear::apply(
-            be,
-            head,
-            None,
-            &ws.h[..m * c],
-            logits,
-            m,
-            which == Logits::Last,
-        );
-        for s in seqs.iter_mut() {
-            s.cache.len += s.tokens.len();
-        }
-        Ok(())
+        decoder::output_logits(be, seqs, which, ws, &self.norm, 0.0, eps, head)
     }
 
     fn num_parameters(&self) -> usize {
@@ -590,7 +498,7 @@ impl CausalLm for Llama {
     }
 
     fn weight_bytes(&self) -> usize {
-        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, |b| 4 * b.len());
+        let lin = decoder::linear_bytes;
         let vecs = |b: &Block| {
             4 * (b.input_layernorm.len()
                 + b.post_attention_layernorm.len()

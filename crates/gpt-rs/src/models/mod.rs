@@ -4,6 +4,8 @@
 //! reads top to bottom like its paper, plus a config mapping.
 
 pub mod attention;
+pub mod decoder;
+pub mod gemma3;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod linear;
@@ -233,10 +235,14 @@ pub fn load_dir(dir: &Path, backend: BackendKind, dtype: LoadDtype) -> Result<Ar
         t if llama::FAMILIES.contains(&t) => Ok(Arc::new(
             llama::Llama::load(dir, &config, backend, dtype).map_err(at)?,
         )),
+        gemma3::FAMILY => Ok(Arc::new(
+            gemma3::Gemma3::load(dir, &config, backend, dtype).map_err(at)?,
+        )),
         other => Err(Error::Value(format!(
-            "{}: model_type '{other}' is not supported; supported: gpt2, {}",
+            "{}: model_type '{other}' is not supported; supported: gpt2, {}, {}",
             config_path.display(),
-            llama::FAMILIES.join(", ")
+            llama::FAMILIES.join(", "),
+            gemma3::FAMILY
         ))),
     }
 }
