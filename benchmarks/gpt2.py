@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
 CACHE = Path(os.environ.get("GPT_RS_BENCH_DIR", Path.home() / ".cache" / "gpt_rs_bench"))
 
 
@@ -82,68 +85,9 @@ def make_model(path: Path, quick: bool) -> Path:
     return path
 
 
-def synthetic_gpt2_tokenizer(path: Path, vocab_size: int) -> None:
-    """GPT-2-format `vocab.json` + `merges.txt` with exactly `vocab_size` tokens (256 byte
-    symbols, random valid merges, `<|endoftext|>` last). The benchmark feeds token ids, so
-    the merges' content does not matter; llama.cpp's converter just needs a tokenizer of the
-    model's size, and none of the real 50,257-token GPT-2 can be downloaded here."""
-    import numpy as np
-
-    # GPT-2's byte-to-unicode table.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    toks = [chr(c) for c in cs]
-    vocab = {t: i for i, t in enumerate(toks)}
-    merges = []
-    rng = np.random.default_rng(0)
-    while len(vocab) < vocab_size - 1:
-        a, b = toks[rng.integers(len(toks))], toks[rng.integers(256)]
-        t = a + b
-        if t in vocab or len(t) > 12:
-            continue
-        vocab[t] = len(vocab)
-        toks.append(t)
-        merges.append(f"{a} {b}")
-    vocab["<|endoftext|>"] = vocab_size - 1
-    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
 def llama_cpp_gguf(path: Path) -> Path | None:
-    """The model converted to an f32 GGUF by the converter in llama-cpp-python's source
-    distribution (set GPT_RS_LLAMA_CPP_SRC to its unpacked `vendor/llama.cpp`), cached."""
-    gguf = path.parent / (path.name + "-f32.gguf")
-    if gguf.exists():
-        return gguf
-    src = os.environ.get("GPT_RS_LLAMA_CPP_SRC")
-    if not src:
-        print(
-            "llama-cpp-python is installed but GPT_RS_LLAMA_CPP_SRC is not set: skipped",
-            file=sys.stderr,
-        )
-        return None
-    conv = path.parent / (path.name + "-for-gguf")
-    conv.mkdir(exist_ok=True)
-    for f in ("config.json", "model.safetensors"):
-        if not (conv / f).exists():
-            (conv / f).symlink_to(path / f)
-    V = json.loads((path / "config.json").read_text())["vocab_size"]
-    synthetic_gpt2_tokenizer(conv, V)
-    # The converter identifies a BPE pre-tokenizer by hashing a test encoding; the synthetic
-    # merges are unknown to it, but the pre-tokenizer is GPT-2's, so it is named directly.
-    code = (
-        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py'];"
-        "import conversion.base as b; b.TextModel.get_vocab_base_pre = lambda self, t: 'gpt-2';"
-        "import convert_hf_to_gguf as c; sys.argv = ['convert', sys.argv[2], '--outfile',"
-        " sys.argv[3], '--outtype', 'f32']; c.main()"
-    )
-    subprocess.run([sys.executable, "-c", code, src, str(conv), str(gguf)], check=True)
-    return gguf
+    """The model converted to an f32 GGUF by llama.cpp's own converter (cached)."""
+    return common.convert_to_gguf(path, path.parent / (path.name + "-f32.gguf"), "f32", "gpt-2")
 
 
 def llama_cpp_impl(path: Path, threads: int):
@@ -336,27 +280,8 @@ class TorchGPT2:
             return self.forward(ids)
 
 
-def median_times(fns: dict, repeats: int, best: bool = False) -> dict:
-    """Median (or, with `best`, the shortest) seconds per call of each function, interleaved:
-    every repeat times each function once, in turn, so a slow spell of a shared machine hits
-    all of them alike. A pause comes before each timing: BLAS and OpenMP worker threads spin
-    for a while after a call and would steal the cores from whatever is timed right after
-    them."""
-    for fn in fns.values():
-        fn()
-    ts = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(0.3)
-            t0 = time.perf_counter()
-            fn()
-            ts[name].append(time.perf_counter() - t0)
-    return {name: sorted(v)[0 if best else len(v) // 2] for name, v in ts.items()}
-
-
 def run(threads: int, repeats: int, quick: bool) -> dict:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GPT_RS_NUM_THREADS"):
-        os.environ[var] = str(threads)
+    common.set_threads(threads)
     import numpy as np
 
     import gpt_rs
@@ -407,16 +332,16 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
     if llama is not None:
         impls["llama.cpp"] = llama
     # Each workload: all implementations interleaved, repeat by repeat.
-    full = median_times(
+    full = common.median_times(
         {n: (lambda gen=gen: gen(prompt8, new)) for n, (gen, _) in impls.items()}, repeats
     )
-    one = median_times(
+    one = common.median_times(
         {n: (lambda gen=gen: gen(prompt8, 1)) for n, (gen, _) in impls.items()}, repeats
     )
     results = {n: {"decode tok/s": (new - 1) / max(full[n] - one[n], 1e-9)} for n in impls}
     for T, ids in prompts.items():
         if T <= (256 if quick else 1024):
-            t = median_times(
+            t = common.median_times(
                 {n: (lambda ids=ids, pf=pf: pf(ids)) for n, (_, pf) in impls.items()}, repeats
             )
             for n in impls:
@@ -438,7 +363,8 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
     # A peak: the best of the repeats (a VM's second core is sometimes taken away for a while,
     # and a median over few repeats then halves every library's 2-thread rate alike).
     peaks = {
-        n: flop / t / 1e9 for n, t in median_times(products, max(repeats, 7), best=True).items()
+        n: flop / t / 1e9
+        for n, t in common.median_times(products, max(repeats, 7), best=True).items()
     }
     cfg = json.loads((path / "config.json").read_text())
     L, C = cfg["n_layer"], cfg["n_embd"]
@@ -461,34 +387,13 @@ def run(threads: int, repeats: int, quick: bool) -> dict:
 def report(all_runs: list[dict]) -> None:
     print(
         "GPT-2 (124M shapes unless --quick) f32, random weights, batch 1 | "
-        f"{platform.machine()} {os.cpu_count()} cores | "
+        f"{common.cpu_name()}, {os.cpu_count()} cores | "
         f"python {platform.python_version()} | {time.strftime('%Y-%m-%d')}"
     )
     for run_ in all_runs:
         res = run_["results"]
-        peers = [n for n in res if n != "gpt_rs"]
         print(f"\n### {run_['threads']} thread(s), simd {run_['simd']}\n")
-        print(
-            "| workload | gpt_rs | "
-            + " | ".join(peers)
-            + " | "
-            + " | ".join(f"gpt_rs vs {p}" for p in peers)
-            + " |"
-        )
-        print("|---" * (2 + 2 * len(peers)) + "|")
-        for metric in res["gpt_rs"]:
-            ours = res["gpt_rs"][metric]
-            row = (
-                f"| {metric} | {ours:.1f} | "
-                + " | ".join(f"{res[p][metric]:.1f}" for p in peers)
-                + " | "
-            )
-            # Ratio > 1 means gpt_rs is better (more tokens/s, or fewer ms).
-            ratios = [
-                (ours / res[p][metric]) if "tok/s" in metric else (res[p][metric] / ours)
-                for p in peers
-            ]
-            print(row + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+        common.print_table(res)
         print(
             "\ngreedy tokens agreeing with gpt_rs (of 64): "
             + ", ".join(f"{n} {a}" for n, a in run_["agree"].items() if n != "gpt_rs")

@@ -1,5 +1,10 @@
 """Conversations and per-template special tokens for the chat-template tests (shared by
-scripts/record_chat_templates.py and tests/test_chat.py)."""
+scripts/record_chat_templates.py and tests/test_chat.py), and a small tokenizer to chat with."""
+
+import json
+from pathlib import Path
+
+import tokenizers
 
 TEMPLATES = {
     # file stem -> (bos_token, eos_token)
@@ -30,3 +35,21 @@ CONVERSATIONS = [
 
 # Extra template variables passed to every rendering (fixed dates keep the output stable).
 EXTRA = {"date_string": "26 Jul 2024"}
+
+
+WORDS = ["Hello", "!", "What", "is", "2", "+", "?", "4", "And", "3", "the", "a", "of"]
+SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+
+
+def write_tokenizer(folder: Path, **config) -> None:
+    """A small word-level tokenizer.json plus tokenizer_config.json with `config`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # 256 entries in all (the family models' vocabulary), so every generated id decodes.
+    filler = [f"w{i}" for i in range(256 - 1 - len(WORDS) - len(SPECIALS))]
+    vocab = {w: i for i, w in enumerate(["<unk>", *WORDS, *filler, *SPECIALS])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(SPECIALS)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))

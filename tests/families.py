@@ -105,6 +105,13 @@ CASES: dict[str, dict] = {
     "llama_bf16": dict(
         model_type="llama", config=dict(num_key_value_heads=2), style="v5", dtype="bf16"
     ),
+    # Qwen2.5 stored in bf16 (the README's stand-in for Qwen2.5-0.5B-Instruct).
+    "qwen2_bf16": dict(
+        model_type="qwen2",
+        config=dict(num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0),
+        style="old",
+        dtype="bf16",
+    ),
     # The GQA Llama in two shards with model.safetensors.index.json.
     "llama_sharded": dict(
         model_type="llama", config=dict(num_key_value_heads=2), style="old", shards=2

@@ -7,29 +7,14 @@ from pathlib import Path
 import chat_cases as cc
 import families as fam
 import pytest
-import tokenizers
 
 import gpt_rs
 
 DIR = Path(__file__).parent / "fixtures" / "chat_templates"
 RENDERED = json.loads((DIR / "rendered.json").read_text())
 
-WORDS = ["Hello", "!", "What", "is", "2", "+", "?", "4", "And", "3", "the", "a", "of"]
-SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
-
-
-def write_tokenizer(folder: Path, **config) -> None:
-    """A small word-level tokenizer.json plus tokenizer_config.json with `config`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    # 256 entries in all (the family models' vocabulary), so every generated id decodes.
-    filler = [f"w{i}" for i in range(256 - 1 - len(WORDS) - len(SPECIALS))]
-    vocab = {w: i for i, w in enumerate(["<unk>", *WORDS, *filler, *SPECIALS])}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.decoder = tokenizers.decoders.WordPiece(prefix="##")
-    tok.add_special_tokens(SPECIALS)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+SPECIALS = cc.SPECIALS
+write_tokenizer = cc.write_tokenizer
 
 
 @pytest.mark.parametrize("stem", list(cc.TEMPLATES))

@@ -6,6 +6,7 @@
 - test_install.py and every example script run as subprocesses and must exit 0.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -25,9 +26,22 @@ def python_blocks(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def fake_hub(tmp_path_factory):
     """README examples load "gpt2": a tiny random model stands in for it in a local hub cache."""
+    import chat_cases as cc
+    import families as fam
     import gpt2_fixture as fx
 
-    return fx.make_fake_hub(tmp_path_factory.mktemp("hub"), fx.train_tokenizer())
+    hub = fx.make_fake_hub(tmp_path_factory.mktemp("hub"), fx.train_tokenizer())
+    # A tiny bf16 Qwen2 with Qwen2.5's chat template for the family examples.
+    repo = hub / "models--Qwen--Qwen2.5-0.5B-Instruct"
+    snap = repo / "snapshots" / "0000"
+    fam.make_folder("qwen2_bf16", snap)
+    cfg = json.loads((snap / "config.json").read_text())
+    (snap / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
+    template = (ROOT / "tests/fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    cc.write_tokenizer(snap, chat_template=template, eos_token="<|im_end|>")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0000")
+    return hub
 
 
 @pytest.mark.parametrize("i", range(len(python_blocks(ROOT / "README.md"))))
