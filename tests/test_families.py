@@ -37,10 +37,15 @@ def test_logits_and_greedy_match_transformers(folders, name):
     assert model.family == fam.CASES[name]["model_type"]
     assert model.dtype == ("bf16" if fam.CASES[name].get("dtype") == "bf16" else "f32")
     ids = fam.prompt_ids(name)
+    bf16 = fam.CASES[name].get("dtype") == "bf16"
     for backend in gpt_rs.list_backends():
         model.backend = backend
         err = scaled_err(model.forward_tokens(ids), rec["logits"])
-        assert err <= 1e-4, f"{name} on {backend}: logits differ by {err:.2e} of the scale"
+        # The stated bf16 budget: on CPUs with AVX512-BF16 the cpu backend multiplies many rows
+        # by bf16 weights with bf16-rounded activations (vdpbf16ps), as llama.cpp does; other
+        # backends and the few-row path keep f32 activations.
+        budget = 1e-2 if bf16 and backend == "cpu" else 1e-4
+        assert err <= budget, f"{name} on {backend}: logits differ by {err:.2e} of the scale"
     model.backend = None
     greedy = rec["greedy"].tolist()
     got = model.generate_tokens(

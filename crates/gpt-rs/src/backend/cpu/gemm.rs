@@ -476,6 +476,9 @@ pub fn matmul_panels(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32],
     if m < NT_SMALL_M {
         return gemv::matmul_panel_rows(a, w, c, m);
     }
+    if w.bf16_panels().is_some() && super::bf16dot::active() {
+        return super::bf16dot::matmul(a, w, c, m);
+    }
     gemm(a, ALayout::MK, BSource::Panels(w), c, m, k, n)
 }
 

@@ -1,6 +1,7 @@
 //! `cpu`: the fast backend. SIMD kernels chosen at run time (see `simd`), spread over the
 //! engine's thread pool. Small inputs run on the calling thread to avoid fork/join overhead.
 
+mod bf16dot;
 mod gemm;
 mod gemv;
 pub mod math;
@@ -8,6 +9,12 @@ pub mod simd;
 mod vector;
 
 use super::{Backend, BackendKind, Panels, SendPtr};
+
+/// Whether bf16 weights times many rows run on AVX512-BF16 (`vdpbf16ps`, activations rounded
+/// to bf16) at the current SIMD level; otherwise they are widened to f32.
+pub fn bf16_dot_active() -> bool {
+    bf16dot::active()
+}
 use crate::threads;
 
 pub struct Cpu;
