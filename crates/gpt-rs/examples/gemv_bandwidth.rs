@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use gpt_rs::backend::{BackendKind, Panels};
+use gpt_rs::backend::{BackendKind, Panels, SourceDtype, WeightFormat, WeightSource};
 use gpt_rs::storage::Storage;
 
 fn main() {
@@ -55,10 +55,24 @@ fn main() {
         "{threads} thread(s): matmul_nt [N,K] GEMV {:6.1} GB/s",
         bytes / t / 1e9
     );
-    // The same values as `Panels` (how the GPT-2 runtime keeps its projections).
+    // The same values as `Panels` (how the runtime keeps its projections), f32 and bf16.
     let panels: Vec<Panels> = mats
         .iter()
         .map(|w| Panels::from_kn(w, k, n).unwrap())
+        .collect();
+    let bf16: Vec<Panels> = mats
+        .iter()
+        .map(|w| {
+            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let src = WeightSource {
+                bytes: &bytes,
+                dtype: SourceDtype::F32,
+                out_in: false,
+                k,
+                n,
+            };
+            Panels::prepare(&src, WeightFormat::Bf16).unwrap()
+        })
         .collect();
     drop(all);
     let t = time(&mut || {
@@ -71,5 +85,15 @@ fn main() {
     println!(
         "{threads} thread(s): matmul_panels GEMV  {:6.1} GB/s",
         bytes / t / 1e9
+    );
+    let t = time(&mut || {
+        gpt_rs::threads::install(|| {
+            bf16.iter()
+                .for_each(|w| be.matmul_panels(&x, w, None, &mut y, 1))
+        })
+    });
+    println!(
+        "{threads} thread(s): matmul_panels bf16 GEMV {:6.1} GB/s",
+        bytes / 2.0 / t / 1e9
     );
 }

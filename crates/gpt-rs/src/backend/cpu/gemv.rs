@@ -302,18 +302,20 @@ unsafe fn panel_chunk<E: PanelElem, V: Vf, const RG: usize, const NV: usize>(
                             prefetch(row.wrapping_add(l + ahead));
                         }
                     }
+                    let mut bv = [V::zero(); NV];
+                    for v in (0..NV).step_by(2) {
+                        (bv[v], bv[v + 1]) = E::load2::<V>(row.add(v * V::W));
+                    }
                     for (r, accr) in acc.iter_mut().enumerate().take(rows) {
                         let x = V::splat(*a.get_unchecked((i0 + r) * k + p));
-                        for (v, y) in accr.iter_mut().enumerate() {
-                            *y = V::fma(x, E::load::<V>(row.add(v * V::W)), *y);
+                        for (y, &b) in accr.iter_mut().zip(&bv) {
+                            *y = V::fma(x, b, *y);
                         }
                     }
                 }
                 let mut out = [0.0f32; PANEL];
                 for (r, accr) in acc.iter().enumerate().take(rows) {
-                    for (v, y) in accr.iter().enumerate() {
-                        y.store(out.as_mut_ptr().add(v * V::W));
-                    }
+                    store_ordered::<E, V, NV>(accr, &mut out);
                     let dst = c.get().add((i0 + r) * n + j);
                     for (q, &o) in out[..cols].iter().enumerate() {
                         *dst.add(q) += o;
@@ -355,21 +357,37 @@ unsafe fn panel_streams<E: PanelElem, V: Vf, const NV: usize, const S: usize>(
                         prefetch(row.wrapping_add(l + ahead));
                     }
                 }
-                for (v, y) in accs.iter_mut().enumerate() {
-                    *y = V::fma(x, E::load::<V>(row.add(v * V::W)), *y);
+                for v in (0..NV).step_by(2) {
+                    let (b0, b1) = E::load2::<V>(row.add(v * V::W));
+                    accs[v] = V::fma(x, b0, accs[v]);
+                    accs[v + 1] = V::fma(x, b1, accs[v + 1]);
                 }
             }
         }
         let mut out = [0.0f32; PANEL];
         for (s, accs) in acc.iter().enumerate() {
             let j = (p0 + s * stride) * PANEL;
-            for (v, y) in accs.iter().enumerate() {
-                y.store(out.as_mut_ptr().add(v * V::W));
-            }
+            store_ordered::<E, V, NV>(accs, &mut out);
             let dst = c.get().add(j);
             for (q, &o) in out[..(n - j).min(PANEL)].iter().enumerate() {
                 *dst.add(q) += o;
             }
+        }
+    }
+}
+
+/// A panel's accumulators, put in column order, into `out`.
+#[inline(always)]
+unsafe fn store_ordered<E: PanelElem, V: Vf, const NV: usize>(
+    acc: &[V; NV],
+    out: &mut [f32; PANEL],
+) {
+    for v in (0..NV).step_by(2) {
+        // SAFETY: NV * W = PANEL floats fit `out`.
+        unsafe {
+            let (o0, o1) = E::order::<V>(acc[v], acc[v + 1]);
+            o0.store(out.as_mut_ptr().add(v * V::W));
+            o1.store(out.as_mut_ptr().add((v + 1) * V::W));
         }
     }
 }

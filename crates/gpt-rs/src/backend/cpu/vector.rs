@@ -9,6 +9,12 @@ pub(super) trait Vf: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// `W` bf16 values (bits) widened to f32 (exact: a bf16 is the top half of an f32).
     unsafe fn load_bf16(p: *const u16) -> Self;
+    /// `2W` bf16 values widened with one load and two bit operations: the even-indexed
+    /// values, then the odd-indexed ones (`interleave` restores the order).
+    unsafe fn load_bf16_split(p: *const u16) -> (Self, Self);
+    /// The inverse of `load_bf16_split`'s order: lanes `(even, odd)` back to values
+    /// `0..W` and `W..2W`.
+    unsafe fn interleave(even: Self, odd: Self) -> (Self, Self);
     unsafe fn store(self, p: *mut f32);
     /// `a * b + c`.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
@@ -30,6 +36,12 @@ impl Vf for Scalar {
     }
     unsafe fn load_bf16(p: *const u16) -> Self {
         Scalar(f32::from_bits((unsafe { *p } as u32) << 16))
+    }
+    unsafe fn load_bf16_split(p: *const u16) -> (Self, Self) {
+        unsafe { (Self::load_bf16(p), Self::load_bf16(p.add(1))) }
+    }
+    unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+        (even, odd)
     }
     unsafe fn store(self, p: *mut f32) {
         unsafe { *p = self.0 }
@@ -76,6 +88,31 @@ pub(super) mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn load_bf16_split(p: *const u16) -> (Self, Self) {
+            unsafe {
+                // Each 32-bit lane holds values 2i (low half) and 2i + 1 (high half).
+                let x = _mm256_loadu_si256(p.cast());
+                let even = _mm256_slli_epi32::<16>(x);
+                let odd = _mm256_and_si256(x, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+                (
+                    V256(_mm256_castsi256_ps(even)),
+                    V256(_mm256_castsi256_ps(odd)),
+                )
+            }
+        }
+        #[inline(always)]
+        unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            unsafe {
+                // unpack: [0 1 2 3 | 8 9 10 11] and [4 5 6 7 | 12 13 14 15]; then halves.
+                let lo = _mm256_unpacklo_ps(even.0, odd.0);
+                let hi = _mm256_unpackhi_ps(even.0, odd.0);
+                (
+                    V256(_mm256_permute2f128_ps::<0x20>(lo, hi)),
+                    V256(_mm256_permute2f128_ps::<0x31>(lo, hi)),
+                )
+            }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm256_storeu_ps(p, self.0) }
         }
@@ -115,6 +152,29 @@ pub(super) mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn load_bf16_split(p: *const u16) -> (Self, Self) {
+            unsafe {
+                let x = _mm512_loadu_si512(p.cast());
+                let even = _mm512_slli_epi32::<16>(x);
+                let odd = _mm512_and_si512(x, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+                (
+                    V512(_mm512_castsi512_ps(even)),
+                    V512(_mm512_castsi512_ps(odd)),
+                )
+            }
+        }
+        #[inline(always)]
+        unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            unsafe {
+                let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+                let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+                (
+                    V512(_mm512_permutex2var_ps(even.0, lo, odd.0)),
+                    V512(_mm512_permutex2var_ps(even.0, hi, odd.0)),
+                )
+            }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm512_storeu_ps(p, self.0) }
         }
@@ -130,20 +190,32 @@ pub(super) mod x86 {
 }
 
 /// An element type a prepared weight's panels store: loaded as f32 lanes.
+/// Kernels load `2W` elements at a time (`load2`) into two vectors whose lanes may hold them
+/// in another order, accumulate, and put the sums back in order once (`order`): bf16 widens
+/// by bit operations on one load that way, without a widening shuffle per vector.
 pub(super) trait PanelElem: Copy + Send + Sync + 'static {
-    unsafe fn load<V: Vf>(p: *const Self) -> V;
+    unsafe fn load2<V: Vf>(p: *const Self) -> (V, V);
+    unsafe fn order<V: Vf>(a: V, b: V) -> (V, V);
 }
 impl PanelElem for f32 {
     #[inline(always)]
-    unsafe fn load<V: Vf>(p: *const f32) -> V {
-        unsafe { V::load(p) }
+    unsafe fn load2<V: Vf>(p: *const f32) -> (V, V) {
+        unsafe { (V::load(p), V::load(p.add(V::W))) }
+    }
+    #[inline(always)]
+    unsafe fn order<V: Vf>(a: V, b: V) -> (V, V) {
+        (a, b)
     }
 }
-/// bf16, as its bits.
+/// bf16, as its bits: even values in the first vector, odd ones in the second.
 impl PanelElem for u16 {
     #[inline(always)]
-    unsafe fn load<V: Vf>(p: *const u16) -> V {
-        unsafe { V::load_bf16(p) }
+    unsafe fn load2<V: Vf>(p: *const u16) -> (V, V) {
+        unsafe { V::load_bf16_split(p) }
+    }
+    #[inline(always)]
+    unsafe fn order<V: Vf>(a: V, b: V) -> (V, V) {
+        unsafe { V::interleave(a, b) }
     }
 }
 
