@@ -171,6 +171,49 @@ def convert_to_gguf(model: Path, gguf: Path, outtype: str, pre: str) -> Path | N
     return gguf
 
 
+def llama_cpp_greedy(model: Path, gguf_name: str, outtype: str, pre: str, threads: int):
+    """(generate, prefill) through llama-cpp-python on `model` converted to a GGUF of
+    `outtype` by llama.cpp's own converter (cached beside it), or None without llama_cpp."""
+    try:
+        import llama_cpp
+        import numpy as np
+    except ImportError:
+        return None
+    gguf = convert_to_gguf(model, model.parent / gguf_name, outtype, pre)
+    if gguf is None:
+        return None
+    llm = llama_cpp.Llama(
+        str(gguf),
+        n_ctx=1024,
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    vocab = llm.n_vocab()
+
+    def last_logits():
+        # Without logits_all, llama-cpp-python keeps no scores; read the context's last row.
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
+
+    def gen(ids, n):
+        llm.reset()
+        llm.eval(ids)
+        out = list(ids)
+        for i in range(n):
+            out.append(int(np.argmax(last_logits())))
+            if i < n - 1:
+                llm.eval([out[-1]])
+        return out
+
+    def prefill(ids):
+        llm.reset()
+        llm.eval(ids)
+        return np.array(last_logits())
+
+    return gen, prefill
+
+
 def print_table(res: dict) -> None:
     """One markdown table: a row per metric, a column per implementation, then gpt_rs's ratio
     to each peer (> 1 means gpt_rs is better: more tokens/s, fewer ms, less memory)."""

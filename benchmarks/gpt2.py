@@ -85,52 +85,9 @@ def make_model(path: Path, quick: bool) -> Path:
     return path
 
 
-def llama_cpp_gguf(path: Path) -> Path | None:
-    """The model converted to an f32 GGUF by llama.cpp's own converter (cached)."""
-    return common.convert_to_gguf(path, path.parent / (path.name + "-f32.gguf"), "f32", "gpt-2")
-
-
 def llama_cpp_impl(path: Path, threads: int):
-    """(generate, prefill) through llama-cpp-python, or None when it is not available."""
-    try:
-        import llama_cpp
-        import numpy as np
-    except ImportError:
-        return None
-    gguf = llama_cpp_gguf(path)
-    if gguf is None:
-        return None
-    llm = llama_cpp.Llama(
-        str(gguf),
-        n_ctx=1024,
-        n_batch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-
-    vocab = llm.n_vocab()
-
-    def last_logits():
-        # Without logits_all, llama-cpp-python keeps no scores; read the context's last row.
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
-
-    def gen(ids, n):
-        llm.reset()
-        llm.eval(ids)
-        out = list(ids)
-        for i in range(n):
-            out.append(int(np.argmax(last_logits())))
-            if i < n - 1:
-                llm.eval([out[-1]])
-        return out
-
-    def prefill(ids):
-        llm.reset()
-        llm.eval(ids)
-        return last_logits()
-
-    return gen, prefill
+    """(generate, prefill) through llama-cpp-python on an f32 GGUF, or None."""
+    return common.llama_cpp_greedy(path, path.name + "-f32.gguf", "f32", "gpt-2", threads)
 
 
 class NumpyGPT2:

@@ -118,43 +118,7 @@ def make_model(path: Path, quick: bool) -> Path:
 
 def llama_cpp_impl(path: Path, threads: int):
     """(generate, prefill) through llama-cpp-python on a BF16 GGUF, or None."""
-    try:
-        import llama_cpp
-        import numpy as np
-    except ImportError:
-        return None
-    gguf = common.convert_to_gguf(path, path.parent / (path.name + "-bf16.gguf"), "bf16", "qwen2")
-    if gguf is None:
-        return None
-    llm = llama_cpp.Llama(
-        str(gguf),
-        n_ctx=1024,
-        n_batch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-    vocab = llm.n_vocab()
-
-    def last_logits():
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
-
-    def gen(ids, n):
-        llm.reset()
-        llm.eval(ids)
-        out = list(ids)
-        for j in range(n):
-            out.append(int(np.argmax(last_logits())))
-            if j < n - 1:
-                llm.eval([out[-1]])
-        return out
-
-    def prefill(ids):
-        llm.reset()
-        llm.eval(ids)
-        return np.array(last_logits())
-
-    return gen, prefill
+    return common.llama_cpp_greedy(path, path.name + "-bf16.gguf", "bf16", "qwen2", threads)
 
 
 def transformers_impl(path: Path, threads: int, dtype: str):
