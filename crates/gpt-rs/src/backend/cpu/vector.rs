@@ -7,9 +7,8 @@ pub(super) trait Vf: Copy {
     unsafe fn zero() -> Self;
     unsafe fn splat(x: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
-    /// `W` bf16 values (bits) widened to f32 (exact: a bf16 is the top half of an f32).
-    unsafe fn load_bf16(p: *const u16) -> Self;
-    /// `2W` bf16 values widened with one load and two bit operations: the even-indexed
+    /// `2W` bf16 values (bits) widened to f32 (exact: a bf16 is the top half of an f32) with
+    /// one load and two bit operations: the even-indexed
     /// values, then the odd-indexed ones (`interleave` restores the order).
     unsafe fn load_bf16_split(p: *const u16) -> (Self, Self);
     /// The inverse of `load_bf16_split`'s order: lanes `(even, odd)` back to values
@@ -34,11 +33,10 @@ impl Vf for Scalar {
     unsafe fn load(p: *const f32) -> Self {
         Scalar(unsafe { *p })
     }
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        Scalar(f32::from_bits((unsafe { *p } as u32) << 16))
-    }
     unsafe fn load_bf16_split(p: *const u16) -> (Self, Self) {
-        unsafe { (Self::load_bf16(p), Self::load_bf16(p.add(1))) }
+        // A bf16 is the top half of an f32: widening is exact.
+        let widen = |b: u16| Scalar(f32::from_bits((b as u32) << 16));
+        unsafe { (widen(*p), widen(*p.add(1))) }
     }
     unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
         (even, odd)
@@ -77,15 +75,6 @@ pub(super) mod x86 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             unsafe { V256(_mm256_loadu_ps(p)) }
-        }
-        #[inline(always)]
-        unsafe fn load_bf16(p: *const u16) -> Self {
-            unsafe {
-                let h = _mm_loadu_si128(p.cast());
-                V256(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(
-                    _mm256_cvtepu16_epi32(h),
-                )))
-            }
         }
         #[inline(always)]
         unsafe fn load_bf16_split(p: *const u16) -> (Self, Self) {
@@ -141,15 +130,6 @@ pub(super) mod x86 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             unsafe { V512(_mm512_loadu_ps(p)) }
-        }
-        #[inline(always)]
-        unsafe fn load_bf16(p: *const u16) -> Self {
-            unsafe {
-                let h = _mm256_loadu_si256(p.cast());
-                V512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(
-                    _mm512_cvtepu16_epi32(h),
-                )))
-            }
         }
         #[inline(always)]
         unsafe fn load_bf16_split(p: *const u16) -> (Self, Self) {
