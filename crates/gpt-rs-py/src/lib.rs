@@ -7,6 +7,7 @@ mod errors;
 mod functional;
 mod model;
 mod nn;
+mod quant;
 mod tensor;
 mod train;
 
@@ -113,6 +114,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     functional::register(m)?;
     nn::register(m)?;
     model::register(m)?;
+    quant::register(m)?;
     train::register(m)?;
     Ok(())
 }

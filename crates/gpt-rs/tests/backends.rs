@@ -175,6 +175,7 @@ on_every_backend! {
                         SourceDtype::F32 => stored.iter().flat_map(|v| v.to_le_bytes()).collect(),
                         SourceDtype::Bf16 => stored.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
                         SourceDtype::F16 => stored.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                        SourceDtype::Quant(_) => unreachable!("quantized sources: tests/test_quant.py"),
                     };
                     let src = WeightSource { bytes: &bytes, dtype, out_in, k, n };
                     let panels = Panels::prepare(&src, format).unwrap();
@@ -185,6 +186,7 @@ on_every_backend! {
                             SourceDtype::F32 => v,
                             SourceDtype::Bf16 => half::bf16::from_f32(v).to_f32(),
                             SourceDtype::F16 => half::f16::from_f32(v).to_f32(),
+                            SourceDtype::Quant(_) => unreachable!(),
                         };
                         if format == WeightFormat::Bf16 { half::bf16::from_f32(v).to_f32() } else { v }
                     };

@@ -16,6 +16,7 @@ pub mod decoder;
 pub mod faer;
 pub mod panels;
 pub mod portable;
+pub mod quant;
 
 pub use decoder::GateAct;
 pub use panels::{Panels, SourceDtype, WeightFormat, WeightSource, PANEL};

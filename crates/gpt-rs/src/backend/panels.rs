@@ -7,12 +7,16 @@
 //! the whole matrix front to back. Backends without their own kernel multiply panel by panel
 //! (`matmul_by_panel`), each panel widened to a plain `[k, PANEL]` f32 matrix.
 //!
-//! The elements are stored in a `WeightFormat`: f32, or bf16 (half the bytes a decode step
-//! streams; activations stay f32 and every product accumulates in f32). Block-quantized
-//! formats are further variants with their own block layout inside the same panels.
+//! The elements are stored in a `WeightFormat`: f32, bf16 (half the bytes a decode step
+//! streams), or a block-quantized GGML format (`quant`). Activations stay f32 and every
+//! product accumulates in f32. A quantized weight keeps the checkpoint's own layout, whole
+//! rows of `W^T` (one output column each, `k / ELEMS` blocks), so panel `j` is the 32
+//! consecutive rows `32j..32j+32`, contiguous in memory; the last panel is padded with zero
+//! blocks.
 
 use rayon::prelude::*;
 
+use super::quant::QuantType;
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -26,6 +30,8 @@ pub enum WeightFormat {
     F32,
     /// bfloat16: the top 16 bits of an f32 (rounded to nearest even when converted).
     Bf16,
+    /// A GGML block format (Q8_0, Q4_K ...), in rows of whole blocks.
+    Quant(QuantType),
 }
 
 impl WeightFormat {
@@ -33,13 +39,16 @@ impl WeightFormat {
         match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Quant(t) => t.name(),
         }
     }
 
-    pub fn bytes_per_element(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::Bf16 => 2,
+    /// `f32`, `bf16` or a quantized type's name (`q8_0`, `q4_k` ...).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "f32" | "float32" => Some(Self::F32),
+            "bf16" | "bfloat16" => Some(Self::Bf16),
+            other => QuantType::parse(other).map(Self::Quant),
         }
     }
 }
@@ -50,6 +59,21 @@ pub enum SourceDtype {
     F32,
     F16,
     Bf16,
+    /// Rows of GGML blocks (always stored `[n, k]`, blocks along `k`).
+    Quant(QuantType),
+}
+
+impl SourceDtype {
+    /// Bytes of a `[k, n]` matrix of this type (None if `k` is not a whole number of blocks
+    /// or the size overflows).
+    pub fn matrix_bytes(self, k: usize, n: usize) -> Option<usize> {
+        match self {
+            Self::F32 => k.checked_mul(n)?.checked_mul(4),
+            Self::F16 | Self::Bf16 => k.checked_mul(n)?.checked_mul(2),
+            Self::Quant(t) if k.is_multiple_of(t.block_elems()) => t.row_bytes(k).checked_mul(n),
+            Self::Quant(_) => None,
+        }
+    }
 }
 
 /// A matrix as a checkpoint stores it: little-endian elements, in one of two orientations.
@@ -77,6 +101,31 @@ impl WeightSource<'_> {
             SourceDtype::F16 => half::f16::from_le_bytes([b[2 * index], b[2 * index + 1]]).to_f32(),
             SourceDtype::Bf16 => {
                 f32::from_bits((u16::from_le_bytes([b[2 * index], b[2 * index + 1]]) as u32) << 16)
+            }
+            SourceDtype::Quant(t) => {
+                // Slow (a block per element): for the odd 1-D tensor, never for matrices.
+                let (e, bb) = (t.block_elems(), t.block_bytes());
+                let mut block = [0.0f32; 256];
+                t.dequantize(&b[index / e * bb..][..bb], &mut block);
+                block[index % e]
+            }
+        }
+    }
+
+    /// Row `j` of a quantized source (output column `j`: its `k` weights) as bytes.
+    fn quant_row(&self, t: QuantType, j: usize) -> &[u8] {
+        let rb = t.row_bytes(self.k);
+        &self.bytes[j * rb..(j + 1) * rb]
+    }
+
+    /// Column `j` of `W` (`k` values) as f32 into `out`.
+    fn column_f32(&self, j: usize, out: &mut [f32]) {
+        match self.dtype {
+            SourceDtype::Quant(t) => t.dequantize(self.quant_row(t, j), &mut out[..self.k]),
+            _ => {
+                for (p, o) in out[..self.k].iter_mut().enumerate() {
+                    *o = self.get(self.index(p, j));
+                }
             }
         }
     }
@@ -106,6 +155,12 @@ impl WeightSource<'_> {
 enum PanelData {
     F32(Storage<f32>),
     Bf16(Storage<u16>),
+    /// Rows of `row_bytes` bytes, `panels * PANEL` of them.
+    Quant {
+        ty: QuantType,
+        rows: Storage<u8>,
+        row_bytes: usize,
+    },
 }
 
 /// A `[k, n]` matrix stored as panels of `PANEL` columns (see the module docs).
@@ -138,6 +193,32 @@ fn fill<T: Copy + Send + Sync>(
     })
 }
 
+/// Fills `dst` (all panels) column by column: `column(j, buf)` writes column `j`'s `k` values
+/// as f32, `conv` stores each. For sources read a row of `W^T` at a time (quantized blocks).
+fn fill_by_column<T: Copy + Send + Sync>(
+    dst: &mut [T],
+    k: usize,
+    n: usize,
+    column: impl Fn(usize, &mut [f32]) + Sync,
+    conv: impl Fn(f32) -> T + Sync,
+) {
+    let panel = k * PANEL;
+    crate::threads::install(|| {
+        dst.par_chunks_mut(panel.max(1))
+            .enumerate()
+            .for_each(|(jp, out)| {
+                let mut col = vec![0.0f32; k];
+                let (j0, j1) = (jp * PANEL, (jp * PANEL + PANEL).min(n));
+                for (q, j) in (j0..j1).enumerate() {
+                    column(j, &mut col);
+                    for (p, &v) in col.iter().enumerate() {
+                        out[p * PANEL + q] = conv(v);
+                    }
+                }
+            })
+    })
+}
+
 impl Panels {
     /// Lays out `w` (`[k, n]` row-major f32, e.g. a Hugging Face Conv1D weight) as f32 panels.
     pub fn from_kn(w: &[f32], k: usize, n: usize) -> Result<Self> {
@@ -160,17 +241,15 @@ impl Panels {
     }
 
     /// Prepares matrices of one `k` side by side along their outputs (`n` = the sum of
-    /// theirs): a fused projection, such as q, k and v in one product.
+    /// theirs): a fused projection, such as q, k and v in one product. A quantized `format`
+    /// takes sources of that same type (copied block for block) or float sources (quantized,
+    /// for the types with a quantizer); any source converts to f32 or bf16.
     pub fn prepare_stacked(srcs: &[WeightSource<'_>], format: WeightFormat) -> Result<Self> {
         let k = srcs.first().map_or(0, |s| s.k);
         let mut starts = Vec::with_capacity(srcs.len());
         let mut n = 0;
         for src in srcs {
-            let elem = match src.dtype {
-                SourceDtype::F32 => 4,
-                _ => 2,
-            };
-            if src.k != k || src.bytes.len() as u128 != src.k as u128 * src.n as u128 * elem {
+            if src.k != k || src.dtype.matrix_bytes(src.k, src.n) != Some(src.bytes.len()) {
                 return Err(Error::Shape(format!(
                     "weight of {} bytes is not [{}, {}] of {:?} (stacked with k = {k})",
                     src.bytes.len(),
@@ -178,6 +257,11 @@ impl Panels {
                     src.n,
                     src.dtype
                 )));
+            }
+            if matches!(src.dtype, SourceDtype::Quant(_)) && !src.out_in {
+                return Err(Error::Value(
+                    "quantized weights are stored [out, in]".into(),
+                ));
             }
             starts.push(n);
             n += src.n;
@@ -187,8 +271,40 @@ impl Panels {
             let s = starts.partition_point(|&st| st <= j) - 1;
             (&srcs[s], j - starts[s])
         };
+        let any_quant = srcs
+            .iter()
+            .any(|s| matches!(s.dtype, SourceDtype::Quant(_)));
         let len = n.div_ceil(PANEL) * k * PANEL;
         let data = match format {
+            WeightFormat::Quant(t) => Self::prepare_quant(srcs, t, k, n, locate)?,
+            WeightFormat::F32 if any_quant => {
+                PanelData::F32(Storage::weights_with(len, "weight panels", |d| {
+                    fill_by_column(
+                        d,
+                        k,
+                        n,
+                        |j, col| {
+                            let (src, j) = locate(j);
+                            src.column_f32(j, col)
+                        },
+                        |v| v,
+                    )
+                })?)
+            }
+            WeightFormat::Bf16 if any_quant => {
+                PanelData::Bf16(Storage::weights_with(len, "bf16 weight panels", |d| {
+                    fill_by_column(
+                        d,
+                        k,
+                        n,
+                        |j, col| {
+                            let (src, j) = locate(j);
+                            src.column_f32(j, col)
+                        },
+                        |v| half::bf16::from_f32(v).to_bits(),
+                    )
+                })?)
+            }
             WeightFormat::F32 => {
                 PanelData::F32(Storage::weights_with(len, "weight panels", |d| {
                     fill(d, k, n, |p, j| {
@@ -209,6 +325,78 @@ impl Panels {
         Ok(Self { data, k, n })
     }
 
+    /// Rows of `t` blocks for the stacked sources: copied when stored as `t`, quantized
+    /// from float sources.
+    fn prepare_quant<'s, 'a: 's>(
+        srcs: &'s [WeightSource<'a>],
+        t: QuantType,
+        k: usize,
+        n: usize,
+        locate: impl Fn(usize) -> (&'s WeightSource<'a>, usize) + Sync,
+    ) -> Result<PanelData> {
+        if !k.is_multiple_of(t.block_elems()) {
+            return Err(Error::Shape(format!(
+                "cannot store a weight with {k} inputs as {}: rows must be a multiple of {} \
+                 weights",
+                t.name(),
+                t.block_elems()
+            )));
+        }
+        for s in srcs {
+            match s.dtype {
+                SourceDtype::Quant(st) if st != t => {
+                    return Err(Error::Value(format!(
+                        "cannot convert {} weights to {} (quantized weights are kept as stored)",
+                        st.name(),
+                        t.name()
+                    )))
+                }
+                SourceDtype::Quant(_) => {}
+                _ if !t.can_quantize() => {
+                    return Err(Error::Value(format!(
+                        "quantizing to {} is not supported (supported: q4_0, q4_1, q5_0, q5_1, \
+                         q8_0)",
+                        t.name()
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let rb = t.row_bytes(k);
+        let rows = n.div_ceil(PANEL) * PANEL;
+        let len = rows as u128 * rb as u128;
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Memory(format!("{len} bytes of quantized weights")))?;
+        let data = Storage::weights_with(len, "quantized weight rows", |d: &mut [u8]| {
+            crate::threads::install(|| {
+                d.par_chunks_mut((PANEL * rb).max(1))
+                    .enumerate()
+                    .for_each(|(jp, out)| {
+                        let mut col = vec![0.0f32; k];
+                        for (q, row) in out.chunks_exact_mut(rb.max(1)).enumerate() {
+                            let j = jp * PANEL + q;
+                            if j >= n {
+                                break; // padding: zero blocks dequantize to zeros
+                            }
+                            let (src, j) = locate(j);
+                            match src.dtype {
+                                SourceDtype::Quant(_) => row.copy_from_slice(src.quant_row(t, j)),
+                                _ => {
+                                    src.column_f32(j, &mut col);
+                                    t.quantize_row(&col, row);
+                                }
+                            }
+                        }
+                    })
+            })
+        })?;
+        Ok(PanelData::Quant {
+            ty: t,
+            rows: data,
+            row_bytes: rb,
+        })
+    }
+
     /// Column `j` of `W` (`k` values) as f32 into `out`: a row of an embedding table kept as
     /// the panels of its output projection.
     pub fn column(&self, j: usize, out: &mut [f32]) {
@@ -226,6 +414,14 @@ impl Panels {
                     *o = f32::from_bits((d[base + p * PANEL] as u32) << 16);
                 }
             }
+            PanelData::Quant {
+                ty,
+                rows,
+                row_bytes,
+            } => ty.dequantize(
+                &rows.as_slice()[j * row_bytes..(j + 1) * row_bytes],
+                &mut out[..self.k],
+            ),
         }
     }
 
@@ -233,6 +429,7 @@ impl Panels {
         match self.data {
             PanelData::F32(_) => WeightFormat::F32,
             PanelData::Bf16(_) => WeightFormat::Bf16,
+            PanelData::Quant { ty, .. } => WeightFormat::Quant(ty),
         }
     }
 
@@ -241,6 +438,7 @@ impl Panels {
         match &self.data {
             PanelData::F32(s) => s.len() * 4,
             PanelData::Bf16(s) => s.len() * 2,
+            PanelData::Quant { rows, .. } => rows.len(),
         }
     }
 
@@ -275,6 +473,15 @@ impl Panels {
         }
     }
 
+    /// A quantized weight's type and rows (`panels() * PANEL` rows of whole blocks, one per
+    /// output column, zero blocks past `n`); None for another format.
+    pub fn quant_rows(&self) -> Option<(QuantType, &[u8])> {
+        match &self.data {
+            PanelData::Quant { ty, rows, .. } => Some((*ty, rows.as_slice())),
+            _ => None,
+        }
+    }
+
     /// The columns of `W` that panel `j` holds: `(first, count)` (fewer than `PANEL` in a
     /// zero-padded last panel).
     pub fn columns(&self, j: usize) -> (usize, usize) {
@@ -290,6 +497,25 @@ impl Panels {
             PanelData::Bf16(d) => {
                 for (o, &b) in out.iter_mut().zip(&d.as_slice()[s..s + rows * PANEL]) {
                     *o = f32::from_bits((b as u32) << 16);
+                }
+            }
+            PanelData::Quant {
+                ty,
+                rows: data,
+                row_bytes,
+            } => {
+                let (e, bb) = (ty.block_elems(), ty.block_bytes());
+                let mut block = [0.0f32; 256];
+                let (b0, b1) = (p0 / e, (p0 + rows).div_ceil(e));
+                for q in 0..PANEL {
+                    let row = &data.as_slice()[(j * PANEL + q) * row_bytes..][..*row_bytes];
+                    for b in b0..b1 {
+                        ty.dequantize(&row[b * bb..(b + 1) * bb], &mut block[..e]);
+                        let (lo, hi) = ((b * e).max(p0), ((b + 1) * e).min(p0 + rows));
+                        for p in lo..hi {
+                            out[(p - p0) * PANEL + q] = block[p - b * e];
+                        }
+                    }
                 }
             }
         }

@@ -160,11 +160,6 @@ pub fn load_linear(
     ck.linear(&refs, k, bias, dtype)
 }
 
-/// Bytes of a linear layer's weight and bias.
-pub fn linear_bytes(l: &Linear) -> usize {
-    l.weight.bytes() + l.bias.as_ref().map_or(0, |b| 4 * b.len())
-}
-
 /// The key prefix of a decoder checkpoint (`model.` as `*ForCausalLM` saves it, or none as a
 /// bare `*Model` does), after checking that it holds no layer past `n_layer`.
 pub fn key_prefix(ck: &Checkpoint, dir: &std::path::Path, n_layer: usize) -> Result<&'static str> {

@@ -459,7 +459,7 @@ impl CausalLm for Gemma3 {
 
     fn weight_bytes(&self) -> usize {
         let c = &self.config;
-        let lin = decoder::linear_bytes;
+        let lin = Linear::bytes;
         self.layers
             .iter()
             .map(|b| {

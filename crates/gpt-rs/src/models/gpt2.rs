@@ -39,12 +39,13 @@ fn load_proj(
         (LoadDtype::Bf16, _) | (LoadDtype::Auto, Some(crate::checkpoint::Dtype::BF16)) => {
             WeightFormat::Bf16
         }
+        (LoadDtype::Quant(t), _) => WeightFormat::Quant(t),
         _ => WeightFormat::F32,
     };
     let values = w.f32s("weight")?;
     let weight = match format {
         WeightFormat::F32 => Panels::from_kn(values, k, n)?,
-        WeightFormat::Bf16 => {
+        _ => {
             // SAFETY: f32 has no padding; the bytes are the values' little-endian images on the
             // little-endian targets gpt_rs builds for.
             let bytes = unsafe {
@@ -57,7 +58,7 @@ fn load_proj(
                 k,
                 n,
             };
-            Panels::prepare(&src, WeightFormat::Bf16)?
+            Panels::prepare(&src, format)?
         }
     };
     // The panels are what the model keeps: let the mapped pages go now, so loading never
@@ -65,10 +66,7 @@ fn load_proj(
     drop(w);
     f.release_tensor(&format!("{name}.weight"));
     let bias = f.tensor_owned(&format!("{name}.bias"), &[n], backend)?;
-    Ok(Linear {
-        weight,
-        bias: Some(bias.f32s("bias")?.to_vec()),
-    })
+    Ok(Linear::new(weight, Some(bias.f32s("bias")?.to_vec())))
 }
 
 /// A copy of `t` in weight memory (huge pages where available: `Storage::weights_with`).
@@ -182,9 +180,7 @@ impl Gpt2 {
             head_dim: config.head_dim(),
             eos_token_ids: config.eos_token_id.into_iter().collect(),
             bos_token_id: config.bos_token_id,
-            dtype: h
-                .first()
-                .map_or(WeightFormat::F32, |b| b.c_attn.weight.format()),
+            dtype: h.first().map_or(WeightFormat::F32, |b| b.c_attn.format()),
         };
         Ok(Self {
             info,
@@ -232,7 +228,7 @@ impl CausalLm for Gpt2 {
     }
 
     fn weight_bytes(&self) -> usize {
-        let lin = |l: &Linear| l.weight.bytes() + 4 * l.bias.as_ref().map_or(0, Vec::len);
+        let lin = Linear::bytes;
         self.h
             .iter()
             .map(|b| {

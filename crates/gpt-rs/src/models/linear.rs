@@ -1,25 +1,49 @@
-//! A linear layer as the runtime runs it: a weight prepared once at load (`Panels`, f32 or
-//! bf16) and an optional f32 bias.
+//! A linear layer as the runtime runs it: weights prepared once at load (`Panels`: f32, bf16
+//! or a quantized block format) and an optional f32 bias.
+//!
+//! A fused projection (q, k and v as one product) is usually one `Panels`. It is several
+//! `parts` side by side when its pieces are stored in different formats, as GGUF files
+//! quantized with llama.cpp's mixes do (a Q4_K_M file may hold q and k as Q5_0 and v as Q8_0);
+//! each part then multiplies in its own format and writes its own output columns.
 
 use crate::backend::{Backend, Panels};
 use crate::error::Result;
 
 pub struct Linear {
-    pub weight: Panels, // (in, out)
+    /// The weight `(in, out)`, as consecutive column groups (usually one).
+    pub parts: Vec<Panels>,
     pub bias: Option<Vec<f32>>,
 }
 
 impl Linear {
+    pub fn new(weight: Panels, bias: Option<Vec<f32>>) -> Self {
+        Self {
+            parts: vec![weight],
+            bias,
+        }
+    }
+
     pub fn in_features(&self) -> usize {
-        self.weight.k()
+        self.parts.first().map_or(0, Panels::k)
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.n()
+        self.parts.iter().map(Panels::n).sum()
     }
 
     pub fn numel(&self) -> usize {
-        self.weight.k() * self.weight.n() + self.bias.as_ref().map_or(0, Vec::len)
+        self.in_features() * self.out_features() + self.bias.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Bytes of memory the weight and bias take.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(Panels::bytes).sum::<usize>()
+            + self.bias.as_ref().map_or(0, |b| 4 * b.len())
+    }
+
+    /// The weight's storage format (the first part's).
+    pub fn format(&self) -> crate::backend::WeightFormat {
+        self.parts[0].format()
     }
 
     /// `out[rows, out] = x[rows, in] @ W (+ b)`. With `exact`, rows go in calls of at most 15,
@@ -33,7 +57,28 @@ impl Linear {
         rows: usize,
         exact: bool,
     ) -> Result<()> {
-        apply(be, &self.weight, self.bias.as_deref(), x, out, rows, exact);
+        if let [w] = self.parts.as_slice() {
+            apply(be, w, self.bias.as_deref(), x, out, rows, exact);
+            return Ok(());
+        }
+        let n = self.out_features();
+        let mut j0 = 0;
+        let mut tmp = Vec::new();
+        for w in &self.parts {
+            let nj = w.n();
+            let bias = self.bias.as_deref().map(|b| &b[j0..j0 + nj]);
+            if rows == 1 {
+                apply(be, w, bias, x, &mut out[j0..j0 + nj], 1, exact);
+            } else {
+                // Several rows: the part's columns are strided in `out`; go through a buffer.
+                let t = crate::memory::grow(&mut tmp, rows * nj, "a linear layer's output")?;
+                apply(be, w, bias, x, t, rows, exact);
+                for (o, t) in out.chunks_exact_mut(n).zip(t.chunks_exact(nj)) {
+                    o[j0..j0 + nj].copy_from_slice(t);
+                }
+            }
+            j0 += nj;
+        }
         Ok(())
     }
 }

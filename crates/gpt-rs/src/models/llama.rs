@@ -498,7 +498,7 @@ impl CausalLm for Llama {
     }
 
     fn weight_bytes(&self) -> usize {
-        let lin = decoder::linear_bytes;
+        let lin = Linear::bytes;
         let vecs = |b: &Block| {
             4 * (b.input_layernorm.len()
                 + b.post_attention_layernorm.len()

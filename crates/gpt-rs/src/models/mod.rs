@@ -192,6 +192,9 @@ pub enum LoadDtype {
     Auto,
     F32,
     Bf16,
+    /// Linear layers quantized to a GGML block format while loading (float checkpoints), or
+    /// kept/converted for GGUF files.
+    Quant(crate::backend::quant::QuantType),
 }
 
 impl LoadDtype {
@@ -200,9 +203,13 @@ impl LoadDtype {
             "auto" => Ok(Self::Auto),
             "f32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(Error::Value(format!(
-                "dtype must be 'auto', 'f32' or 'bf16', got '{other}'"
-            ))),
+            other => match crate::backend::quant::QuantType::parse(other) {
+                Some(t) if t.can_quantize() => Ok(Self::Quant(t)),
+                _ => Err(Error::Value(format!(
+                    "dtype must be 'auto', 'f32', 'bf16' or a quantized type ({}), got '{other}'",
+                    crate::backend::quant::QuantType::quantizable_names()
+                ))),
+            },
         }
     }
 }

@@ -152,12 +152,21 @@ impl Checkpoint {
     }
 
     /// The format a weight stored as `dtype` is kept in.
-    pub fn format_for(dtype: SourceDtype, want: super::LoadDtype) -> WeightFormat {
+    ///
+    /// Quantized weights stay as stored unless f32/bf16 is asked for (they are never
+    /// re-quantized to another block type: that would stack two rounding errors). Asking for
+    /// a block type quantizes float weights whose rows are whole blocks and keeps the others
+    /// (a few odd-sized matrices) in bf16.
+    pub fn format_for(dtype: SourceDtype, k: usize, want: super::LoadDtype) -> WeightFormat {
+        use super::LoadDtype as L;
         match (want, dtype) {
-            (super::LoadDtype::F32, _) => WeightFormat::F32,
-            (super::LoadDtype::Bf16, _) => WeightFormat::Bf16,
-            (super::LoadDtype::Auto, SourceDtype::Bf16) => WeightFormat::Bf16,
-            (super::LoadDtype::Auto, _) => WeightFormat::F32,
+            (L::F32, _) => WeightFormat::F32,
+            (L::Bf16, _) => WeightFormat::Bf16,
+            (_, SourceDtype::Quant(t)) => WeightFormat::Quant(t),
+            (L::Quant(t), _) if k.is_multiple_of(t.block_elems()) => WeightFormat::Quant(t),
+            (L::Quant(_), _) => WeightFormat::Bf16,
+            (L::Auto, SourceDtype::Bf16) => WeightFormat::Bf16,
+            (L::Auto, _) => WeightFormat::F32,
         }
     }
 
@@ -179,7 +188,7 @@ impl Checkpoint {
             k,
             n,
         };
-        let p = Panels::prepare(&src, Self::format_for(dtype, want))?;
+        let p = Panels::prepare(&src, Self::format_for(dtype, k, want))?;
         self.release(name);
         Ok(p)
     }
@@ -205,8 +214,16 @@ impl Checkpoint {
                 n,
             });
         }
-        let format = Self::format_for(sources[0].dtype, want);
-        let weight = Panels::prepare_stacked(&sources, format)?;
+        // Consecutive sources kept in one format are stacked into one part.
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for i in 1..=sources.len() {
+            let f = Self::format_for(sources[start].dtype, k, want);
+            if i == sources.len() || Self::format_for(sources[i].dtype, k, want) != f {
+                parts.push(Panels::prepare_stacked(&sources[start..i], f)?);
+                start = i;
+            }
+        }
         for &(name, _) in names {
             self.release(&format!("{name}.weight"));
         }
@@ -219,6 +236,6 @@ impl Checkpoint {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { parts, bias })
     }
 }

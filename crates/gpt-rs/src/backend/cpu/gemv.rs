@@ -487,7 +487,7 @@ fn threads_here() -> usize {
 /// thread, or as few as fit with one thread, starting at multiples of `align`), in parallel
 /// when `work` is large: on the pool, or from the caller's thread with the caller working too
 /// (`threads::for_each_index`).
-fn column_chunks(
+pub(super) fn column_chunks(
     n: usize,
     work: usize,
     max_chunk: usize,

@@ -5,6 +5,7 @@ mod bf16dot;
 mod gemm;
 mod gemv;
 pub mod math;
+pub mod qmatmul;
 pub mod simd;
 mod vector;
 
@@ -128,6 +129,9 @@ impl Backend for Cpu {
     }
 
     fn matmul_panels(&self, a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+        if w.quant_rows().is_some() {
+            return qmatmul::matmul(a, w, bias, c, m);
+        }
         gemm::matmul_panels(a, w, bias, c, m)
     }
 

@@ -1,0 +1,118 @@
+//! Products with block-quantized weights (`Panels` in a `quant` format), llama.cpp's way:
+//! each activation row is quantized to int8 in blocks of 32 (one f32 scale per block, and the
+//! integer sums of every 16 for the formats with an offset or a min), and each weight block is
+//! multiplied in integers against it, scaled once per (sub-)block.
+//!
+//! The result is exactly `dequantize(W) . dequantize(q8(x))` up to f32 summation order, which
+//! is how the tests check it. Weights are read in place, one output column (a row of blocks)
+//! at a time, columns split across threads; every activation row reuses each weight row while
+//! it is in cache.
+
+use super::gemv::column_chunks;
+use crate::backend::quant::{QuantType, Unpacked};
+use crate::backend::{Panels, SendPtr};
+
+/// Activation values per quantization block.
+pub const QA: usize = 32;
+
+/// `m` rows of `k` activations quantized to int8 (blocks of `QA`).
+pub struct Q8Rows {
+    pub k: usize,
+    pub qs: Vec<i8>,
+    /// Scale of each block: `x ~ d * q`.
+    pub d: Vec<f32>,
+    /// Sum of each 16 consecutive `q`s.
+    pub sum16: Vec<i32>,
+}
+
+impl Q8Rows {
+    /// Quantizes `a` (`m` rows of `k`, `k` a multiple of `QA`): `d = max|x| / 127`,
+    /// `q = round(x / d)`.
+    pub fn new(a: &[f32], m: usize, k: usize) -> Self {
+        let mut r = Self {
+            k,
+            qs: vec![0; m * k],
+            d: vec![0.0; m * k / QA],
+            sum16: vec![0; m * k / 16],
+        };
+        for (b, x) in a[..m * k].chunks_exact(QA).enumerate() {
+            let amax = x.iter().fold(0.0f32, |acc, v| acc.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let q = &mut r.qs[b * QA..(b + 1) * QA];
+            for (q, &v) in q.iter_mut().zip(x) {
+                *q = (v * id).round() as i8;
+            }
+            r.d[b] = d;
+            for h in 0..2 {
+                r.sum16[2 * b + h] = q[16 * h..16 * h + 16].iter().map(|&v| v as i32).sum();
+            }
+        }
+        r
+    }
+
+    fn row(&self, i: usize) -> Q8Row<'_> {
+        let k = self.k;
+        Q8Row {
+            qs: &self.qs[i * k..(i + 1) * k],
+            d: &self.d[i * k / QA..(i + 1) * k / QA],
+            sum16: &self.sum16[i * k / 16..(i + 1) * k / 16],
+        }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub sum16: &'a [i32],
+}
+
+/// `dot(dequantize(row), dequantize(a))` for one weight row of type `ty`, through
+/// `Block::unpack`: the reference every faster kernel is tested against.
+pub fn dot_reference(ty: QuantType, row: &[u8], a: Q8Row<'_>) -> f32 {
+    let (e, bb, sub) = (ty.block_elems(), ty.block_bytes(), ty.sub_elems());
+    let mut u = Unpacked::default();
+    let mut acc = 0.0f32;
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        ty.unpack(block, &mut u);
+        for s in 0..e / sub {
+            let p0 = b * e + s * sub;
+            let q = &u.q[s * sub..(s + 1) * sub];
+            let isum: i32 = q
+                .iter()
+                .zip(&a.qs[p0..p0 + sub])
+                .map(|(&w, &x)| w as i32 * x as i32)
+                .sum();
+            let asum: i32 = a.sum16[p0 / 16..(p0 + sub) / 16].iter().sum();
+            acc += a.d[p0 / QA] * (u.scale[s] * isum as f32 - u.min[s] * asum as f32);
+        }
+    }
+    acc
+}
+
+/// `c[m, n] = a[m, k] @ W (+ bias)` for a quantized `W`.
+pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+    let (k, n) = (w.k(), w.n());
+    crate::backend::init_output(c, bias, n);
+    let Some((ty, rows)) = w.quant_rows() else {
+        unreachable!("qmatmul::matmul: not a quantized weight")
+    };
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let q = Q8Rows::new(a, m, k);
+    let rb = ty.row_bytes(k);
+    let cp = SendPtr(c.as_mut_ptr());
+    column_chunks(n, m * k * n / 4, 256, 8, |j0, cw| {
+        for j in j0..j0 + cw {
+            let row = &rows[j * rb..(j + 1) * rb];
+            for i in 0..m {
+                let v = dot_reference(ty, row, q.row(i));
+                // SAFETY: this chunk alone writes columns j0..j0+cw of C's m rows.
+                unsafe { *cp.get().add(i * n + j) += v };
+            }
+        }
+    });
+}

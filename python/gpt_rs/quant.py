@@ -1,0 +1,13 @@
+"""GGML block formats (the quantized tensor types of llama.cpp's GGUF files).
+
+``quant_types()`` lists the formats gpt_rs reads; ``dequantize(data, "q4_k")`` turns whole
+blocks into float32 values; ``quantize(x, "q8_0")`` turns float32 values into blocks (the
+round-to-nearest formats: q4_0, q4_1, q5_0, q5_1, q8_0). Both match the ``gguf`` Python
+package's reference (``gguf.quants``) bit for bit.
+"""
+
+from __future__ import annotations
+
+from ._native import dequantize, quant_types, quantize
+
+__all__ = ["dequantize", "quant_types", "quantize"]
