@@ -33,7 +33,7 @@ def resolve_model_path(name_or_path: Union[str, os.PathLike]) -> Path:
         FileNotFoundError: if neither a folder nor a cached model is found.
     """
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    if path.is_dir() or path.is_file():
         return path
     name = str(name_or_path)
     repo = _hub_cache() / ("models--" + name.replace("/", "--"))

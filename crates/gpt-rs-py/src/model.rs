@@ -429,6 +429,10 @@ impl PyModel {
         let dtype = LoadDtype::parse(dtype).map_err(to_py)?;
         let p = path.clone();
         let (model, tok) = crate::errors::run(py, usize::MAX, move || -> gpt_rs::Result<_> {
+            if p.is_file() {
+                // A single file: GGUF (model, tokenizer and chat template in one).
+                return gpt_rs::models::gguf::load(&p, be, dtype);
+            }
             Ok((
                 gpt_rs::models::load_dir(&p, be, dtype)?,
                 load_tokenizer(&p)?,

@@ -17,6 +17,7 @@ pub mod storage;
 pub mod tensor;
 pub mod threads;
 pub mod tokenizer;
+pub mod tokenizer_gguf;
 pub mod train;
 
 pub use backend::{Backend, BackendKind};

@@ -87,6 +87,21 @@ impl Tokenizer {
         Ok(Self::wrap(inner))
     }
 
+    /// A tokenizer from its parts (built elsewhere, e.g. from GGUF metadata): `bos` is put
+    /// first by `encode` when given.
+    pub fn from_parts(
+        inner: HfTokenizer,
+        eos_token_id: Option<u32>,
+        bos: Option<u32>,
+        chat: Option<Arc<ChatTemplate>>,
+    ) -> Self {
+        let mut t = Self::wrap(inner);
+        t.eos_token_id = eos_token_id.or(t.eos_token_id);
+        t.bos = bos;
+        t.chat = chat;
+        t
+    }
+
     fn wrap(inner: HfTokenizer) -> Self {
         let eos_token_id = EOS_NAMES.iter().find_map(|t| inner.token_to_id(t));
         Self {

@@ -8,6 +8,7 @@
 //! any memory-mapped loader). f16, bf16 and f64 tensors are converted to f32 once at load.
 
 pub mod config;
+pub mod gguf;
 
 pub use config::Gpt2Config;
 
@@ -81,23 +82,8 @@ impl SafetensorsFile {
     /// Like `release_pages`, for the whole pages inside one tensor's bytes (called right after
     /// copying the tensor out, so loading never holds both copies of a large model).
     pub fn release_tensor(&self, name: &str) {
-        const PAGE: usize = 4096;
-        let Some((_, _, _, range)) = self.entries.iter().find(|e| e.0 == name) else {
-            return;
-        };
-        let base = self.map.as_ptr() as usize;
-        let start = (base + range.start).next_multiple_of(PAGE) - base;
-        let end = ((base + range.end) / PAGE * PAGE).saturating_sub(base);
-        if end > start {
-            // SAFETY: as in `release_pages`; the range is inside the map and page-aligned.
-            #[cfg(unix)]
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
+        if let Some((_, _, _, range)) = self.entries.iter().find(|e| e.0 == name) {
+            release_range(&self.map, range);
         }
     }
 
@@ -243,4 +229,22 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     }
     std::fs::rename(&tmp, path)
         .map_err(|e| Error::Io(format!("cannot move {} into place: {e}", path.display())))
+}
+
+/// Drops the whole pages of `map` inside `range` from this process's resident memory (they
+/// are re-read from the page cache if touched again): called right after copying a tensor out,
+/// so loading never holds both copies of a large model.
+pub fn release_range(map: &Mmap, range: &std::ops::Range<usize>) {
+    const PAGE: usize = 4096;
+    let base = map.as_ptr() as usize;
+    let start = (base + range.start).next_multiple_of(PAGE) - base;
+    let end = ((base + range.end) / PAGE * PAGE).saturating_sub(base);
+    if end > start {
+        // SAFETY: the mapping is private and read-only, so MADV_DONTNEED only drops clean
+        // pages; the range is inside the map and page-aligned. Failure is harmless.
+        #[cfg(unix)]
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }

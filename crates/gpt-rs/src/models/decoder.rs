@@ -162,7 +162,7 @@ pub fn load_linear(
 
 /// The key prefix of a decoder checkpoint (`model.` as `*ForCausalLM` saves it, or none as a
 /// bare `*Model` does), after checking that it holds no layer past `n_layer`.
-pub fn key_prefix(ck: &Checkpoint, dir: &std::path::Path, n_layer: usize) -> Result<&'static str> {
+pub fn key_prefix(ck: &Checkpoint, n_layer: usize) -> Result<&'static str> {
     let p = if ck.contains("model.embed_tokens.weight") {
         "model."
     } else {
@@ -171,7 +171,7 @@ pub fn key_prefix(ck: &Checkpoint, dir: &std::path::Path, n_layer: usize) -> Res
     if ck.contains(&format!("{p}layers.{n_layer}.input_layernorm.weight")) {
         return Err(crate::error::Error::Value(format!(
             "{}: has weights for layer {n_layer} but config.json says num_hidden_layers = {n_layer}",
-            dir.display(),
+            ck.label(),
         )));
     }
     Ok(p)

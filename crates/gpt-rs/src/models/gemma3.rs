@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 
 pub const FAMILY: &str = "gemma3_text";
 
-/// Gemma's norms scale by `1 + w`.
+/// Gemma's norms scale by `1 + w` (Hugging Face checkpoints store `w`).
 const NORM_OFFSET: f32 = 1.0;
 
 #[derive(Clone, Debug)]
@@ -217,6 +217,8 @@ pub struct Gemma3 {
     embed_scale: f32,
     inv_freq_global: Vec<f32>,
     inv_freq_local: Vec<f32>,
+    /// Added to every norm weight (`NORM_OFFSET`, or 0 when the file has it folded in).
+    norm_offset: f32,
 }
 
 impl Gemma3 {
@@ -226,9 +228,22 @@ impl Gemma3 {
         _backend: BackendKind,
         dtype: LoadDtype,
     ) -> Result<Self> {
-        let cfg = Gemma3Config::from_json(config)?;
-        let eos = super::generation_eos(dir)?.unwrap_or_else(|| cfg.eos_token_ids.clone());
         let ck = Checkpoint::open_dir(dir)?;
+        Self::from_checkpoint(&ck, config, super::generation_eos(dir)?, dtype, NORM_OFFSET)
+    }
+
+    /// Builds the model from `ck`'s tensors (Hugging Face names) and `config` (`config.json`
+    /// keys); `eos` overrides the config's stop tokens; `norm_offset` is what each norm adds
+    /// to its stored weight (1, or 0 for files whose converter folded it in, as GGUF's does).
+    pub fn from_checkpoint(
+        ck: &Checkpoint,
+        config: &Value,
+        eos: Option<Vec<u32>>,
+        dtype: LoadDtype,
+        norm_offset: f32,
+    ) -> Result<Self> {
+        let cfg = Gemma3Config::from_json(config)?;
+        let eos = eos.unwrap_or_else(|| cfg.eos_token_ids.clone());
         let (c, h, hk, d, inter, v) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -237,7 +252,7 @@ impl Gemma3 {
             cfg.intermediate_size,
             cfg.vocab_size,
         );
-        let p = decoder::key_prefix(&ck, dir, cfg.num_hidden_layers)?;
+        let p = decoder::key_prefix(ck, cfg.num_hidden_layers)?;
         let embed_tokens = ck.panels(&format!("{p}embed_tokens.weight"), c, v, true, dtype)?;
         let bias = cfg.attention_bias;
         let layers = (0..cfg.num_hidden_layers)
@@ -245,7 +260,7 @@ impl Gemma3 {
                 let pre = format!("{p}layers.{i}.");
                 let vec = |s: &str, n: usize| ck.vector(&format!("{pre}{s}.weight"), n);
                 let lin = |parts: &[(&str, usize)], k: usize, bias: bool| {
-                    decoder::load_linear(&ck, &pre, parts, k, bias, dtype)
+                    decoder::load_linear(ck, &pre, parts, k, bias, dtype)
                 };
                 Ok(Block {
                     input_layernorm: vec("input_layernorm", c)?,
@@ -306,6 +321,7 @@ impl Gemma3 {
             layers,
             lm_head,
             embed_scale,
+            norm_offset,
         })
     }
 
@@ -370,12 +386,23 @@ impl CausalLm for Gemma3 {
                 &b.input_layernorm,
                 hbuf,
                 eps,
-                NORM_OFFSET,
+                self.norm_offset,
             );
             let qkv = grow(&mut ws.qkv, rows * qkv_w)?;
             b.qkv_proj.apply(be, &ws.h[..rows * c], qkv, rows, exact)?;
             let tmp = &mut ws.mlp_act;
-            decoder::norm_heads(be, qkv, rows, qkv_w, 0, h, &b.q_norm, eps, NORM_OFFSET, tmp)?;
+            decoder::norm_heads(
+                be,
+                qkv,
+                rows,
+                qkv_w,
+                0,
+                h,
+                &b.q_norm,
+                eps,
+                self.norm_offset,
+                tmp,
+            )?;
             let k0 = h * d;
             decoder::norm_heads(
                 be,
@@ -386,7 +413,7 @@ impl CausalLm for Gemma3 {
                 hk,
                 &b.k_norm,
                 eps,
-                NORM_OFFSET,
+                self.norm_offset,
                 tmp,
             )?;
             be.rope(qkv, qkv_w, 0, h, d, cos, sin, false);
@@ -408,7 +435,7 @@ impl CausalLm for Gemma3 {
                 &b.pre_feedforward_layernorm,
                 hbuf,
                 eps,
-                NORM_OFFSET,
+                self.norm_offset,
             );
             let gu = grow(&mut ws.mlp, rows * 2 * inter)?;
             b.gate_up_proj
@@ -429,7 +456,7 @@ impl CausalLm for Gemma3 {
             seqs.len()
         };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        decoder::output_logits(be, seqs, which, ws, &self.norm, NORM_OFFSET, eps, head)?;
+        decoder::output_logits(be, seqs, which, ws, &self.norm, self.norm_offset, eps, head)?;
         if let Some(cap) = cfg.final_logit_softcapping {
             for z in &mut ws.logits[..m * cfg.vocab_size] {
                 *z = (*z / cap).tanh() * cap;
@@ -500,7 +527,7 @@ impl Gemma3 {
             w,
             hbuf,
             self.config.rms_norm_eps,
-            NORM_OFFSET,
+            self.norm_offset,
         );
         add_in_place(&mut ws.x[..rows * c], &ws.h[..rows * c]);
         Ok(())

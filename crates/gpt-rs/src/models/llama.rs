@@ -43,6 +43,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Each frequency divided by its own factor (GGUF's `rope_freqs.weight`, Llama 3.1's
+    /// scaling precomputed by the converter).
+    Factors(Vec<f32>),
 }
 
 /// Rotary embedding parameters.
@@ -113,12 +116,13 @@ impl Rope {
         let base: Vec<f32> = (0..d / 2)
             .map(|i| (1.0 / self.theta.powf((2 * i) as f64 / d as f64)) as f32)
             .collect();
-        match self.scaling {
+        match &self.scaling {
             RopeScaling::None => base,
-            RopeScaling::Linear { factor } => {
+            RopeScaling::Factors(f) => base.iter().zip(f).map(|(&b, &f)| b / f).collect(),
+            &RopeScaling::Linear { factor } => {
                 base.iter().map(|&f| (f as f64 / factor) as f32).collect()
             }
-            RopeScaling::Llama3 {
+            &RopeScaling::Llama3 {
                 factor,
                 low_freq_factor: lo,
                 high_freq_factor: hi,
@@ -167,6 +171,9 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// RoPE rotates interleaved pairs `(2i, 2i + 1)` instead of the halves `(i, i + D/2)`:
+    /// llama.cpp's converter permutes the q/k rows of `llama` GGUF files that way.
+    pub rope_interleaved: bool,
 }
 
 impl LlamaConfig {
@@ -252,6 +259,7 @@ impl LlamaConfig {
             bos_token_id: k.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids,
             model_type,
+            rope_interleaved: false,
         })
     }
 }
@@ -288,12 +296,21 @@ impl Llama {
         _backend: BackendKind,
         dtype: LoadDtype,
     ) -> Result<Self> {
-        let cfg = LlamaConfig::from_json(config)?;
-        let mut eos = cfg.eos_token_ids.clone();
-        if let Some(g) = super::generation_eos(dir)? {
-            eos = g;
-        }
         let ck = Checkpoint::open_dir(dir)?;
+        let cfg = LlamaConfig::from_json(config)?;
+        Self::from_checkpoint(&ck, cfg, config, super::generation_eos(dir)?, dtype)
+    }
+
+    /// Builds the model from `ck`'s tensors (Hugging Face names); `eos` overrides the config's
+    /// stop tokens; `config` is what `config_json` reports.
+    pub fn from_checkpoint(
+        ck: &Checkpoint,
+        cfg: LlamaConfig,
+        config: &Value,
+        eos: Option<Vec<u32>>,
+        dtype: LoadDtype,
+    ) -> Result<Self> {
+        let eos = eos.unwrap_or_else(|| cfg.eos_token_ids.clone());
         let (c, h, hk, d, inter, v) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -302,14 +319,14 @@ impl Llama {
             cfg.intermediate_size,
             cfg.vocab_size,
         );
-        let p = decoder::key_prefix(&ck, dir, cfg.num_hidden_layers)?;
+        let p = decoder::key_prefix(ck, cfg.num_hidden_layers)?;
         let embed_tokens = ck.panels(&format!("{p}embed_tokens.weight"), c, v, true, dtype)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let pre = format!("{p}layers.{i}.");
                 let n = |s: &str| format!("{pre}{s}");
                 let lin = |parts: &[(&str, usize)], k: usize, bias: bool| {
-                    decoder::load_linear(&ck, &pre, parts, k, bias, dtype)
+                    decoder::load_linear(ck, &pre, parts, k, bias, dtype)
                 };
                 Ok(Block {
                     input_layernorm: ck.vector(&n("input_layernorm.weight"), c)?,
@@ -348,7 +365,7 @@ impl Llama {
         } else if !cfg.tie_word_embeddings {
             return Err(Error::Value(format!(
                 "{}: missing tensor 'lm_head.weight' (config.json says tie_word_embeddings = false)",
-                dir.display()
+                ck.label()
             )));
         } else {
             None
@@ -438,8 +455,8 @@ impl CausalLm for Llama {
                 decoder::norm_heads(be, qkv, rows, qkv_w, 0, h, qn, eps, 0.0, tmp)?;
                 decoder::norm_heads(be, qkv, rows, qkv_w, h * d, hk, kn, eps, 0.0, tmp)?;
             }
-            be.rope(qkv, qkv_w, 0, h, d, cos, sin, false);
-            be.rope(qkv, qkv_w, h * d, hk, d, cos, sin, false);
+            be.rope(qkv, qkv_w, 0, h, d, cos, sin, cfg.rope_interleaved);
+            be.rope(qkv, qkv_w, h * d, hk, d, cos, sin, cfg.rope_interleaved);
 
             // Per sequence: append k, v to the cache; attend.                 // (R, H D)
             decoder::self_attention(be, &spec, seqs, l, ws)?;

@@ -1,19 +1,22 @@
-//! Reading a Hugging Face checkpoint's weights for the runtime: `model.safetensors` or a
-//! sharded `model.safetensors.index.json`, memory-mapped; linear layers prepared straight from
-//! the stored bytes (`Panels::prepare`), their mapped pages released as soon as they are
-//! copied, so loading never holds a weight twice.
+//! Reading a checkpoint's weights for the runtime: a Hugging Face `model.safetensors` or a
+//! sharded `model.safetensors.index.json`, or a GGUF file (its tensors under their Hugging
+//! Face names), memory-mapped; linear layers prepared straight from the stored bytes
+//! (`Panels::prepare`), their mapped pages released as soon as they are copied, so loading
+//! never holds a weight twice.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::Linear;
 use crate::backend::{Panels, SourceDtype, WeightFormat, WeightSource};
+use crate::checkpoint::gguf::GgufFile;
 use crate::checkpoint::{read_text_file, Dtype, SafetensorsFile};
 use crate::error::{Error, Result};
 
 pub struct Checkpoint {
     files: Vec<SafetensorsFile>,
-    /// Tensor name -> index into `files`.
+    gguf: Option<GgufFile>,
+    /// Tensor name -> index into `files`, or into the GGUF file's tensors.
     index: HashMap<String, usize>,
     dir: String,
 }
@@ -84,40 +87,88 @@ impl Checkpoint {
         }
         Ok(Self {
             files,
+            gguf: None,
             index,
             dir: dir.display().to_string(),
         })
+    }
+
+    /// A GGUF file's tensors, each under the name `rename` gives it (tensors it maps to None
+    /// are left out).
+    pub fn from_gguf(file: GgufFile, rename: impl Fn(&str) -> Option<String>) -> Self {
+        let index = file
+            .tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| rename(&t.name).map(|n| (n, i)))
+            .collect();
+        Self {
+            files: Vec::new(),
+            dir: file.path().display().to_string(),
+            gguf: Some(file),
+            index,
+        }
+    }
+
+    /// A 1-D f32 tensor of the GGUF file by its own entry (one the renaming left out).
+    pub fn gguf_vector(&self, t: &crate::checkpoint::gguf::TensorInfo) -> Result<Vec<f32>> {
+        let g = self
+            .gguf
+            .as_ref()
+            .expect("gguf_vector on a safetensors checkpoint");
+        let (dtype, bytes) = g.data(t)?;
+        let n = t.dims.iter().product::<usize>();
+        let src = WeightSource {
+            bytes,
+            dtype,
+            out_in: false,
+            k: 1,
+            n,
+        };
+        Ok((0..n).map(|i| src.get(i)).collect())
+    }
+
+    /// The file (or folder) the weights come from, for messages.
+    pub fn label(&self) -> &str {
+        &self.dir
     }
 
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
 
-    fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
-        self.index
-            .get(name)
-            .and_then(|&i| self.files[i].raw(name))
-            .ok_or_else(|| Error::Value(format!("{}: missing tensor '{name}'", self.dir)))
+    /// `name`'s dtype, shape (row-major) and bytes.
+    fn raw(&self, name: &str) -> Result<(SourceDtype, Vec<usize>, &[u8])> {
+        let missing = || Error::Value(format!("{}: missing tensor '{name}'", self.dir));
+        let &i = self.index.get(name).ok_or_else(missing)?;
+        if let Some(g) = &self.gguf {
+            let t = &g.tensors[i];
+            let (dtype, bytes) = g.data(t)?;
+            return Ok((dtype, t.shape(), bytes));
+        }
+        let (dtype, shape, bytes) = self.files[i].raw(name).ok_or_else(missing)?;
+        let dtype = match dtype {
+            Dtype::F32 => SourceDtype::F32,
+            Dtype::F16 => SourceDtype::F16,
+            Dtype::BF16 => SourceDtype::Bf16,
+            other => {
+                return Err(Error::DType(format!(
+                    "{}: tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16",
+                    self.dir
+                )))
+            }
+        };
+        Ok((dtype, shape.to_vec(), bytes))
     }
 
     /// The stored dtype of `name`, as a weight source dtype.
     pub fn dtype(&self, name: &str) -> Result<SourceDtype> {
-        let (dtype, _, _) = self.raw(name)?;
-        match dtype {
-            Dtype::F32 => Ok(SourceDtype::F32),
-            Dtype::F16 => Ok(SourceDtype::F16),
-            Dtype::BF16 => Ok(SourceDtype::Bf16),
-            other => Err(Error::DType(format!(
-                "{}: tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16",
-                self.dir
-            ))),
-        }
+        Ok(self.raw(name)?.0)
     }
 
     /// `name` as a weight source of `shape` (checked), in storage order.
     pub fn source(&self, name: &str, shape: &[usize]) -> Result<(SourceDtype, &[u8])> {
-        let dtype = self.dtype(name)?;
-        let (_, got, bytes) = self.raw(name)?;
+        let (dtype, got, bytes) = self.raw(name)?;
         if got != shape {
             return Err(Error::Shape(format!(
                 "{}: tensor '{name}' has shape {got:?}, expected {shape:?}",
@@ -146,8 +197,16 @@ impl Checkpoint {
 
     /// Frees the mapped pages of `name` (it has been copied).
     pub fn release(&self, name: &str) {
-        if let Some(&i) = self.index.get(name) {
-            self.files[i].release_tensor(name);
+        let Some(&i) = self.index.get(name) else {
+            return;
+        };
+        match &self.gguf {
+            Some(g) => {
+                if let Some(r) = &g.tensors[i].range {
+                    g.release(r);
+                }
+            }
+            None => self.files[i].release_tensor(name),
         }
     }
 

@@ -1,0 +1,242 @@
+//! Models from GGUF files: `general.architecture` and its `{arch}.*` keys mapped onto the
+//! Hugging Face config of the same family, GGUF tensor names onto Hugging Face names, so the
+//! family files build them exactly as they build a Hugging Face folder.
+//!
+//! Layout differences the converter introduces, undone here: `llama` files hold q/k rows
+//! permuted for interleaved-pair RoPE (so RoPE rotates interleaved pairs), and `gemma3` files
+//! hold norm weights with Gemma's `+1` folded in (so the norms add 0). Weights keep their
+//! stored formats (quantized blocks stay quantized) unless `dtype` asks otherwise.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value as Json};
+
+use super::weights::Checkpoint;
+use super::{gemma3, llama, CausalLm, LoadDtype};
+use crate::backend::BackendKind;
+use crate::checkpoint::gguf::{GgufFile, Value};
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// The `general.architecture` values gpt_rs runs.
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+
+/// The Hugging Face name of a GGUF tensor of `arch` (None: not used by the runtime).
+fn hf_name(arch: &str, name: &str) -> Option<String> {
+    let top = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(t.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, suffix) = rest.rsplit_once('.')?;
+    let gemma = arch == "gemma3";
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// The `config.json` a Hugging Face folder of the same model would have.
+fn hf_config(f: &GgufFile, arch: &str) -> Result<Json> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let uint = |k: &str| -> Result<Option<u64>> {
+        match f.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| Error::Value(format!("metadata {} = {v:?} is not a count", key(k)))),
+        }
+    };
+    let need = |k: &str| -> Result<u64> {
+        uint(k)?.ok_or_else(|| Error::Value(format!("metadata key {} is missing", key(k))))
+    };
+    let float = |k: &str| f.get(&key(k)).and_then(Value::as_f64);
+    let embd = f
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .ok_or_else(|| Error::Value("tensor 'token_embd.weight' is missing".into()))?;
+    let hidden = need("embedding_length")?;
+    let vocab = match embd.dims.as_slice() {
+        [c, v] if *c as u64 == hidden => *v,
+        d => {
+            return Err(Error::Value(format!(
+                "tensor 'token_embd.weight' has dims {d:?}, expected [{hidden}, vocab]"
+            )))
+        }
+    };
+    let heads = need("attention.head_count")?;
+    let mut c = Map::new();
+    let model_type = if arch == "gemma3" {
+        gemma3::FAMILY
+    } else {
+        arch
+    };
+    c.insert("model_type".into(), json!(model_type));
+    c.insert("vocab_size".into(), json!(vocab));
+    c.insert("hidden_size".into(), json!(hidden));
+    c.insert(
+        "intermediate_size".into(),
+        json!(need("feed_forward_length")?),
+    );
+    c.insert("num_hidden_layers".into(), json!(need("block_count")?));
+    c.insert("num_attention_heads".into(), json!(heads));
+    c.insert(
+        "num_key_value_heads".into(),
+        json!(uint("attention.head_count_kv")?.unwrap_or(heads)),
+    );
+    let head_dim = uint("attention.key_length")?.unwrap_or(hidden / heads.max(1));
+    c.insert("head_dim".into(), json!(head_dim));
+    if let Some(n) = uint("context_length")? {
+        c.insert("max_position_embeddings".into(), json!(n));
+    }
+    if let Some(e) = float("attention.layer_norm_rms_epsilon") {
+        c.insert("rms_norm_eps".into(), json!(e));
+    }
+    if let Some(t) = float("rope.freq_base") {
+        c.insert("rope_theta".into(), json!(t));
+    }
+    let scaling = f
+        .get(&key("rope.scaling.type"))
+        .and_then(Value::as_str)
+        .unwrap_or("none");
+    match scaling {
+        "none" => {}
+        "linear" => {
+            let factor = float("rope.scaling.factor").unwrap_or(1.0);
+            c.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "linear", "factor": factor}),
+            );
+        }
+        other => {
+            return Err(Error::Value(format!(
+                "rope scaling '{other}' ({}) is not supported (supported: none, linear, and \
+                 Llama 3's frequency factors)",
+                key("rope.scaling.type")
+            )))
+        }
+    }
+    let tied = !f.tensors.iter().any(|t| t.name == "output.weight");
+    c.insert("tie_word_embeddings".into(), json!(tied));
+    for (k, hf) in [
+        ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+    ] {
+        if let Some(v) = f.get(k).and_then(Value::as_u64) {
+            c.insert(hf.into(), json!(v));
+        }
+    }
+    if arch == "gemma3" {
+        if let Some(w) = uint("attention.sliding_window")? {
+            c.insert("sliding_window".into(), json!(w));
+        }
+        // llama.cpp's choices for Gemma 3: every 6th layer global, local RoPE base 10000,
+        // queries scaled by 1/sqrt(head_dim) except the 27B's 1/sqrt(hidden / heads).
+        c.insert("sliding_window_pattern".into(), json!(6));
+        c.insert("rope_local_base_freq".into(), json!(10000.0));
+        let n_layer = need("block_count")?;
+        let scalar = if n_layer == 62 {
+            hidden / heads
+        } else {
+            head_dim
+        };
+        c.insert("query_pre_attn_scalar".into(), json!(scalar));
+        if let Some(s) = float("final_logit_softcapping") {
+            c.insert("final_logit_softcapping".into(), json!(s));
+        }
+    }
+    Ok(Json::Object(c))
+}
+
+/// Loads a GGUF file: the model, and the tokenizer its metadata describes (if any).
+pub fn load(
+    path: &Path,
+    _backend: BackendKind,
+    dtype: LoadDtype,
+) -> Result<(Arc<dyn CausalLm>, Option<Tokenizer>)> {
+    let f = GgufFile::open(path)?;
+    let label = path.display().to_string();
+    let at = |e: Error| match e {
+        Error::Value(m) if !m.contains(&label) => Error::Value(format!("{label}: {m}")),
+        other => other,
+    };
+    let arch = f
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            at(Error::Value(
+                "metadata general.architecture is missing".into(),
+            ))
+        })?
+        .to_string();
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(at(Error::Value(format!(
+            "architecture '{arch}' is not supported (supported: {})",
+            ARCHITECTURES.join(", ")
+        ))));
+    }
+    let config = hf_config(&f, &arch).map_err(at)?;
+    let tokenizer = crate::tokenizer_gguf::from_gguf(&f.metadata, &label)?;
+    let eos = crate::tokenizer_gguf::stop_ids(&f.metadata).map_err(at)?;
+    let eos = (!eos.is_empty()).then_some(eos);
+    let vocab = config["vocab_size"].as_u64().unwrap_or(0) as usize;
+    if let Some(t) = &tokenizer {
+        if t.vocab_size() != vocab {
+            return Err(at(Error::Value(format!(
+                "the tokenizer has {} tokens but token_embd.weight has {vocab} rows",
+                t.vocab_size()
+            ))));
+        }
+    }
+    let rope_factors = f
+        .tensors
+        .iter()
+        .find(|t| t.name == "rope_freqs.weight")
+        .cloned();
+    let a = arch.clone();
+    let ck = Checkpoint::from_gguf(f, move |n| hf_name(&a, n));
+    let model: Arc<dyn CausalLm> = if arch == "gemma3" {
+        Arc::new(gemma3::Gemma3::from_checkpoint(&ck, &config, eos, dtype, 0.0).map_err(at)?)
+    } else {
+        let mut cfg = llama::LlamaConfig::from_json(&config).map_err(at)?;
+        cfg.rope_interleaved = arch == "llama";
+        if let Some(t) = rope_factors {
+            let d = cfg.head_dim;
+            if t.dims != [d / 2] {
+                return Err(at(Error::Value(format!(
+                    "tensor 'rope_freqs.weight' has dims {:?}, expected [{}]",
+                    t.dims,
+                    d / 2
+                ))));
+            }
+            let factors = ck.gguf_vector(&t)?;
+            cfg.rope.scaling = llama::RopeScaling::Factors(factors);
+        }
+        Arc::new(llama::Llama::from_checkpoint(&ck, cfg, &config, eos, dtype).map_err(at)?)
+    };
+    Ok((model, tokenizer))
+}
