@@ -19,6 +19,7 @@ pub struct Q6K;
 /// The eight 6-bit (scale, min) pairs of a Q4_K/Q5_K super-block, from its 12 scale bytes:
 /// sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 in
 /// the nibbles of bytes 8-11 with their top two bits in the top bits of bytes 0-7.
+#[inline(always)]
 pub fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];
