@@ -295,58 +295,123 @@ pub unsafe fn dot_rows(
     rows: std::ops::Range<usize>,
     out: &mut [f32; MR],
 ) {
+    unsafe fn by_rows<K: Kernel>(
+        row: &[u8],
+        q: &Q8Rows,
+        s: &ActScales,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32; MR],
+    ) {
+        let i0 = rows.start;
+        unsafe {
+            match rows.len() {
+                1 => dot_rows_of::<K, 1>(row, q, s, i0, out),
+                2 => dot_rows_of::<K, 2>(row, q, s, i0, out),
+                3 => dot_rows_of::<K, 3>(row, q, s, i0, out),
+                _ => dot_rows_of::<K, 4>(row, q, s, i0, out),
+            }
+        }
+    }
     unsafe {
         match t {
-            QuantType::Q4_0 => dot_rows_of::<Legacy<Q4_0>>(row, q, s, rows, out),
-            QuantType::Q4_1 => dot_rows_of::<Legacy<Q4_1>>(row, q, s, rows, out),
-            QuantType::Q5_0 => dot_rows_of::<Legacy<Q5_0>>(row, q, s, rows, out),
-            QuantType::Q5_1 => dot_rows_of::<Legacy<Q5_1>>(row, q, s, rows, out),
-            QuantType::Q8_0 => dot_rows_of::<Legacy<Q8_0>>(row, q, s, rows, out),
-            QuantType::Q4K => dot_rows_of::<K45<false>>(row, q, s, rows, out),
-            QuantType::Q5K => dot_rows_of::<K45<true>>(row, q, s, rows, out),
-            QuantType::Q6K => dot_rows_of::<K6>(row, q, s, rows, out),
+            QuantType::Q4_0 => by_rows::<Legacy<Q4_0>>(row, q, s, rows, out),
+            QuantType::Q4_1 => by_rows::<Legacy<Q4_1>>(row, q, s, rows, out),
+            QuantType::Q5_0 => by_rows::<Legacy<Q5_0>>(row, q, s, rows, out),
+            QuantType::Q5_1 => by_rows::<Legacy<Q5_1>>(row, q, s, rows, out),
+            QuantType::Q8_0 => by_rows::<Legacy<Q8_0>>(row, q, s, rows, out),
+            QuantType::Q4K => by_rows::<K45<false>>(row, q, s, rows, out),
+            QuantType::Q5K => by_rows::<K45<true>>(row, q, s, rows, out),
+            QuantType::Q6K => by_rows::<K6>(row, q, s, rows, out),
             other => unreachable!("qdot512: no kernel for {}", other.name()),
         }
     }
 }
 
+/// Accumulators of `R` rows: the scaled products and the offsets apart, and for one or two
+/// rows two sets used by alternate chunks, so no FMA waits on the one before it.
+struct Acc<const R: usize> {
+    p: [[__m512; 2]; R],
+    o: [[__m512; 2]; R],
+}
+
+/// One chunk against the `R` activation rows from `i0`, at weight `e` of the row, into the
+/// accumulators of parity `P`.
+#[inline(always)]
+unsafe fn step<const R: usize, const P: usize>(
+    acc: &mut Acc<R>,
+    ch: &Chunk,
+    q: &Q8Rows,
+    s: &ActScales,
+    i0: usize,
+    e: usize,
+) {
+    let k = q.k;
+    for r in 0..R {
+        let off = (i0 + r) * k + e;
+        unsafe {
+            let a = _mm512_loadu_si512(q.qs.as_ptr().add(off).cast());
+            let da = _mm512_loadu_ps(s.da.as_ptr().add(off / 4));
+            let asd = _mm512_loadu_ps(s.asd.as_ptr().add(off / 4));
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ch.u, a);
+            acc.p[r][P] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ch.s, da), acc.p[r][P]);
+            acc.o[r][P] = _mm512_fmadd_ps(ch.o, asd, acc.o[r][P]);
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn dot_rows_of<K: Kernel>(
+unsafe fn dot_rows_of<K: Kernel, const R: usize>(
     row: &[u8],
     q: &Q8Rows,
     s: &ActScales,
-    rows: std::ops::Range<usize>,
+    i0: usize,
     out: &mut [f32; MR],
 ) {
     unsafe {
-        let k = q.k;
-        let nr = rows.len();
-        let mut acc = [_mm512_setzero_ps(); MR];
+        let z = _mm512_setzero_ps();
+        let mut acc = Acc::<R> {
+            p: [[z; 2]; R],
+            o: [[z; 2]; R],
+        };
         let rp = row.as_ptr();
-        let per = K::ELEMS / 64;
         let zero = Chunk {
             u: _mm512_setzero_si512(),
-            s: _mm512_setzero_ps(),
-            o: _mm512_setzero_ps(),
+            s: z,
+            o: z,
         };
         let mut ch = [zero; 4];
-        for blk in 0..k / K::ELEMS {
-            K::unpack(rp.add(blk * K::BYTES), &mut ch);
-            for (ci, ch) in ch.iter().enumerate().take(per) {
-                let e = blk * K::ELEMS + 64 * ci;
-                for (r, acc) in acc.iter_mut().enumerate().take(nr) {
-                    let off = (rows.start + r) * k + e;
-                    let a = _mm512_loadu_si512(q.qs.as_ptr().add(off).cast());
-                    let da = _mm512_loadu_ps(s.da.as_ptr().add(off / 4));
-                    let asd = _mm512_loadu_ps(s.asd.as_ptr().add(off / 4));
-                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ch.u, a);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ch.s, da), *acc);
-                    *acc = _mm512_fnmadd_ps(ch.o, asd, *acc);
+        let nb = q.k / K::ELEMS;
+        // Two blocks per turn: chunks alternate accumulator sets (for K formats, also
+        // within a block).
+        let mut blk = 0;
+        while blk < nb {
+            for half in 0..2 {
+                if blk + half == nb {
+                    break;
+                }
+                let b = blk + half;
+                K::unpack(rp.add(b * K::BYTES), &mut ch);
+                let e = b * K::ELEMS;
+                if K::ELEMS == 64 {
+                    if half == 0 {
+                        step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
+                    } else {
+                        step::<R, 1>(&mut acc, &ch[0], q, s, i0, e);
+                    }
+                } else {
+                    step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
+                    step::<R, 1>(&mut acc, &ch[1], q, s, i0, e + 64);
+                    step::<R, 0>(&mut acc, &ch[2], q, s, i0, e + 128);
+                    step::<R, 1>(&mut acc, &ch[3], q, s, i0, e + 192);
                 }
             }
+            blk += 2;
         }
-        for r in 0..nr {
-            out[r] = _mm512_reduce_add_ps(acc[r]);
+        for r in 0..R {
+            let p = _mm512_add_ps(acc.p[r][0], acc.p[r][1]);
+            let o = _mm512_add_ps(acc.o[r][0], acc.o[r][1]);
+            out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(p, o));
         }
     }
 }
