@@ -169,9 +169,10 @@ def config_for(name: str) -> dict:
     return cfg
 
 
-def weights_for(name: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 weights with the checkpoint's key names and shapes."""
-    cfg = config_for(name)
+def weights_for(name: str, seed: int = 0, cfg: dict | None = None) -> dict[str, np.ndarray]:
+    """Random float32 weights with the checkpoint's key names and shapes (of `cfg`, by
+    default the case's own config)."""
+    cfg = cfg or config_for(name)
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     c, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     h, hk = cfg["num_attention_heads"], cfg["num_key_value_heads"]

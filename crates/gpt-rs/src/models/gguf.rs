@@ -140,7 +140,15 @@ fn hf_config(f: &GgufFile, arch: &str) -> Result<Json> {
             )))
         }
     }
-    let tied = !f.tensors.iter().any(|t| t.name == "output.weight");
+    let has = |name: &str| f.tensors.iter().any(|t| t.name == name);
+    if matches!(arch, "llama" | "qwen3") {
+        // Optional biases, known only from the tensors present (as llama.cpp loads them).
+        c.insert("attention_bias".into(), json!(has("blk.0.attn_q.bias")));
+    }
+    if arch == "llama" {
+        c.insert("mlp_bias".into(), json!(has("blk.0.ffn_up.bias")));
+    }
+    let tied = !has("output.weight");
     c.insert("tie_word_embeddings".into(), json!(tied));
     for (k, hf) in [
         ("tokenizer.ggml.bos_token_id", "bos_token_id"),
@@ -151,14 +159,45 @@ fn hf_config(f: &GgufFile, arch: &str) -> Result<Json> {
         }
     }
     if arch == "gemma3" {
-        if let Some(w) = uint("attention.sliding_window")? {
-            c.insert("sliding_window".into(), json!(w));
-        }
-        // llama.cpp's choices for Gemma 3: every 6th layer global, local RoPE base 10000,
-        // queries scaled by 1/sqrt(head_dim) except the 27B's 1/sqrt(hidden / heads).
-        c.insert("sliding_window_pattern".into(), json!(6));
-        c.insert("rope_local_base_freq".into(), json!(10000.0));
+        // As llama.cpp reads Gemma 3: no sliding window key, every layer global; the pattern
+        // is a per-layer bool array or a period (default 6, every 6th layer global); local
+        // layers use RoPE base `rope.freq_base_swa` (default 10000) without scaling; queries
+        // are scaled by 1/sqrt(head_dim), except the 27B's 1/sqrt(hidden / heads).
         let n_layer = need("block_count")?;
+        match uint("attention.sliding_window")? {
+            Some(w) if w > 0 => {
+                c.insert("sliding_window".into(), json!(w));
+                match f.get(&key("attention.sliding_window_pattern")) {
+                    Some(Value::Array(a)) => {
+                        let types: Vec<&str> = a
+                            .iter()
+                            .map(|v| match v {
+                                Value::Bool(true) => "sliding_attention",
+                                _ => "full_attention",
+                            })
+                            .collect();
+                        c.insert("layer_types".into(), json!(types));
+                    }
+                    Some(v) => {
+                        let n = v.as_u64().ok_or_else(|| {
+                            Error::Value(format!(
+                                "metadata {} = {v:?} is not a count",
+                                key("attention.sliding_window_pattern")
+                            ))
+                        })?;
+                        c.insert("sliding_window_pattern".into(), json!(n));
+                    }
+                    None => {
+                        c.insert("sliding_window_pattern".into(), json!(6));
+                    }
+                }
+            }
+            _ => {
+                c.insert("sliding_window_pattern".into(), json!(1));
+            }
+        }
+        let local = float("rope.freq_base_swa").unwrap_or(10000.0);
+        c.insert("rope_local_base_freq".into(), json!(local));
         let scalar = if n_layer == 62 {
             hidden / heads
         } else {

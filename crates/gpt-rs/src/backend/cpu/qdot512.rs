@@ -408,10 +408,10 @@ unsafe fn dot_rows_of<K: Kernel, const R: usize>(
             }
             blk += 2;
         }
-        for r in 0..R {
-            let p = _mm512_add_ps(acc.p[r][0], acc.p[r][1]);
-            let o = _mm512_add_ps(acc.o[r][0], acc.o[r][1]);
-            out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(p, o));
+        for (o, (p, m)) in out.iter_mut().zip(acc.p.iter().zip(&acc.o)) {
+            let p = _mm512_add_ps(p[0], p[1]);
+            let m = _mm512_add_ps(m[0], m[1]);
+            *o = _mm512_reduce_add_ps(_mm512_sub_ps(p, m));
         }
     }
 }
