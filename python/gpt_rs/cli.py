@@ -268,14 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--model", help="Hugging Face model folder or cached model id")
+        sp.add_argument(
+            "--model", help="Hugging Face model folder, GGUF file, or cached model id"
+        )
         sp.add_argument("--backend", choices=gpt_rs.list_backends(), help="compute backend")
         sp.add_argument("--threads", type=int, help="worker threads (default: all cores)")
         sp.add_argument(
             "--dtype",
-            choices=["auto", "f32", "bf16"],
+            choices=["auto", "f32", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"],
             default="auto",
-            help="weights in memory (default auto: the checkpoint's)",
+            help="weights in memory (default auto: the checkpoint's; q*: quantize at load)",
         )
 
     def sampling(sp: argparse.ArgumentParser, temperature: float = 0.8) -> None:
