@@ -24,12 +24,22 @@ fn main() {
     ];
     println!("threads={threads}  (GB/s of weights read; GMAC/s)");
     for t in types {
-        for (k, n) in [(896usize, 4864usize), (4864, 896)] {
+        let shapes: Vec<(usize, usize)> = match std::env::var("SHAPES") {
+            Ok(v) => v
+                .split(',')
+                .map(|p| {
+                    let (k, n) = p.split_once('x').expect("SHAPES=KxN,...");
+                    (k.parse().unwrap(), n.parse().unwrap())
+                })
+                .collect(),
+            Err(_) => vec![(896, 4864), (4864, 896)],
+        };
+        for (k, n) in shapes {
             if k % t.block_elems() != 0 {
                 continue;
             }
             // 48 matrices (more than the caches hold), random bytes with small f16 scales.
-            let count = 48;
+            let count = (150_000_000 / (t.row_bytes(k) * n)).clamp(1, 48);
             let rb = t.row_bytes(k);
             let mut seed = 0x1234_5678u64;
             let mats: Vec<Panels> = (0..count)
@@ -50,7 +60,11 @@ fn main() {
                     Panels::prepare(&src, WeightFormat::Quant(t)).unwrap()
                 })
                 .collect();
-            for m in [1usize, 128] {
+            let ms: Vec<usize> = match std::env::var("ROWS") {
+                Ok(v) => v.split(',').map(|x| x.parse().unwrap()).collect(),
+                Err(_) => vec![1, 128],
+            };
+            for m in ms {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
                 let mut y = vec![0.0f32; m * n];
                 let run = |y: &mut [f32]| {

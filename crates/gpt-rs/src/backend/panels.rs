@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::quant::QuantType;
+use super::quant::{repack, QuantType};
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -155,11 +155,13 @@ impl WeightSource<'_> {
 enum PanelData {
     F32(Storage<f32>),
     Bf16(Storage<u16>),
-    /// Rows of `row_bytes` bytes, `panels * PANEL` of them.
+    /// Rows of `row_bytes` bytes, `panels * PANEL` of them; in `quant::repack`'s layout when
+    /// `repacked`.
     Quant {
         ty: QuantType,
         rows: Storage<u8>,
         row_bytes: usize,
+        repacked: bool,
     },
 }
 
@@ -363,28 +365,41 @@ impl Panels {
             }
         }
         let rb = t.row_bytes(k);
+        let repacked = repack::repacks(t, k);
+        let orb = if repacked {
+            repack::row_bytes(t, k)
+        } else {
+            rb
+        };
         let rows = n.div_ceil(PANEL) * PANEL;
-        let len = rows as u128 * rb as u128;
+        let len = rows as u128 * orb as u128;
         let len = usize::try_from(len)
             .map_err(|_| Error::Memory(format!("{len} bytes of quantized weights")))?;
         let data = Storage::weights_with(len, "quantized weight rows", |d: &mut [u8]| {
             crate::threads::install(|| {
-                d.par_chunks_mut((PANEL * rb).max(1))
+                d.par_chunks_mut((PANEL * orb).max(1))
                     .enumerate()
                     .for_each(|(jp, out)| {
                         let mut col = vec![0.0f32; k];
-                        for (q, row) in out.chunks_exact_mut(rb.max(1)).enumerate() {
+                        let mut gguf_row = vec![0u8; rb];
+                        for (q, row) in out.chunks_exact_mut(orb.max(1)).enumerate() {
                             let j = jp * PANEL + q;
                             if j >= n {
                                 break; // padding: zero blocks dequantize to zeros
                             }
                             let (src, j) = locate(j);
+                            let target: &mut [u8] = if repacked { &mut gguf_row } else { row };
                             match src.dtype {
-                                SourceDtype::Quant(_) => row.copy_from_slice(src.quant_row(t, j)),
+                                SourceDtype::Quant(_) => {
+                                    target.copy_from_slice(src.quant_row(t, j))
+                                }
                                 _ => {
                                     src.column_f32(j, &mut col);
-                                    t.quantize_row(&col, row);
+                                    t.quantize_row(&col, target);
                                 }
+                            }
+                            if repacked {
+                                repack::repack_row(t, k, &gguf_row, row);
                             }
                         }
                     })
@@ -393,7 +408,8 @@ impl Panels {
         Ok(PanelData::Quant {
             ty: t,
             rows: data,
-            row_bytes: rb,
+            row_bytes: orb,
+            repacked,
         })
     }
 
@@ -414,14 +430,31 @@ impl Panels {
                     *o = f32::from_bits((d[base + p * PANEL] as u32) << 16);
                 }
             }
-            PanelData::Quant {
-                ty,
-                rows,
-                row_bytes,
-            } => ty.dequantize(
-                &rows.as_slice()[j * row_bytes..(j + 1) * row_bytes],
-                &mut out[..self.k],
-            ),
+            PanelData::Quant { ty, .. } => {
+                let mut row = vec![0u8; ty.row_bytes(self.k)];
+                ty.dequantize(self.gguf_row(j, &mut row), &mut out[..self.k])
+            }
+        }
+    }
+
+    /// Row `j` of a quantized weight in the GGUF layout: in place, or unrepacked into `buf`
+    /// (`row_bytes(k)` bytes).
+    pub fn gguf_row<'s>(&'s self, j: usize, buf: &'s mut [u8]) -> &'s [u8] {
+        let PanelData::Quant {
+            ty,
+            rows,
+            row_bytes,
+            repacked,
+        } = &self.data
+        else {
+            panic!("gguf_row of a float weight")
+        };
+        let row = &rows.as_slice()[j * row_bytes..(j + 1) * row_bytes];
+        if *repacked {
+            repack::unrepack_row(*ty, self.k, row, buf);
+            buf
+        } else {
+            row
         }
     }
 
@@ -473,11 +506,17 @@ impl Panels {
         }
     }
 
-    /// A quantized weight's type and rows (`panels() * PANEL` rows of whole blocks, one per
-    /// output column, zero blocks past `n`); None for another format.
-    pub fn quant_rows(&self) -> Option<(QuantType, &[u8])> {
+    /// A quantized weight's type, rows (`panels() * PANEL` rows of whole blocks, one per
+    /// output column, zero blocks past `n`), bytes per row and whether the rows are in
+    /// `quant::repack`'s layout; None for another format.
+    pub fn quant_rows(&self) -> Option<(QuantType, &[u8], usize, bool)> {
         match &self.data {
-            PanelData::Quant { ty, rows, .. } => Some((*ty, rows.as_slice())),
+            PanelData::Quant {
+                ty,
+                rows,
+                row_bytes,
+                repacked,
+            } => Some((*ty, rows.as_slice(), *row_bytes, *repacked)),
             _ => None,
         }
     }
@@ -499,16 +538,13 @@ impl Panels {
                     *o = f32::from_bits((b as u32) << 16);
                 }
             }
-            PanelData::Quant {
-                ty,
-                rows: data,
-                row_bytes,
-            } => {
+            PanelData::Quant { ty, .. } => {
                 let (e, bb) = (ty.block_elems(), ty.block_bytes());
                 let mut block = [0.0f32; 256];
+                let mut buf = vec![0u8; ty.row_bytes(self.k)];
                 let (b0, b1) = (p0 / e, (p0 + rows).div_ceil(e));
                 for q in 0..PANEL {
-                    let row = &data.as_slice()[(j * PANEL + q) * row_bytes..][..*row_bytes];
+                    let row = self.gguf_row(j * PANEL + q, &mut buf);
                     for b in b0..b1 {
                         ty.dequantize(&row[b * bb..(b + 1) * bb], &mut block[..e]);
                         let (lo, hi) = ((b * e).max(p0), ((b + 1) * e).min(p0 + rows));

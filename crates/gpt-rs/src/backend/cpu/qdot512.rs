@@ -1,6 +1,7 @@
 //! AVX-512 VNNI products of quantized weight rows with int8 activation rows (`vpdpbusd`).
 //!
-//! Every format is brought, 64 weights at a time, to one form: 64 unsigned levels `u` (u8)
+//! Rows are read in `quant::repack`'s layout (Q6_K as stored). Every format is brought, 64
+//! weights at a time, to one form: 64 unsigned levels `u` (u8)
 //! with, per 16-lane f32 vector, a scale `s` and an offset `o` such that weight
 //! `w = s * u - o` (for the lanes' 4 weights each: a `vpdpbusd` lane sums 4 products). The
 //! product with an activation row `a ~ da * q` is then, per lane,
@@ -89,38 +90,62 @@ unsafe fn f16(p: *const u8) -> f32 {
     }
 }
 
-/// A 16-lane vector: `x` in lanes 0-7, `y` in lanes 8-15.
-#[inline(always)]
-unsafe fn halves(x: f32, y: f32) -> __m512 {
-    unsafe { _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(x)), _mm256_set1_ps(y)) }
-}
-
-/// 16 nibble pairs to 32 levels: byte `j` low nibble is level `j`, high nibble level `j + 16`.
-#[inline(always)]
-unsafe fn nibbles32(p: *const u8) -> __m256i {
-    unsafe {
-        let x = _mm_loadu_si128(p.cast());
-        let m = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(x, m);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), m);
-        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi)
-    }
-}
-
 #[inline(always)]
 unsafe fn join(a: __m256i, b: __m256i) -> __m512i {
     unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b) }
 }
 
-/// A format as this file multiplies it: `ELEMS` weights (`BYTES` bytes) unpacked at once into
-/// `ELEMS / 64` chunks.
+/// A format as this file multiplies it: groups of up to four chunks, unpacked at once.
 trait Kernel {
-    const ELEMS: usize;
-    const BYTES: usize;
-    unsafe fn unpack(b: *const u8, out: &mut [Chunk; 4]);
+    /// Bytes of a group of `nch` chunks.
+    fn bytes(nch: usize) -> usize;
+    /// Unpacks a group of `N` chunks (`N` = 4 but for a row's last group).
+    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]);
 }
 
-/// Two consecutive 32-weight blocks of a legacy format (one chunk).
+/// Lane indices picking value `2c` for lanes 0-7 and `2c + 1` for lanes 8-15.
+#[inline(always)]
+unsafe fn pair_index(c: usize) -> __m512i {
+    unsafe {
+        let lo = _mm256_set1_epi32(2 * c as i32);
+        let hi = _mm256_set1_epi32(2 * c as i32 + 1);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+}
+
+/// `n` (<= 8, even) f16 values at `p` as f32 in lanes 0..n of a 512-bit vector.
+#[inline(always)]
+unsafe fn f16s(p: *const u8, n: usize) -> __m512 {
+    unsafe {
+        let h = _mm_maskz_loadu_epi16(((1u32 << n) - 1) as u8, p.cast());
+        _mm512_castps256_ps512(_mm256_cvtph_ps(h))
+    }
+}
+
+/// The nibbles of `nch` chunks paired as `quant::repack` lays them out, into `out[..nch].u`.
+#[inline(always)]
+unsafe fn paired_nibbles(qs: *const u8, nch: usize, out: &mut [Chunk; 4]) {
+    unsafe {
+        let m = _mm512_set1_epi8(0x0F);
+        let mut c = 0;
+        while c + 1 < nch {
+            let x = _mm512_loadu_si512(qs.add(32 * c).cast());
+            out[c].u = _mm512_and_si512(x, m);
+            out[c + 1].u = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m);
+            c += 2;
+        }
+        if c < nch {
+            let x = _mm256_loadu_si256(qs.add(32 * c).cast());
+            let m = _mm256_set1_epi8(0x0F);
+            out[c].u = join(
+                _mm256_and_si256(x, m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(x), m),
+            );
+        }
+    }
+}
+
+/// A group of up to 8 blocks of a legacy format, repacked (`quant::repack`).
 struct Legacy<const T: u8>;
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -128,104 +153,97 @@ const Q5_0: u8 = 2;
 const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
 
-impl<const T: u8> Kernel for Legacy<T> {
-    const ELEMS: usize = 64;
-    const BYTES: usize = 2 * match T {
+impl<const T: u8> Legacy<T> {
+    const BLOCK: usize = match T {
         Q4_0 => 18,
         Q4_1 => 20,
         Q5_0 => 22,
         Q5_1 => 24,
         _ => 34,
     };
+    const MIN: bool = T == Q4_1 || T == Q5_1;
+    const FIFTH: bool = T == Q5_0 || T == Q5_1;
+    /// The offset of a level: `w = d * (u - OFFSET)` for the symmetric formats.
+    const OFFSET: f32 = match T {
+        Q4_0 => 8.0,
+        Q5_0 => 16.0,
+        _ => 128.0,
+    };
+}
+
+impl<const T: u8> Kernel for Legacy<T> {
+    fn bytes(nch: usize) -> usize {
+        2 * nch * Self::BLOCK
+    }
 
     #[inline(always)]
-    unsafe fn unpack(b0: *const u8, out: &mut [Chunk; 4]) {
+    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]) {
+        let nch = N;
         unsafe {
-            let b1 = b0.add(Self::BYTES / 2);
-            let s = halves(f16(b0), f16(b1));
-            out[0] = match T {
-                Q8_0 => {
-                    let q = join(
-                        _mm256_loadu_si256(b0.add(2).cast()),
-                        _mm256_loadu_si256(b1.add(2).cast()),
-                    );
+            let g = 2 * nch;
+            let (mo, ho) = (2 * g, if Self::MIN { 4 * g } else { 2 * g });
+            let qo = if Self::FIFTH { ho + 4 * g } else { ho };
+            let d = f16s(b, g);
+            let mins = if Self::MIN { f16s(b.add(mo), g) } else { d };
+            for (c, o) in out.iter_mut().enumerate().take(nch) {
+                let idx = pair_index(c);
+                o.s = _mm512_permutexvar_ps(idx, d);
+                o.o = if Self::MIN {
+                    _mm512_sub_ps(_mm512_setzero_ps(), _mm512_permutexvar_ps(idx, mins))
+                } else {
+                    _mm512_mul_ps(o.s, _mm512_set1_ps(Self::OFFSET))
+                };
+            }
+            if T == Q8_0 {
+                for (c, o) in out.iter_mut().enumerate().take(nch) {
+                    let q = _mm512_loadu_si512(b.add(qo + 64 * c).cast());
                     // Signed q + 128 as unsigned: flip the sign bit.
-                    let u = _mm512_xor_si512(q, _mm512_set1_epi8(-128));
-                    Chunk {
-                        u,
-                        s,
-                        o: _mm512_mul_ps(s, _mm512_set1_ps(128.0)),
-                    }
+                    o.u = _mm512_xor_si512(q, _mm512_set1_epi8(-128));
                 }
-                Q4_0 | Q4_1 => {
-                    let qo = Self::BYTES / 2 - 16;
-                    let u = join(nibbles32(b0.add(qo)), nibbles32(b1.add(qo)));
-                    let o = if T == Q4_0 {
-                        _mm512_mul_ps(s, _mm512_set1_ps(8.0))
-                    } else {
-                        halves(-f16(b0.add(2)), -f16(b1.add(2)))
-                    };
-                    Chunk { u, s, o }
+                return;
+            }
+            paired_nibbles(b.add(qo), nch, out);
+            if Self::FIFTH {
+                for (c, o) in out.iter_mut().enumerate().take(nch) {
+                    let k = u64::from_le_bytes(*(b.add(ho + 8 * c) as *const [u8; 8]));
+                    o.u = _mm512_mask_add_epi8(o.u, k, o.u, _mm512_set1_epi8(16));
                 }
-                _ => {
-                    let ho = Self::BYTES / 2 - 20;
-                    let u = join(nibbles32(b0.add(ho + 4)), nibbles32(b1.add(ho + 4)));
-                    let h0 = u32::from_le_bytes(*(b0.add(ho) as *const [u8; 4]));
-                    let h1 = u32::from_le_bytes(*(b1.add(ho) as *const [u8; 4]));
-                    let k = (h0 as u64) | ((h1 as u64) << 32);
-                    let u = _mm512_mask_add_epi8(u, k, u, _mm512_set1_epi8(16));
-                    let o = if T == Q5_0 {
-                        _mm512_mul_ps(s, _mm512_set1_ps(16.0))
-                    } else {
-                        halves(-f16(b0.add(2)), -f16(b1.add(2)))
-                    };
-                    Chunk { u, s, o }
-                }
-            };
+            }
         }
     }
 }
 
-/// A Q4_K (`FIFTH = false`) or Q5_K super-block: four chunks, sub-blocks `2g`, `2g + 1` each.
+/// A repacked Q4_K (`FIFTH = false`) or Q5_K super-block: four chunks.
 struct K45<const FIFTH: bool>;
 
 impl<const FIFTH: bool> Kernel for K45<FIFTH> {
-    const ELEMS: usize = 256;
-    const BYTES: usize = if FIFTH { 176 } else { 144 };
+    fn bytes(_: usize) -> usize {
+        if FIFTH {
+            180
+        } else {
+            148
+        }
+    }
 
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, out: &mut [Chunk; 4]) {
+    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]) {
         unsafe {
-            let (d, dmin) = (f16(b), f16(b.add(2)));
-            let sc = &*(b.add(4) as *const [u8; 12]);
-            let (scales, mins) = crate::backend::quant::scale_min_k4(sc);
-            let qs = b.add(if FIFTH { 48 } else { 16 });
-            let m = _mm256_set1_epi8(0x0F);
-            let qh = if FIFTH {
-                let h = _mm256_loadu_si256(b.add(16).cast());
-                join(h, h)
-            } else {
-                _mm512_setzero_si512()
-            };
-            for (g, o) in out.iter_mut().enumerate() {
-                let x = _mm256_loadu_si256(qs.add(32 * g).cast());
-                let lo = _mm256_and_si256(x, m);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), m);
-                let mut u = join(lo, hi);
+            let d = _mm512_set1_ps(f16(b));
+            let dmin = _mm512_set1_ps(f16(b.add(2)));
+            // Eight scales then eight mins (bytes 4..20) as f32 in lanes 0-7 and 8-15.
+            let sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(4).cast())));
+            let scales = _mm512_mul_ps(sm, d);
+            let mins = _mm512_mul_ps(sm, dmin);
+            let qo = if FIFTH { 52 } else { 20 };
+            paired_nibbles(b.add(qo), 4, out);
+            for (c, o) in out.iter_mut().enumerate() {
+                let idx = pair_index(c);
+                o.s = _mm512_permutexvar_ps(idx, scales);
+                o.o = _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(8)), mins);
                 if FIFTH {
-                    // Bit `s` of qh[i] is the fifth bit of weight i of sub-block s.
-                    let bits = join(
-                        _mm256_set1_epi8((1u8 << (2 * g)) as i8),
-                        _mm256_set1_epi8((1u8 << (2 * g + 1)) as i8),
-                    );
-                    let k = _mm512_test_epi8_mask(qh, bits);
-                    u = _mm512_mask_add_epi8(u, k, u, _mm512_set1_epi8(16));
+                    let k = u64::from_le_bytes(*(b.add(20 + 8 * c) as *const [u8; 8]));
+                    o.u = _mm512_mask_add_epi8(o.u, k, o.u, _mm512_set1_epi8(16));
                 }
-                *o = Chunk {
-                    u,
-                    s: halves(d * scales[2 * g] as f32, d * scales[2 * g + 1] as f32),
-                    o: halves(dmin * mins[2 * g] as f32, dmin * mins[2 * g + 1] as f32),
-                };
             }
         }
     }
@@ -235,11 +253,12 @@ impl<const FIFTH: bool> Kernel for K45<FIFTH> {
 struct K6;
 
 impl Kernel for K6 {
-    const ELEMS: usize = 256;
-    const BYTES: usize = 210;
+    fn bytes(_: usize) -> usize {
+        210
+    }
 
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, out: &mut [Chunk; 4]) {
+    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]) {
         unsafe {
             let d = _mm512_set1_ps(f16(b.add(208)));
             let m = _mm512_set1_epi8(0x0F);
@@ -285,8 +304,8 @@ impl Kernel for K6 {
 ///
 /// # Safety
 /// The CPU must have the features of `available()`; `row` must hold `k / ELEMS` blocks of
-/// `t` (a format of `supports`), `k` a multiple of 64 (whole K blocks for K types), and
-/// `q`/`s` must cover the rows.
+/// `t` (a format of `supports`) in `quant::repack`'s layout (Q6_K: as stored), `k` a
+/// multiple of 64 (whole K blocks for K types), and `q`/`s` must cover the rows.
 pub unsafe fn dot_rows(
     t: QuantType,
     row: &[u8],
@@ -369,6 +388,14 @@ unsafe fn dot_rows_of<K: Kernel, const R: usize>(
     out: &mut [f32; MR],
 ) {
     unsafe {
+        // Flush subnormals to zero while this row runs (restored below): products of small
+        // scales reach the subnormal range on real models, and every FMA on one then takes a
+        // microcode assist (measured: decode of the real Qwen2.5-Coder Q4_K_M file at 33
+        // instead of 53 tokens/s on Zen 4). Values that small do not change an f32 dot product.
+        #[allow(deprecated)]
+        let csr = _mm_getcsr();
+        #[allow(deprecated)]
+        _mm_setcsr(csr | 0x8040);
         let z = _mm512_setzero_ps();
         let mut acc = Acc::<R> {
             p: [[z; 2]; R],
@@ -381,37 +408,42 @@ unsafe fn dot_rows_of<K: Kernel, const R: usize>(
             o: z,
         };
         let mut ch = [zero; 4];
-        let nb = q.k / K::ELEMS;
-        // Two blocks per turn: chunks alternate accumulator sets (for K formats, also
-        // within a block).
-        let mut blk = 0;
-        while blk < nb {
-            for half in 0..2 {
-                if blk + half == nb {
-                    break;
-                }
-                let b = blk + half;
-                K::unpack(rp.add(b * K::BYTES), &mut ch);
-                let e = b * K::ELEMS;
-                if K::ELEMS == 64 {
-                    if half == 0 {
-                        step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
-                    } else {
-                        step::<R, 1>(&mut acc, &ch[0], q, s, i0, e);
-                    }
-                } else {
-                    step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
-                    step::<R, 1>(&mut acc, &ch[1], q, s, i0, e + 64);
-                    step::<R, 0>(&mut acc, &ch[2], q, s, i0, e + 128);
-                    step::<R, 1>(&mut acc, &ch[3], q, s, i0, e + 192);
-                }
-            }
-            blk += 2;
+        let k = q.k;
+        let (mut e, mut p) = (0, rp);
+        // Whole groups of four chunks; chunks alternate accumulator sets, so no FMA waits on
+        // the one before it.
+        while k - e >= 256 {
+            K::unpack::<4>(p, &mut ch);
+            step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
+            step::<R, 1>(&mut acc, &ch[1], q, s, i0, e + 64);
+            step::<R, 0>(&mut acc, &ch[2], q, s, i0, e + 128);
+            step::<R, 1>(&mut acc, &ch[3], q, s, i0, e + 192);
+            p = p.add(K::bytes(4));
+            e += 256;
+        }
+        // A last group of one to three chunks (legacy formats only).
+        let nch = (k - e) / 64;
+        match nch {
+            1 => K::unpack::<1>(p, &mut ch),
+            2 => K::unpack::<2>(p, &mut ch),
+            3 => K::unpack::<3>(p, &mut ch),
+            _ => {}
+        }
+        if nch > 0 {
+            step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
+        }
+        if nch > 1 {
+            step::<R, 1>(&mut acc, &ch[1], q, s, i0, e + 64);
+        }
+        if nch > 2 {
+            step::<R, 0>(&mut acc, &ch[2], q, s, i0, e + 128);
         }
         for (o, (p, m)) in out.iter_mut().zip(acc.p.iter().zip(&acc.o)) {
             let p = _mm512_add_ps(p[0], p[1]);
             let m = _mm512_add_ps(m[0], m[1]);
             *o = _mm512_reduce_add_ps(_mm512_sub_ps(p, m));
         }
+        #[allow(deprecated)]
+        _mm_setcsr(csr);
     }
 }

@@ -96,19 +96,19 @@ pub fn dot_reference(ty: QuantType, row: &[u8], a: Q8Row<'_>) -> f32 {
 pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     let (k, n) = (w.k(), w.n());
     crate::backend::init_output(c, bias, n);
-    let Some((ty, rows)) = w.quant_rows() else {
+    let Some((ty, rows, rb, repacked)) = w.quant_rows() else {
         unreachable!("qmatmul::matmul: not a quantized weight")
     };
     if m == 0 || n == 0 || k == 0 {
         return;
     }
     let q = Q8Rows::new(a, m, k);
-    let rb = ty.row_bytes(k);
     let cp = SendPtr(c.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() == super::simd::SimdLevel::Avx512
         && super::qdot512::available()
         && super::qdot512::supports(ty)
+        && (repacked || ty == QuantType::Q6K)
         && k.is_multiple_of(64)
     {
         use super::qdot512::{dot_rows, ActScales, MR};
@@ -131,8 +131,9 @@ pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usi
         return;
     }
     column_chunks(n, m * k * n / 4, 256, 8, |j0, cw| {
+        let mut buf = vec![0u8; ty.row_bytes(k)];
         for j in j0..j0 + cw {
-            let row = &rows[j * rb..(j + 1) * rb];
+            let row = w.gguf_row(j, &mut buf);
             for i in 0..m {
                 let v = dot_reference(ty, row, q.row(i));
                 // SAFETY: this chunk alone writes columns j0..j0+cw of C's m rows.
