@@ -1,13 +1,17 @@
 //! AVX-512 VNNI products of quantized weight rows with int8 activation rows (`vpdpbusd`).
 //!
-//! Rows are read in `quant::repack`'s layout (Q6_K as stored). Every format is brought, 64
-//! weights at a time, to one form: 64 unsigned levels `u` (u8)
-//! with, per 16-lane f32 vector, a scale `s` and an offset `o` such that weight
-//! `w = s * u - o` (for the lanes' 4 weights each: a `vpdpbusd` lane sums 4 products). The
-//! product with an activation row `a ~ da * q` is then, per lane,
-//! `s * da * dot(u, q) - o * (da * sum(q))`: one `vpdpbusd`, a convert, a multiply and two
-//! FMAs per 64 weights and row, the last factor (`asd`) precomputed with the activations.
-//! Unpacking a chunk is shared by up to `MR` activation rows.
+//! Rows are read in `quant::repack`'s layout (Q6_K as stored), in groups of up to four
+//! 64-weight chunks (256 weights: eight 32-weight blocks or sub-blocks). Every format is
+//! brought to one form: unsigned levels `u` (u8) with a scale `s` and an offset `o` per 32
+//! weights (per 16 for Q6_K), weight `w = s * u - o`. With activations `a ~ da * q` (int8,
+//! one `da` per 32), a row's dot product is
+//!
+//! `sum over blocks b of  s_b * da_b * dot(u_b, q_b)  -  o_b * (da_b * sum(q_b))`.
+//!
+//! The first term takes, per chunk, one `vpdpbusd` (16 lanes of 4 products), a convert and an
+//! FMA with `s * da` (the group's eight values multiplied once, then permuted to the lanes of
+//! each chunk); the second is one FMA per group, with `da * sum(q)` precomputed per block
+//! (`ActScales`). Unpacking a group is shared by up to `MR` activation rows.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -48,34 +52,21 @@ pub fn supports(t: QuantType) -> bool {
     )
 }
 
-/// Per activation row and 64-weight chunk: `da` for each lane and `da * sum(q)` of its 4
-/// values (the `asd` of the module docs), 16 floats each.
+/// Per activation row: `da * sum(q)` of every 32 values and of every 16 (Q6_K's offsets).
 pub struct ActScales {
-    pub da: Vec<f32>,
-    pub asd: Vec<f32>,
+    pub dsum32: Vec<f32>,
+    pub dsum16: Vec<f32>,
 }
 
 impl ActScales {
     pub fn new(q: &Q8Rows, m: usize) -> Self {
-        let k = q.k;
-        let mut da = vec![0.0f32; m * k / 4];
-        let mut asd = vec![0.0f32; m * k / 4];
-        for lane in 0..m * k / 4 {
-            let d = q.d[lane * 4 / 32];
-            let s: i32 = q.qs[lane * 4..lane * 4 + 4].iter().map(|&v| v as i32).sum();
-            da[lane] = d;
-            asd[lane] = d * s as f32;
-        }
-        Self { da, asd }
+        let n16 = m * q.k / 16;
+        let dsum16: Vec<f32> = (0..n16).map(|i| q.d[i / 2] * q.sum16[i] as f32).collect();
+        let dsum32 = (0..n16 / 2)
+            .map(|b| q.d[b] * (q.sum16[2 * b] + q.sum16[2 * b + 1]) as f32)
+            .collect();
+        Self { dsum32, dsum16 }
     }
-}
-
-/// 64 weights in the form of the module docs.
-#[derive(Clone, Copy)]
-struct Chunk {
-    u: __m512i,
-    s: __m512,
-    o: __m512,
 }
 
 // The helpers below are `inline(always)` without target features of their own: they are only
@@ -95,54 +86,70 @@ unsafe fn join(a: __m256i, b: __m256i) -> __m512i {
     unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b) }
 }
 
-/// A format as this file multiplies it: groups of up to four chunks, unpacked at once.
-trait Kernel {
-    /// Bytes of a group of `nch` chunks.
-    fn bytes(nch: usize) -> usize;
-    /// Unpacks a group of `N` chunks (`N` = 4 but for a row's last group).
-    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]);
-}
-
 /// Lane indices picking value `2c` for lanes 0-7 and `2c + 1` for lanes 8-15.
 #[inline(always)]
 unsafe fn pair_index(c: usize) -> __m512i {
     unsafe {
         let lo = _mm256_set1_epi32(2 * c as i32);
         let hi = _mm256_set1_epi32(2 * c as i32 + 1);
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        join(lo, hi)
     }
 }
 
-/// `n` (<= 8, even) f16 values at `p` as f32 in lanes 0..n of a 512-bit vector.
+/// `n` (<= 8) f16 values at `p` as f32 in lanes 0..n (zeros above).
 #[inline(always)]
 unsafe fn f16s(p: *const u8, n: usize) -> __m512 {
     unsafe {
         let h = _mm_maskz_loadu_epi16(((1u32 << n) - 1) as u8, p.cast());
-        _mm512_castps256_ps512(_mm256_cvtph_ps(h))
+        _mm512_zextps256_ps512(_mm256_cvtph_ps(h))
     }
 }
 
-/// The nibbles of `nch` chunks paired as `quant::repack` lays them out, into `out[..nch].u`.
+/// `n` (<= 16) floats at `p` in lanes 0..n (zeros above).
 #[inline(always)]
-unsafe fn paired_nibbles(qs: *const u8, nch: usize, out: &mut [Chunk; 4]) {
+unsafe fn f32s(p: *const f32, n: usize) -> __m512 {
+    unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p) }
+}
+
+/// The nibbles of `N` chunks paired as `quant::repack` lays them out.
+#[inline(always)]
+unsafe fn paired_nibbles<const N: usize>(qs: *const u8, u: &mut [__m512i; 4]) {
     unsafe {
         let m = _mm512_set1_epi8(0x0F);
         let mut c = 0;
-        while c + 1 < nch {
+        while c + 1 < N {
             let x = _mm512_loadu_si512(qs.add(32 * c).cast());
-            out[c].u = _mm512_and_si512(x, m);
-            out[c + 1].u = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m);
+            u[c] = _mm512_and_si512(x, m);
+            u[c + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m);
             c += 2;
         }
-        if c < nch {
+        if c < N {
             let x = _mm256_loadu_si256(qs.add(32 * c).cast());
             let m = _mm256_set1_epi8(0x0F);
-            out[c].u = join(
+            u[c] = join(
                 _mm256_and_si256(x, m),
                 _mm256_and_si256(_mm256_srli_epi16::<4>(x), m),
             );
         }
     }
+}
+
+/// A group of `N` chunks unpacked: levels, and per 32 weights the scale and the offset (lanes
+/// 0..2N of `s` and `o`); Q6_K instead gives per-chunk lane scales in `s16` and its sixteen
+/// per-16 offsets in `o`.
+struct Group {
+    u: [__m512i; 4],
+    s: __m512,
+    o: __m512,
+    s16: Option<[__m512; 4]>,
+}
+
+/// A format as this file multiplies it.
+trait Kernel {
+    /// Bytes of a group of `N` chunks.
+    fn bytes(nch: usize) -> usize;
+    /// Unpacks a group of `N` chunks (`N` = 4 but for a legacy row's last group).
+    unsafe fn unpack<const N: usize>(b: *const u8) -> Group;
 }
 
 /// A group of up to 8 blocks of a legacy format, repacked (`quant::repack`).
@@ -177,43 +184,39 @@ impl<const T: u8> Kernel for Legacy<T> {
     }
 
     #[inline(always)]
-    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]) {
-        let nch = N;
+    unsafe fn unpack<const N: usize>(b: *const u8) -> Group {
         unsafe {
-            let g = 2 * nch;
+            let g = 2 * N;
             let (mo, ho) = (2 * g, if Self::MIN { 4 * g } else { 2 * g });
             let qo = if Self::FIFTH { ho + 4 * g } else { ho };
-            let d = f16s(b, g);
-            let mins = if Self::MIN { f16s(b.add(mo), g) } else { d };
-            for (c, o) in out.iter_mut().enumerate().take(nch) {
-                let idx = pair_index(c);
-                o.s = _mm512_permutexvar_ps(idx, d);
-                o.o = if Self::MIN {
-                    _mm512_sub_ps(_mm512_setzero_ps(), _mm512_permutexvar_ps(idx, mins))
-                } else {
-                    _mm512_mul_ps(o.s, _mm512_set1_ps(Self::OFFSET))
-                };
-            }
+            let s = f16s(b, g);
+            let o = if Self::MIN {
+                _mm512_sub_ps(_mm512_setzero_ps(), f16s(b.add(mo), g))
+            } else {
+                _mm512_mul_ps(s, _mm512_set1_ps(Self::OFFSET))
+            };
+            let mut u = [_mm512_setzero_si512(); 4];
             if T == Q8_0 {
-                for (c, o) in out.iter_mut().enumerate().take(nch) {
+                for (c, u) in u.iter_mut().enumerate().take(N) {
                     let q = _mm512_loadu_si512(b.add(qo + 64 * c).cast());
                     // Signed q + 128 as unsigned: flip the sign bit.
-                    o.u = _mm512_xor_si512(q, _mm512_set1_epi8(-128));
+                    *u = _mm512_xor_si512(q, _mm512_set1_epi8(-128));
                 }
-                return;
-            }
-            paired_nibbles(b.add(qo), nch, out);
-            if Self::FIFTH {
-                for (c, o) in out.iter_mut().enumerate().take(nch) {
-                    let k = u64::from_le_bytes(*(b.add(ho + 8 * c) as *const [u8; 8]));
-                    o.u = _mm512_mask_add_epi8(o.u, k, o.u, _mm512_set1_epi8(16));
+            } else {
+                paired_nibbles::<N>(b.add(qo), &mut u);
+                if Self::FIFTH {
+                    for (c, u) in u.iter_mut().enumerate().take(N) {
+                        let k = u64::from_le_bytes(*(b.add(ho + 8 * c) as *const [u8; 8]));
+                        *u = _mm512_mask_add_epi8(*u, k, *u, _mm512_set1_epi8(16));
+                    }
                 }
             }
+            Group { u, s, o, s16: None }
         }
     }
 }
 
-/// A repacked Q4_K (`FIFTH = false`) or Q5_K super-block: four chunks.
+/// A repacked Q4_K (`FIFTH = false`) or Q5_K super-block.
 struct K45<const FIFTH: bool>;
 
 impl<const FIFTH: bool> Kernel for K45<FIFTH> {
@@ -226,30 +229,30 @@ impl<const FIFTH: bool> Kernel for K45<FIFTH> {
     }
 
     #[inline(always)]
-    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]) {
+    unsafe fn unpack<const N: usize>(b: *const u8) -> Group {
         unsafe {
             let d = _mm512_set1_ps(f16(b));
             let dmin = _mm512_set1_ps(f16(b.add(2)));
-            // Eight scales then eight mins (bytes 4..20) as f32 in lanes 0-7 and 8-15.
-            let sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(4).cast())));
-            let scales = _mm512_mul_ps(sm, d);
-            let mins = _mm512_mul_ps(sm, dmin);
-            let qo = if FIFTH { 52 } else { 20 };
-            paired_nibbles(b.add(qo), 4, out);
-            for (c, o) in out.iter_mut().enumerate() {
-                let idx = pair_index(c);
-                o.s = _mm512_permutexvar_ps(idx, scales);
-                o.o = _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(8)), mins);
-                if FIFTH {
+            let bytes8 = |at: usize| {
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadl_epi64(b.add(at).cast())))
+            };
+            let s = _mm512_mul_ps(bytes8(4), d);
+            let o = _mm512_mul_ps(bytes8(12), dmin);
+            let mut u = [_mm512_setzero_si512(); 4];
+            paired_nibbles::<4>(b.add(if FIFTH { 52 } else { 20 }), &mut u);
+            if FIFTH {
+                for (c, u) in u.iter_mut().enumerate() {
                     let k = u64::from_le_bytes(*(b.add(20 + 8 * c) as *const [u8; 8]));
-                    o.u = _mm512_mask_add_epi8(o.u, k, o.u, _mm512_set1_epi8(16));
+                    *u = _mm512_mask_add_epi8(*u, k, *u, _mm512_set1_epi8(16));
                 }
             }
+            Group { u, s, o, s16: None }
         }
     }
 }
 
-/// A Q6_K super-block: halves of 128 weights, each two chunks.
+/// A Q6_K super-block (as stored): halves of 128 weights, each two chunks; sixteen i8
+/// scales, one per 16 weights.
 struct K6;
 
 impl Kernel for K6 {
@@ -258,17 +261,19 @@ impl Kernel for K6 {
     }
 
     #[inline(always)]
-    unsafe fn unpack<const N: usize>(b: *const u8, out: &mut [Chunk; 4]) {
+    unsafe fn unpack<const N: usize>(b: *const u8) -> Group {
         unsafe {
             let d = _mm512_set1_ps(f16(b.add(208)));
             let m = _mm512_set1_epi8(0x0F);
             let three = _mm256_set1_epi8(3);
-            // All sixteen i8 scales as f32 times d; chunk c uses scales 4c..4c + 4, 4 lanes each.
+            // The sixteen scales times d; chunk c uses scales 4c..4c + 4, 4 lanes each.
             let all = _mm512_mul_ps(
                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(b.add(192).cast()))),
                 d,
             );
-            for (c, o) in out.iter_mut().enumerate() {
+            let mut u = [_mm512_setzero_si512(); 4];
+            let mut s16 = [_mm512_setzero_ps(); 4];
+            for c in 0..4 {
                 let (h, cc) = (c / 2, c % 2);
                 let l = _mm512_loadu_si512(b.add(64 * h).cast());
                 let low = if cc == 0 {
@@ -283,29 +288,29 @@ impl Kernel for K6 {
                     (_mm256_srli_epi16::<4>(qh), _mm256_srli_epi16::<6>(qh))
                 };
                 let high = join(_mm256_and_si256(ha, three), _mm256_and_si256(hb, three));
-                let u = _mm512_or_si512(low, _mm512_slli_epi16::<4>(high));
-                let base = 4 * c as i32;
+                u[c] = _mm512_or_si512(low, _mm512_slli_epi16::<4>(high));
                 let idx = _mm512_add_epi32(
-                    _mm512_set1_epi32(base),
+                    _mm512_set1_epi32(4 * c as i32),
                     _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
                 );
-                let s = _mm512_permutexvar_ps(idx, all);
-                *o = Chunk {
-                    u,
-                    s,
-                    o: _mm512_mul_ps(s, _mm512_set1_ps(32.0)),
-                };
+                s16[c] = _mm512_permutexvar_ps(idx, all);
+            }
+            Group {
+                u,
+                s: _mm512_setzero_ps(),
+                o: _mm512_mul_ps(all, _mm512_set1_ps(32.0)),
+                s16: Some(s16),
             }
         }
     }
 }
 
-/// `out[r] += dot(row, act row rows[r])` for the `rows.len() <= MR` activation rows.
+/// `out[r] = dot(row, act row rows[r])` for the `rows.len() <= MR` activation rows.
 ///
 /// # Safety
-/// The CPU must have the features of `available()`; `row` must hold `k / ELEMS` blocks of
-/// `t` (a format of `supports`) in `quant::repack`'s layout (Q6_K: as stored), `k` a
-/// multiple of 64 (whole K blocks for K types), and `q`/`s` must cover the rows.
+/// The CPU must have the features of `available()`; `row` must hold a row of `t` (a format
+/// of `supports`) in `quant::repack`'s layout (Q6_K: as stored), `k` a multiple of 64 (whole
+/// K blocks for K types), and `q`/`s` must cover the rows.
 pub unsafe fn dot_rows(
     t: QuantType,
     row: &[u8],
@@ -346,35 +351,46 @@ pub unsafe fn dot_rows(
     }
 }
 
-/// Accumulators of `R` rows: the scaled products and the offsets apart, and for one or two
-/// rows two sets used by alternate chunks, so no FMA waits on the one before it.
+/// Accumulators of `R` rows: the scaled products (two sets, used by alternate chunks, so no
+/// FMA waits on the one before it) and the offsets.
 struct Acc<const R: usize> {
     p: [[__m512; 2]; R],
-    o: [[__m512; 2]; R],
+    o: [__m512; R],
 }
 
-/// One chunk against the `R` activation rows from `i0`, at weight `e` of the row, into the
-/// accumulators of parity `P`.
+/// One group of `N` chunks (starting at weight `e`) against the `R` activation rows from
+/// `i0`.
 #[inline(always)]
-unsafe fn step<const R: usize, const P: usize>(
+unsafe fn group<K: Kernel, const N: usize, const R: usize>(
     acc: &mut Acc<R>,
-    ch: &Chunk,
+    b: *const u8,
     q: &Q8Rows,
     s: &ActScales,
     i0: usize,
     e: usize,
 ) {
-    let k = q.k;
-    for r in 0..R {
-        let off = (i0 + r) * k + e;
-        unsafe {
-            let a = _mm512_loadu_si512(q.qs.as_ptr().add(off).cast());
-            let da = _mm512_loadu_ps(s.da.as_ptr().add(off / 4));
-            let asd = _mm512_loadu_ps(s.asd.as_ptr().add(off / 4));
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ch.u, a);
-            acc.p[r][P] =
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ch.s, da), acc.p[r][P]);
-            acc.o[r][P] = _mm512_fmadd_ps(ch.o, asd, acc.o[r][P]);
+    unsafe {
+        let k = q.k;
+        let g = K::unpack::<N>(b);
+        for r in 0..R {
+            let row = (i0 + r) * k + e;
+            let da = f32s(q.d.as_ptr().add(row / 32), 2 * N);
+            let sda = _mm512_mul_ps(g.s, da);
+            for c in 0..N {
+                let a = _mm512_loadu_si512(q.qs.as_ptr().add(row + 64 * c).cast());
+                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), g.u[c], a));
+                let scale = match &g.s16 {
+                    Some(s16) => _mm512_mul_ps(s16[c], _mm512_permutexvar_ps(pair_index(c), da)),
+                    None => _mm512_permutexvar_ps(pair_index(c), sda),
+                };
+                let set = &mut acc.p[r][c % 2];
+                *set = _mm512_fmadd_ps(p, scale, *set);
+            }
+            let dsum = match g.s16 {
+                Some(_) => _mm512_loadu_ps(s.dsum16.as_ptr().add(row / 16)),
+                None => f32s(s.dsum32.as_ptr().add(row / 32), 2 * N),
+            };
+            acc.o[r] = _mm512_fmadd_ps(g.o, dsum, acc.o[r]);
         }
     }
 }
@@ -399,49 +415,24 @@ unsafe fn dot_rows_of<K: Kernel, const R: usize>(
         let z = _mm512_setzero_ps();
         let mut acc = Acc::<R> {
             p: [[z; 2]; R],
-            o: [[z; 2]; R],
+            o: [z; R],
         };
-        let rp = row.as_ptr();
-        let zero = Chunk {
-            u: _mm512_setzero_si512(),
-            s: z,
-            o: z,
-        };
-        let mut ch = [zero; 4];
         let k = q.k;
-        let (mut e, mut p) = (0, rp);
-        // Whole groups of four chunks; chunks alternate accumulator sets, so no FMA waits on
-        // the one before it.
+        let (mut e, mut p) = (0, row.as_ptr());
         while k - e >= 256 {
-            K::unpack::<4>(p, &mut ch);
-            step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
-            step::<R, 1>(&mut acc, &ch[1], q, s, i0, e + 64);
-            step::<R, 0>(&mut acc, &ch[2], q, s, i0, e + 128);
-            step::<R, 1>(&mut acc, &ch[3], q, s, i0, e + 192);
+            group::<K, 4, R>(&mut acc, p, q, s, i0, e);
             p = p.add(K::bytes(4));
             e += 256;
         }
         // A last group of one to three chunks (legacy formats only).
-        let nch = (k - e) / 64;
-        match nch {
-            1 => K::unpack::<1>(p, &mut ch),
-            2 => K::unpack::<2>(p, &mut ch),
-            3 => K::unpack::<3>(p, &mut ch),
+        match (k - e) / 64 {
+            1 => group::<K, 1, R>(&mut acc, p, q, s, i0, e),
+            2 => group::<K, 2, R>(&mut acc, p, q, s, i0, e),
+            3 => group::<K, 3, R>(&mut acc, p, q, s, i0, e),
             _ => {}
         }
-        if nch > 0 {
-            step::<R, 0>(&mut acc, &ch[0], q, s, i0, e);
-        }
-        if nch > 1 {
-            step::<R, 1>(&mut acc, &ch[1], q, s, i0, e + 64);
-        }
-        if nch > 2 {
-            step::<R, 0>(&mut acc, &ch[2], q, s, i0, e + 128);
-        }
         for (o, (p, m)) in out.iter_mut().zip(acc.p.iter().zip(&acc.o)) {
-            let p = _mm512_add_ps(p[0], p[1]);
-            let m = _mm512_add_ps(m[0], m[1]);
-            *o = _mm512_reduce_add_ps(_mm512_sub_ps(p, m));
+            *o = _mm512_reduce_add_ps(_mm512_sub_ps(_mm512_add_ps(p[0], p[1]), *m));
         }
         #[allow(deprecated)]
         _mm_setcsr(csr);
