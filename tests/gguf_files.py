@@ -193,7 +193,8 @@ def write_gguf(
             w.add_rope_scaling_factor(scaling["factor"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
-    w.add_token_list(byte_tokens()[: cfg["vocab_size"]])
+    tokens = byte_tokens() + [f"<t{i}>" for i in range(256, cfg["vocab_size"])]
+    w.add_token_list(tokens[: cfg["vocab_size"]])
     w.add_token_types([1] * cfg["vocab_size"])
     w.add_token_merges([])
     w.add_bos_token_id(cfg.get("bos_token_id", 1))

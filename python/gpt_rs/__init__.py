@@ -25,6 +25,7 @@ from . import (  # noqa: E402  (submodules re-export the native functions)
     _native,
     functional,
     nn,
+    quant,  # noqa: E402  (gpt_rs.quant: GGML block formats)
     train,  # noqa: E402  (gpt_rs.train: training loop, data, checkpoints)
 )
 from ._native import (
@@ -62,6 +63,7 @@ __all__ = [
     "get_simd_level",
     "list_backends",
     "nn",
+    "quant",
     "set_backend",
     "set_num_threads",
     "set_simd_level",

@@ -268,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--model", help="Hugging Face model folder, GGUF file, or cached model id"
-        )
+        sp.add_argument("--model", help="Hugging Face model folder, GGUF file, or cached model id")
         sp.add_argument("--backend", choices=gpt_rs.list_backends(), help="compute backend")
         sp.add_argument("--threads", type=int, help="worker threads (default: all cores)")
         sp.add_argument(

@@ -54,7 +54,7 @@ def resolve_model_path(name_or_path: Union[str, os.PathLike]) -> Path:
 
 
 def load_model(name_or_path: Union[str, os.PathLike], dtype: str = "auto") -> Model:
-    """Loads a causal language model from a Hugging Face folder.
+    """Loads a causal language model from a Hugging Face folder or a GGUF file.
 
     Families (``config.json``'s ``model_type``): ``gpt2``, ``llama`` (Llama 2/3, SmolLM2,
     TinyLlama), ``mistral``, ``qwen2`` (Qwen2.5) and ``qwen3``.
@@ -62,10 +62,14 @@ def load_model(name_or_path: Union[str, os.PathLike], dtype: str = "auto") -> Mo
     Args:
         name_or_path: a Hugging Face model folder (``config.json``, ``model.safetensors`` or a
             sharded ``model.safetensors.index.json``, and ``tokenizer.json`` or ``vocab.json`` +
-            ``merges.txt``), or a model id already in the local hub cache (e.g. ``"gpt2"``).
+            ``merges.txt``), a GGUF file (architectures ``llama``, ``qwen2``, ``qwen3``,
+            ``gemma3``; tokenizer and chat template from its metadata), or a model id already
+            in the local hub cache (e.g. ``"gpt2"``).
         dtype: how the linear layers' weights are kept in memory: ``"auto"`` (the checkpoint's:
             bf16 stays bf16, f32 and f16 become f32), ``"f32"`` or ``"bf16"`` (half the memory
-            and the bytes each decoded token reads). Activations are f32 either way.
+            and the bytes each decoded token reads), or a block format (``"q8_0"``, ``"q5_1"``,
+            ``"q5_0"``, ``"q4_1"``, ``"q4_0"``: quantize the linear layers while loading).
+            GGUF files keep their stored formats under ``"auto"``. Activations are f32.
 
     Returns:
         Model: with ``generate``, ``stream``, ``generate_batch``, ``generate_tokens``,

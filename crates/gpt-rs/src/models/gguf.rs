@@ -277,5 +277,7 @@ pub fn load(
         }
         Arc::new(llama::Llama::from_checkpoint(&ck, cfg, &config, eos, dtype).map_err(at)?)
     };
+    drop(ck);
+    crate::memory::trim_heap();
     Ok((model, tokenizer))
 }
