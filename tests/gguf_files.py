@@ -194,9 +194,13 @@ def write_gguf(
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     tokens = byte_tokens() + [f"<t{i}>" for i in range(256, cfg["vocab_size"])]
+    merges = []
+    if cfg["vocab_size"] > 256:
+        # One real merge (two spaces): llama.cpp refuses a BPE vocabulary without merges.
+        tokens[256], merges = "\u0120\u0120", ["\u0120 \u0120"]
     w.add_token_list(tokens[: cfg["vocab_size"]])
     w.add_token_types([1] * cfg["vocab_size"])
-    w.add_token_merges([])
+    w.add_token_merges(merges)
     w.add_bos_token_id(cfg.get("bos_token_id", 1))
     w.add_eos_token_id(cfg.get("eos_token_id", 2))
     stored = {}

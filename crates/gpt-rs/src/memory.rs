@@ -157,6 +157,16 @@ pub fn physical_bytes() -> Option<u128> {
     Some(kib * 1024)
 }
 
+/// Returns freed heap memory to the operating system (glibc keeps it otherwise): called after
+/// loading a model, whose parsing (a GGUF file's vocabulary, say) frees many small blocks.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,15 +192,5 @@ mod tests {
         assert_eq!(human(10), "10 bytes");
         assert_eq!(human(4 << 40), "4.0 TiB");
         assert_eq!(human(1536 << 20), "1.5 GiB");
-    }
-}
-
-/// Returns freed heap memory to the operating system (glibc keeps it otherwise): called after
-/// loading a model, whose parsing (a GGUF file's vocabulary, say) frees many small blocks.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
