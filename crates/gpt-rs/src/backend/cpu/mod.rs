@@ -5,6 +5,7 @@ mod bf16dot;
 mod gemm;
 mod gemv;
 pub mod math;
+mod qdot256;
 mod qdot512;
 pub mod qmatmul;
 pub mod simd;

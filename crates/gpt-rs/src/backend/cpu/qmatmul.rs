@@ -105,30 +105,49 @@ pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usi
     let q = Q8Rows::new(a, m, k);
     let cp = SendPtr(c.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::SimdLevel::Avx512
-        && super::qdot512::available()
-        && super::qdot512::supports(ty)
-        && (repacked || ty == QuantType::Q6K)
-        && k.is_multiple_of(64)
     {
-        use super::qdot512::{dot_rows, ActScales, MR};
-        let s = ActScales::new(&q, m);
-        column_chunks(n, m * k * n / 4, 256, 8, |j0, cw| {
-            let mut out = [0.0f32; MR];
-            for j in j0..j0 + cw {
-                let row = &rows[j * rb..(j + 1) * rb];
-                for i0 in (0..m).step_by(MR) {
-                    let i1 = (i0 + MR).min(m);
-                    // SAFETY: features checked above; row and activations cover k.
-                    unsafe { dot_rows(ty, row, &q, &s, i0..i1, &mut out) };
-                    for (r, &v) in out[..i1 - i0].iter().enumerate() {
-                        // SAFETY: this chunk alone writes columns j0..j0+cw of C's m rows.
-                        unsafe { *cp.get().add((i0 + r) * n + j) += v };
+        use super::simd::{level, SimdLevel};
+        use super::{qdot256, qdot512};
+        type DotRows = unsafe fn(
+            QuantType,
+            &[u8],
+            &Q8Rows,
+            &qdot512::ActScales,
+            std::ops::Range<usize>,
+            &mut [f32; qdot512::MR],
+        );
+        let fast =
+            (repacked || ty == QuantType::Q6K) && k.is_multiple_of(64) && qdot512::supports(ty);
+        let kernel: Option<DotRows> = if !fast {
+            None
+        } else if level() == SimdLevel::Avx512 && qdot512::available() {
+            Some(qdot512::dot_rows)
+        } else if level() >= SimdLevel::Avx2 && qdot256::available() {
+            Some(qdot256::dot_rows)
+        } else {
+            None
+        };
+        if let Some(dot_rows) = kernel {
+            const MR: usize = qdot512::MR;
+            let s = qdot512::ActScales::new(&q, m);
+            column_chunks(n, m * k * n / 4, 256, 8, |j0, cw| {
+                let mut out = [0.0f32; MR];
+                for j in j0..j0 + cw {
+                    let row = &rows[j * rb..(j + 1) * rb];
+                    for i0 in (0..m).step_by(MR) {
+                        let i1 = (i0 + MR).min(m);
+                        // SAFETY: the kernel's features were checked; row and activations
+                        // cover k.
+                        unsafe { dot_rows(ty, row, &q, &s, i0..i1, &mut out) };
+                        for (r, &v) in out[..i1 - i0].iter().enumerate() {
+                            // SAFETY: this chunk alone writes columns j0..j0+cw of C's m rows.
+                            unsafe { *cp.get().add((i0 + r) * n + j) += v };
+                        }
                     }
                 }
-            }
-        });
-        return;
+            });
+            return;
+        }
     }
     column_chunks(n, m * k * n / 4, 256, 8, |j0, cw| {
         let mut buf = vec![0u8; ty.row_bytes(k)];
