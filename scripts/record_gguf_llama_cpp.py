@@ -28,7 +28,24 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
+def record_spm() -> None:
+    """llama.cpp's token ids for the synthetic SentencePiece vocabulary of tests/gguf_files."""
+    import tempfile
+
+    import gguf_files
+
+    with tempfile.TemporaryDirectory() as d:
+        path = gguf_files.spm_model(Path(d) / "spm.gguf")
+        llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        ids = {
+            t: llm.tokenize(t.encode(), add_bos=False, special=True) for t in gguf_files.SPM_CORPUS
+        }
+    (OUT / "spm.json").write_text(json.dumps(ids, ensure_ascii=False, indent=1))
+    print("recorded", len(ids), "SentencePiece tokenizations")
+
+
 def main() -> None:
+    record_spm()
     path = sys.argv[1]
     llm = llama_cpp.Llama(
         path, n_ctx=1024, n_batch=512, n_threads=2, logits_all=True, verbose=False

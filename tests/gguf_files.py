@@ -119,6 +119,35 @@ def byte_tokens() -> list[str]:
     return [table[b] for b in range(256)]
 
 
+SPM_TEXT = (
+    "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat and "
+    "the rain falls on the plain in spain as the trains run to the station there then they "
+    "think that these things are the best thing that the three of them ever thought about "
+    "running jumping sleeping thinking raining training station nation notation relation"
+)
+
+
+def spm_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A small SentencePiece-style vocabulary (tokens, scores, types): <unk>, <s>, </s>, the
+    256 byte tokens, then the pieces of SPM_TEXT's words (with the ▁ prefix) seen at least
+    twice or of one character, more frequent first (higher score)."""
+    from collections import Counter
+
+    count: Counter = Counter()
+    for word in SPM_TEXT.split():
+        p = "\u2581" + word
+        for i in range(len(p)):
+            for j in range(i + 1, min(len(p), i + 6) + 1):
+                count[p[i:j]] += 1
+    pieces = [
+        p for p, c in sorted(count.items(), key=lambda x: (-x[1], x[0])) if c >= 2 or len(p) == 1
+    ]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    return tokens, scores, types
+
+
 def store(rng, a: np.ndarray, qtype: str) -> tuple[np.ndarray, T, np.ndarray]:
     """(what to write, its type, the values it holds as float32)."""
     t = TYPES[qtype]
@@ -139,6 +168,29 @@ def store(rng, a: np.ndarray, qtype: str) -> tuple[np.ndarray, T, np.ndarray]:
         return data, t, quants.dequantize(data, t).astype(np.float32).reshape(a.shape)
     data = quants.quantize(a, t)
     return data, t, quants.dequantize(data, t).astype(np.float32).reshape(a.shape)
+
+
+def spm_model(path: Path) -> Path:
+    """A tiny `llama` GGUF file with the SentencePiece vocabulary of `spm_vocab()`."""
+    import families as fam
+
+    cfg = fam.config_for("llama_gqa")
+    cfg.update(vocab_size=len(spm_vocab()[0]), tokenizer="spm")
+    write_gguf(path, cfg, fam.weights_for("llama_gqa", cfg=cfg))
+    return path
+
+
+SPM_CORPUS = [
+    "",
+    "the cat",
+    "The quick brown fox jumps over the lazy dog.",
+    "thinking about trains in spain",
+    "  leading spaces and  double  spaces ",
+    "naïve café 日本 😀",
+    "line one\nline two\ttab",
+    "<s>hello</s> there",
+    "xyzzy qwerty zzz",
+]
 
 
 def write_gguf(
@@ -191,18 +243,31 @@ def write_gguf(
         if kind == "linear":
             w.add_rope_scaling_type(__import__("gguf").RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(scaling["factor"])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    tokens = byte_tokens() + [f"<t{i}>" for i in range(256, cfg["vocab_size"])]
-    merges = []
-    if cfg["vocab_size"] > 256:
-        # One real merge (two spaces): llama.cpp refuses a BPE vocabulary without merges.
-        tokens[256], merges = "\u0120\u0120", ["\u0120 \u0120"]
-    w.add_token_list(tokens[: cfg["vocab_size"]])
-    w.add_token_types([1] * cfg["vocab_size"])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(cfg.get("bos_token_id", 1))
-    w.add_eos_token_id(cfg.get("eos_token_id", 2))
+    if cfg.get("tokenizer") == "spm":
+        tokens, scores, types = spm_vocab()
+        assert len(tokens) == cfg["vocab_size"], "vocab_size must be len(spm_vocab()[0])"
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_add_space_prefix(True)
+        w.add_add_bos_token(True)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        tokens = byte_tokens() + [f"<t{i}>" for i in range(256, cfg["vocab_size"])]
+        merges = []
+        if cfg["vocab_size"] > 256:
+            # One real merge (two spaces): llama.cpp refuses a BPE vocabulary without merges.
+            tokens[256], merges = "\u0120\u0120", ["\u0120 \u0120"]
+        w.add_token_list(tokens[: cfg["vocab_size"]])
+        w.add_token_types([1] * cfg["vocab_size"])
+        w.add_token_merges(merges)
+        w.add_bos_token_id(cfg.get("bos_token_id", 1))
+        w.add_eos_token_id(cfg.get("eos_token_id", 2))
     stored = {}
     for name in sorted(weights):
         a = weights[name]

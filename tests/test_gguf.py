@@ -302,7 +302,10 @@ def test_missing_tensor_and_vocab_mismatch(tmp_path):
     weights = fam.weights_for("qwen2_tied", cfg=cfg)
     del weights["model.layers.1.mlp.up_proj.weight"]
     gf.write_gguf(tmp_path / "missing.gguf", cfg, weights)
-    with pytest.raises(ValueError, match="missing tensor 'model.layers.1.mlp.up_proj.weight'"):
+    with pytest.raises(
+        ValueError,
+        match="missing tensor 'blk.1.ffn_up.weight' \\('model.layers.1.mlp.up_proj.weight'\\)",
+    ):
         gpt_rs.load_model(tmp_path / "missing.gguf")
     small = dict(cfg, vocab_size=200)
     weights = fam.weights_for("qwen2_tied", cfg=cfg)
@@ -350,3 +353,17 @@ def test_fuzz_mutated_files_never_crash(tmp_path):
             outcomes["ValueError"] += 1
     print(f"{runs} mutated files: {outcomes}")
     assert sum(outcomes.values()) == runs
+
+
+def test_sentencepiece_tokenizer_matches_llama_cpp(tmp_path):
+    """`tokenizer.ggml.model = "llama"` (SentencePiece BPE with byte fallback, as Llama 2 and
+    Gemma files have): llama.cpp's ids, recorded by scripts/record_gguf_llama_cpp.py."""
+    want = json.loads((Path(__file__).parent / "fixtures" / "gguf" / "spm.json").read_text())
+    model = gpt_rs.load_model(gf.spm_model(tmp_path / "spm.gguf"))
+    tok = model.tokenizer
+    for text in gf.SPM_CORPUS:
+        ids = tok.encode(text)
+        assert ids[:1] == [1], "add_bos_token puts <s> first"
+        assert ids[1:] == want[text], repr(text)
+        if "<s>" not in text:
+            assert tok.decode(ids[1:]) == text

@@ -2,9 +2,13 @@
 //! that `tokenizers` would load for the same vocabulary, so tokenization is that library's.
 //!
 //! `tokenizer.ggml.model = "gpt2"`: byte-level BPE (`tokens`, `merges`), with the
-//! pre-tokenizer regex llama.cpp picks for `tokenizer.ggml.pre`. Tokens of type control (3)
-//! and user-defined (4) are added tokens, matched whole in the text. BOS/EOS ids,
-//! `add_bos_token` and `tokenizer.chat_template` come along.
+//! pre-tokenizer regex llama.cpp picks for `tokenizer.ggml.pre`. `"llama"`: SentencePiece's
+//! BPE (Llama 2, Gemma, Mistral v0.1 files): `▁` for spaces (one prepended with
+//! `add_space_prefix`), pieces merged best `tokenizer.ggml.scores` first (expressed as BPE
+//! merges ranked by the merged piece's score, as transformers converts such vocabularies),
+//! unknown bytes as `<0xNN>` tokens. Tokens of type control (3) and user-defined (4) are added
+//! tokens, matched whole in the text. BOS/EOS ids, `add_bos_token` and
+//! `tokenizer.chat_template` come along.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -90,10 +94,10 @@ fn build(meta: &HashMap<String, Value>) -> Result<Option<Tokenizer>> {
         .get("tokenizer.ggml.model")
         .and_then(Value::as_str)
         .unwrap_or("gpt2");
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(Error::Value(format!(
-            "tokenizer.ggml.model '{model}' is not supported yet (supported: gpt2, the \
-             byte-level BPE of Llama 3, Qwen and GPT-2 files)"
+            "tokenizer.ggml.model '{model}' is not supported (supported: gpt2, the byte-level \
+             BPE of Llama 3, Qwen and GPT-2 files; llama, SentencePiece BPE)"
         )));
     }
     let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
@@ -111,13 +115,6 @@ fn build(meta: &HashMap<String, Value>) -> Result<Option<Tokenizer>> {
             a.iter().map(|t| t.as_i64().unwrap_or(1)).collect()
         }
     };
-    let merges = str_array(meta, "tokenizer.ggml.merges")?.unwrap_or_default();
-    let pre = meta
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let split = split_for(pre)?;
-
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (i, (&t, &ty)) in tokens.iter().zip(&types).enumerate() {
@@ -133,33 +130,11 @@ fn build(meta: &HashMap<String, Value>) -> Result<Option<Tokenizer>> {
             }));
         }
     }
-    let merges: Vec<Json> = merges.iter().map(|m| json!(m)).collect();
-    let byte_level = json!({
-        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
-        "use_regex": split.is_none(),
-    });
-    let pre_tokenizer = match split {
-        None => byte_level,
-        Some(re) => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
-            byte_level,
-        ]}),
+    let doc = if model == "gpt2" {
+        byte_level_bpe(meta, vocab, added)?
+    } else {
+        sentencepiece_bpe(meta, &tokens, &types, vocab, added)?
     };
-    let doc = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                    "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges},
-    });
     let inner: HfTokenizer = serde_json::from_value::<HfTokenizer>(doc)
         .map_err(|e| Error::Value(format!("cannot build the tokenizer: {e}")))?;
 
@@ -229,4 +204,134 @@ pub fn stop_ids(meta: &HashMap<String, Value>) -> Result<Vec<u32>> {
         }
     }
     Ok(ids)
+}
+
+/// A `tokenizer.json` document: the parts every GGUF tokenizer shares around its own.
+fn document(
+    added: Vec<Json>,
+    normalizer: Json,
+    pre_tokenizer: Json,
+    decoder: Json,
+    model: Json,
+) -> Json {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": decoder,
+        "model": model,
+    })
+}
+
+/// GPT-2-style byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
+fn byte_level_bpe(
+    meta: &HashMap<String, Value>,
+    vocab: serde_json::Map<String, Json>,
+    added: Vec<Json>,
+) -> Result<Json> {
+    let merges = str_array(meta, "tokenizer.ggml.merges")?.unwrap_or_default();
+    let pre = meta
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let split = split_for(pre)?;
+    let merges: Vec<Json> = merges.iter().map(|m| json!(m)).collect();
+    let byte_level = json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+        "use_regex": split.is_none(),
+    });
+    let pre_tokenizer = match split {
+        None => byte_level,
+        Some(re) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            byte_level,
+        ]}),
+    };
+    Ok(document(
+        added,
+        Json::Null,
+        pre_tokenizer,
+        json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+               "use_regex": true}),
+        json!({"type": "BPE", "dropout": null, "unk_token": null,
+               "continuing_subword_prefix": null, "end_of_word_suffix": null,
+               "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+               "vocab": vocab, "merges": merges}),
+    ))
+}
+
+/// SentencePiece BPE (`tokenizer.ggml.model = "llama"`): merges derived from the scores.
+fn sentencepiece_bpe(
+    meta: &HashMap<String, Value>,
+    tokens: &[&str],
+    types: &[i64],
+    vocab: serde_json::Map<String, Json>,
+    added: Vec<Json>,
+) -> Result<Json> {
+    let n = tokens.len();
+    let scores: Vec<f64> = match meta.get("tokenizer.ggml.scores") {
+        Some(Value::Array(a)) if a.len() == n => {
+            a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect()
+        }
+        Some(_) => {
+            return Err(Error::Value(format!(
+                "tokenizer.ggml.scores is not an array of {n} numbers"
+            )))
+        }
+        None => return Err(Error::Value("tokenizer.ggml.scores is missing".into())),
+    };
+    // Every split of a normal piece into two pieces is a merge, ranked by the merged piece's
+    // score (best first; ties by id): SentencePiece merges the best-scoring pair first.
+    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, &t)| (t, i)).collect();
+    let mut merges: Vec<(f64, usize, &str, &str)> = Vec::new();
+    for (id, &t) in tokens.iter().enumerate() {
+        if types[id] != 1 {
+            continue;
+        }
+        for (i, _) in t.char_indices().skip(1) {
+            let (l, r) = t.split_at(i);
+            let normal = |p: &str| ids.get(p).is_some_and(|&j| types[j] == 1);
+            if normal(l) && normal(r) {
+                merges.push((scores[id], id, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges: Vec<Json> = merges.iter().map(|&(_, _, l, r)| json!([l, r])).collect();
+    let prefix = match meta.get("tokenizer.ggml.add_space_prefix") {
+        Some(Value::Bool(b)) => *b,
+        _ => true,
+    };
+    let unk = id(meta, "tokenizer.ggml.unknown_token_id", n)?
+        .or_else(|| types.iter().position(|&t| t == 2).map(|i| i as u32))
+        .map(|i| tokens[i as usize]);
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if prefix {
+        json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+    } else {
+        replace
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Ok(document(
+        added,
+        normalizer,
+        Json::Null,
+        json!({"type": "Sequence", "decoders": decoders}),
+        json!({"type": "BPE", "dropout": null, "unk_token": unk,
+               "continuing_subword_prefix": null, "end_of_word_suffix": null,
+               "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+               "vocab": vocab, "merges": merges}),
+    ))
 }

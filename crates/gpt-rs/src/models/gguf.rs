@@ -22,40 +22,58 @@ use crate::tokenizer::Tokenizer;
 /// The `general.architecture` values gpt_rs runs.
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
-/// The Hugging Face name of a GGUF tensor of `arch` (None: not used by the runtime).
-fn hf_name(arch: &str, name: &str) -> Option<String> {
-    let top = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Some(t.to_string());
+/// Whole-model tensors: (GGUF name, Hugging Face name).
+const TOP: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer tensors `blk.N.<gguf>` = `model.layers.N.<hf>`: (GGUF part, HF part, which
+/// architectures: `Some(true)` Gemma 3 only, `Some(false)` all but Gemma 3, `None` all).
+const LAYER: [(&str, &str, Option<bool>); 14] = [
+    ("attn_norm", "input_layernorm", None),
+    ("attn_q", "self_attn.q_proj", None),
+    ("attn_k", "self_attn.k_proj", None),
+    ("attn_v", "self_attn.v_proj", None),
+    ("attn_output", "self_attn.o_proj", None),
+    ("attn_q_norm", "self_attn.q_norm", None),
+    ("attn_k_norm", "self_attn.k_norm", None),
+    ("ffn_gate", "mlp.gate_proj", None),
+    ("ffn_up", "mlp.up_proj", None),
+    ("ffn_down", "mlp.down_proj", None),
+    ("ffn_norm", "post_attention_layernorm", Some(false)),
+    ("ffn_norm", "pre_feedforward_layernorm", Some(true)),
+    (
+        "post_attention_norm",
+        "post_attention_layernorm",
+        Some(true),
+    ),
+    ("post_ffw_norm", "post_feedforward_layernorm", Some(true)),
+];
+
+/// `name` translated between the two conventions: GGUF to Hugging Face (`to_hf`) or back.
+/// None: a tensor the runtime does not use.
+fn translate(arch: &str, name: &str, to_hf: bool) -> Option<String> {
+    let pick = |pair: (&'static str, &'static str)| if to_hf { pair } else { (pair.1, pair.0) };
+    if let Some((_, to)) = TOP.iter().map(|&p| pick(p)).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let (from_prefix, to_prefix) = if to_hf {
+        ("blk.", "model.layers.")
+    } else {
+        ("model.layers.", "blk.")
+    };
+    let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
     let (part, suffix) = rest.rsplit_once('.')?;
     let gemma = arch == "gemma3";
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "ffn_norm" if gemma => "pre_feedforward_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "post_attention_norm" if gemma => "post_attention_layernorm",
-        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+    let (_, to) = LAYER
+        .iter()
+        .filter(|(_, _, only)| only.is_none_or(|g| g == gemma))
+        .map(|&(g, h, _)| pick((g, h)))
+        .find(|(from, _)| *from == part)?;
+    Some(format!("{to_prefix}{layer}.{to}.{suffix}"))
 }
 
 /// The `config.json` a Hugging Face folder of the same model would have.
@@ -257,7 +275,12 @@ pub fn load(
         .find(|t| t.name == "rope_freqs.weight")
         .cloned();
     let a = arch.clone();
-    let ck = Checkpoint::from_gguf(f, move |n| hf_name(&a, n));
+    let b = arch.clone();
+    let ck = Checkpoint::from_gguf(
+        f,
+        move |n| translate(&a, n, true),
+        move |n| translate(&b, n, false),
+    );
     let model: Arc<dyn CausalLm> = if arch == "gemma3" {
         Arc::new(gemma3::Gemma3::from_checkpoint(&ck, &config, eos, dtype, 0.0).map_err(at)?)
     } else {

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub struct Checkpoint {
     files: Vec<SafetensorsFile>,
     gguf: Option<GgufFile>,
+    /// For a GGUF file: the file's own name of a Hugging Face tensor name (for messages).
+    gguf_name: Option<Box<dyn Fn(&str) -> Option<String> + Send + Sync>>,
     /// Tensor name -> index into `files`, or into the GGUF file's tensors.
     index: HashMap<String, usize>,
     dir: String,
@@ -88,14 +90,19 @@ impl Checkpoint {
         Ok(Self {
             files,
             gguf: None,
+            gguf_name: None,
             index,
             dir: dir.display().to_string(),
         })
     }
 
     /// A GGUF file's tensors, each under the name `rename` gives it (tensors it maps to None
-    /// are left out).
-    pub fn from_gguf(file: GgufFile, rename: impl Fn(&str) -> Option<String>) -> Self {
+    /// are left out); `original` maps a name back, for messages.
+    pub fn from_gguf(
+        file: GgufFile,
+        rename: impl Fn(&str) -> Option<String>,
+        original: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         let index = file
             .tensors
             .iter()
@@ -106,6 +113,7 @@ impl Checkpoint {
             files: Vec::new(),
             dir: file.path().display().to_string(),
             gguf: Some(file),
+            gguf_name: Some(Box::new(original)),
             index,
         }
     }
@@ -139,7 +147,13 @@ impl Checkpoint {
 
     /// `name`'s dtype, shape (row-major) and bytes.
     fn raw(&self, name: &str) -> Result<(SourceDtype, Vec<usize>, &[u8])> {
-        let missing = || Error::Value(format!("{}: missing tensor '{name}'", self.dir));
+        let missing = || {
+            let file_name = self.gguf_name.as_ref().and_then(|f| f(name));
+            match file_name {
+                Some(g) => Error::Value(format!("{}: missing tensor '{g}' ('{name}')", self.dir)),
+                None => Error::Value(format!("{}: missing tensor '{name}'", self.dir)),
+            }
+        };
         let &i = self.index.get(name).ok_or_else(missing)?;
         if let Some(g) = &self.gguf {
             let t = &g.tensors[i];
