@@ -13,11 +13,14 @@ use crate::checkpoint::gguf::GgufFile;
 use crate::checkpoint::{read_text_file, Dtype, SafetensorsFile};
 use crate::error::{Error, Result};
 
+/// Maps a tensor name to another convention's (None: no such tensor there).
+type Rename = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 pub struct Checkpoint {
     files: Vec<SafetensorsFile>,
     gguf: Option<GgufFile>,
     /// For a GGUF file: the file's own name of a Hugging Face tensor name (for messages).
-    gguf_name: Option<Box<dyn Fn(&str) -> Option<String> + Send + Sync>>,
+    gguf_name: Option<Rename>,
     /// Tensor name -> index into `files`, or into the GGUF file's tensors.
     index: HashMap<String, usize>,
     dir: String,
