@@ -367,3 +367,86 @@ def test_sentencepiece_tokenizer_matches_llama_cpp(tmp_path):
         assert ids[1:] == want[text], repr(text)
         if "<s>" not in text:
             assert tok.decode(ids[1:]) == text
+
+
+def bpe_tokenizer_json(folder: Path) -> None:
+    """A byte-level BPE tokenizer.json of the 256 byte tokens plus one merge (two spaces)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tokens = gf.byte_tokens()
+    vocab = {t: i for i, t in enumerate(tokens[:255])}
+    vocab["\u0120\u0120"] = 255  # a merged token in the last id
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "\u0120")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("name", ["qwen2_tied", "llama_gqa", "gemma3_old"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_quantize_model_writes_a_gguf_that_loads_back(tmp_path, name, qtype):
+    """`gpt-rs quantize`: the written file holds the blocks `load_model(folder, dtype=q)`
+    makes, under llama.cpp's layout; loaded back, the logits are the same."""
+    cfg = case_config(name)
+    folder = hf_folder(tmp_path / name, cfg, fam.weights_for(name, cfg=cfg))
+    bpe_tokenizer_json(folder)
+    out = tmp_path / "out.gguf"
+    gpt_rs.quant.quantize_model(folder, out, qtype)
+    g = gpt_rs.load_model(out)
+    q = gpt_rs.load_model(folder, dtype=qtype)
+    assert g.dtype == q.dtype == qtype
+    ids = fam.prompt_ids(name)
+    err = scaled_err(g.forward_tokens(ids), q.forward_tokens(ids))
+    assert err <= 1e-5, f"{name} {qtype}: {err:.2e}"
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for text in ["x    y", "tabs\t\tand  spaces   ", "héllo"]:
+        assert g.tokenizer.encode(text) == hf.encode(text).ids, repr(text)
+    assert 255 in g.tokenizer.encode("x    y")  # the merge applies
+    # What llama.cpp reads: the gguf package's own reader agrees on names, types and shapes.
+    reader = gguf.GGUFReader(str(out))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == qtype.upper()
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    if name == "llama_gqa":  # q/k rows permuted for interleaved RoPE, as the converter does
+        q_rows = gguf.quants.dequantize(
+            next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight").data,
+            gguf.GGMLQuantizationType[qtype.upper()],
+        )
+        w = fam.weights_for(name, cfg=cfg)["model.layers.0.self_attn.q_proj.weight"]
+        want = gf.permute(w, cfg["num_attention_heads"])
+        blocks = gguf.quants.quantize(want, gguf.GGMLQuantizationType[qtype.upper()])
+        np.testing.assert_array_equal(
+            q_rows, gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[qtype.upper()])
+        )
+
+
+def test_quantize_model_errors(tmp_path):
+    cfg = case_config("qwen2_tied")
+    folder = hf_folder(tmp_path / "m", cfg, fam.weights_for("qwen2_tied", cfg=cfg))
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q8_0")
+    bpe_tokenizer_json(folder)
+    with pytest.raises(ValueError, match="quantizing to q4_k is not supported"):
+        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q4_k")
+    with pytest.raises(ValueError, match="unknown quantization type"):
+        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q4_k_m")
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_quantized_file_loads_in_llama_cpp(tmp_path):
+    """Round trip through llama.cpp, where llama-cpp-python is installed (the peers venv)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    cfg = case_config("qwen2_tied")
+    folder = hf_folder(tmp_path / "m", cfg, fam.weights_for("qwen2_tied", cfg=cfg))
+    bpe_tokenizer_json(folder)
+    out = tmp_path / "out.gguf"
+    gpt_rs.quant.quantize_model(folder, out, "q8_0")
+    llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False)
+    ids = fam.prompt_ids("qwen2_tied")
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)])
+    ours = gpt_rs.load_model(out).forward_tokens(ids)
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
+    assert scaled_err(ours, theirs) <= 5e-2

@@ -4,6 +4,7 @@ gpt-rs generate --model DIR --prompt "Hello" [--max-new-tokens N --temperature T
                 --top-p P --seed S --backend B --threads N]
 gpt-rs info
 gpt-rs bench --model DIR
+gpt-rs quantize IN_DIR OUT.gguf [--type q8_0|q5_1|q5_0|q4_1|q4_0]
 gpt-rs train --data PATH --out DIR [--n-layer --n-head --n-embd --context --steps --batch-size
              --lr --seed --threads --resume ...]
 """
@@ -358,7 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=gpt_rs.list_backends(), help="compute backend")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser(
+        "quantize", help="write a Hugging Face folder as a quantized GGUF file (llama.cpp's format)"
+    )
+    q.add_argument("input", help="Hugging Face model folder (llama, mistral, qwen2, qwen3, gemma3)")
+    q.add_argument("output", help="the .gguf file to write")
+    q.add_argument(
+        "--type",
+        default="q8_0",
+        help="block format of the matrices: q8_0 (default), q5_1, q5_0, q4_1, q4_0",
+    )
+    q.set_defaults(func=cmd_quantize)
     return p
+
+
+def cmd_quantize(args) -> int:
+    gpt_rs.quant.quantize_model(args.input, args.output, args.type.lower(), progress=True)
+    size = os.path.getsize(args.output)
+    print(f"wrote {args.output} ({size / 1e6:.1f} MB, {args.type.lower()})", file=sys.stderr)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

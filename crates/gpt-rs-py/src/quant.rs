@@ -115,7 +115,31 @@ fn _quant_matmul<'py>(
     PyArray1::from_vec(py, out).reshape([m, n])
 }
 
+/// Writes the Hugging Face folder `src` as a GGUF file `out` with its matrices in `qtype`.
+#[pyfunction]
+#[pyo3(signature = (src, out, qtype, progress = false))]
+fn quantize_model(
+    py: Python<'_>,
+    src: std::path::PathBuf,
+    out: std::path::PathBuf,
+    qtype: &str,
+    progress: bool,
+) -> PyResult<()> {
+    let t = parse(qtype)?;
+    run(py, usize::MAX, move || {
+        let mut last = 0;
+        gpt_rs::models::gguf_export::export(&src, &out, t, &mut |done, total| {
+            let pct = 100 * done / total.max(1);
+            if progress && (pct >= last + 10 || done == total) {
+                last = pct;
+                eprintln!("quantize: {pct}% of {total} tensors");
+            }
+        })
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize_model, m)?)?;
     m.add_function(wrap_pyfunction!(quant_types, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;

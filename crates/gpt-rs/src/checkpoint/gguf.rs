@@ -451,3 +451,125 @@ impl GgufFile {
         crate::checkpoint::release_range(&self.map, range);
     }
 }
+
+/// A GGUF (version 3) file being assembled: metadata, then tensors, written at `write`.
+#[derive(Default)]
+pub struct GgufWriter {
+    kv: Vec<(String, Value, u32)>,
+    tensors: Vec<(String, Vec<usize>, u32, Vec<u8>)>,
+}
+
+/// GGUF's value-type ids for the `Value`s written (u32 for counts and ids, f32 for floats,
+/// as llama.cpp's converter writes them).
+const T_U32: u32 = 4;
+const T_I32: u32 = 5;
+const T_F32: u32 = 6;
+const T_BOOL: u32 = 7;
+const T_STR: u32 = 8;
+
+impl GgufWriter {
+    pub fn u32(&mut self, key: &str, v: u64) {
+        self.kv.push((key.into(), Value::U64(v), T_U32));
+    }
+    pub fn f32(&mut self, key: &str, v: f64) {
+        self.kv.push((key.into(), Value::F64(v), T_F32));
+    }
+    pub fn bool(&mut self, key: &str, v: bool) {
+        self.kv.push((key.into(), Value::Bool(v), T_BOOL));
+    }
+    pub fn str(&mut self, key: &str, v: &str) {
+        self.kv.push((key.into(), Value::Str(v.into()), T_STR));
+    }
+    /// An array of values of GGUF type `elem` (`T_STR`, `T_I32` or `T_F32` here).
+    fn array(&mut self, key: &str, v: Vec<Value>, elem: u32) {
+        self.kv.push((key.into(), Value::Array(v), elem));
+    }
+    pub fn strs(&mut self, key: &str, v: &[String]) {
+        self.array(
+            key,
+            v.iter().map(|s| Value::Str(s.clone())).collect(),
+            T_STR,
+        );
+    }
+    pub fn i32s(&mut self, key: &str, v: &[i64]) {
+        self.array(key, v.iter().map(|&i| Value::I64(i)).collect(), T_I32);
+    }
+    pub fn bools(&mut self, key: &str, v: &[bool]) {
+        self.array(key, v.iter().map(|&b| Value::Bool(b)).collect(), T_BOOL);
+    }
+    pub fn f32s(&mut self, key: &str, v: &[f64]) {
+        self.array(key, v.iter().map(|&f| Value::F64(f)).collect(), T_F32);
+    }
+
+    /// A tensor of row-major `shape` and `ggml_type`, its bytes as GGUF stores them.
+    pub fn tensor(&mut self, name: &str, shape: &[usize], ggml_type: u32, data: Vec<u8>) {
+        let dims = shape.iter().rev().copied().collect();
+        self.tensors.push((name.into(), dims, ggml_type, data));
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value, t: u32) {
+        match (v, t) {
+            (Value::U64(x), T_U32) => out.extend((*x as u32).to_le_bytes()),
+            (Value::I64(x), T_I32) => out.extend((*x as i32).to_le_bytes()),
+            (Value::F64(x), T_F32) => out.extend((*x as f32).to_le_bytes()),
+            (Value::Bool(b), _) => out.push(*b as u8),
+            (Value::Str(s), _) => {
+                out.extend((s.len() as u64).to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            _ => unreachable!("GgufWriter: value {v:?} as type {t}"),
+        }
+    }
+
+    /// Writes the file (atomically: a partial file never takes `path`'s name).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        const ALIGN: usize = DEFAULT_ALIGNMENT as usize;
+        let mut h = Vec::new();
+        h.extend(MAGIC);
+        h.extend(3u32.to_le_bytes());
+        h.extend((self.tensors.len() as u64).to_le_bytes());
+        h.extend((self.kv.len() as u64).to_le_bytes());
+        for (k, v, t) in &self.kv {
+            Self::put_value(&mut h, &Value::Str(k.clone()), T_STR);
+            match v {
+                Value::Array(a) => {
+                    h.extend(9u32.to_le_bytes());
+                    h.extend(t.to_le_bytes());
+                    h.extend((a.len() as u64).to_le_bytes());
+                    for x in a {
+                        Self::put_value(&mut h, x, *t);
+                    }
+                }
+                _ => {
+                    h.extend(t.to_le_bytes());
+                    Self::put_value(&mut h, v, *t);
+                }
+            }
+        }
+        let mut offset = 0usize;
+        for (name, dims, t, data) in &self.tensors {
+            Self::put_value(&mut h, &Value::Str(name.clone()), T_STR);
+            h.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                h.extend((*d as u64).to_le_bytes());
+            }
+            h.extend(t.to_le_bytes());
+            h.extend((offset as u64).to_le_bytes());
+            offset = (offset + data.len()).next_multiple_of(ALIGN);
+        }
+        h.resize(h.len().next_multiple_of(ALIGN), 0);
+        super::write_atomically(path, |tmp| {
+            use std::io::Write;
+            let io = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", tmp.display()));
+            let f = std::fs::File::create(tmp).map_err(io)?;
+            let mut w = std::io::BufWriter::new(f);
+            w.write_all(&h).map_err(io)?;
+            for (_, _, _, data) in &self.tensors {
+                w.write_all(data).map_err(io)?;
+                w.write_all(&vec![0u8; data.len().next_multiple_of(ALIGN) - data.len()])
+                    .map_err(io)?;
+            }
+            w.flush().map_err(io)
+        })
+    }
+}

@@ -54,7 +54,7 @@ const LAYER: [(&str, &str, Option<bool>); 14] = [
 
 /// `name` translated between the two conventions: GGUF to Hugging Face (`to_hf`) or back.
 /// None: a tensor the runtime does not use.
-fn translate(arch: &str, name: &str, to_hf: bool) -> Option<String> {
+pub(crate) fn translate(arch: &str, name: &str, to_hf: bool) -> Option<String> {
     let pick = |pair: (&'static str, &'static str)| if to_hf { pair } else { (pair.1, pair.0) };
     if let Some((_, to)) = TOP.iter().map(|&p| pick(p)).find(|(from, _)| *from == name) {
         return Some(to.to_string());

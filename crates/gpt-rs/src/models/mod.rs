@@ -7,6 +7,7 @@ pub mod attention;
 pub mod decoder;
 pub mod gemma3;
 pub mod gguf;
+pub mod gguf_export;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod linear;

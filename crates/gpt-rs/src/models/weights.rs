@@ -144,6 +144,28 @@ impl Checkpoint {
         &self.dir
     }
 
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.index.keys().map(String::as_str).collect();
+        v.sort();
+        v
+    }
+
+    /// Tensor `name` as f32 values (row-major) with its shape.
+    pub fn values(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (dtype, shape, bytes) = self.raw(name)?;
+        let n = shape.iter().product::<usize>();
+        let src = WeightSource {
+            bytes,
+            dtype,
+            out_in: false,
+            k: 1,
+            n,
+        };
+        let v = crate::memory::collect((0..n).map(|i| src.get(i)), "a tensor's values")?;
+        Ok((shape, v))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

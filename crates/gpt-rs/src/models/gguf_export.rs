@@ -1,0 +1,341 @@
+//! Writing a Hugging Face folder as a GGUF file with quantized weights (`gpt-rs quantize`):
+//! the inverse of `models::gguf`, laid out as llama.cpp's converter lays it out (llama q/k
+//! rows permuted for interleaved RoPE, Gemma's `+1` folded into its norms, Llama 3 frequency
+//! factors as `rope_freqs.weight`), so llama.cpp and gpt_rs both load the result.
+//!
+//! Matrices whose rows are whole blocks are quantized to the asked type (round-to-nearest:
+//! q4_0, q4_1, q5_0, q5_1, q8_0); the others, norms and biases stay F32. The tokenizer is
+//! written from `tokenizer.json` (byte-level BPE vocabularies), with the chat template of
+//! `tokenizer_config.json`.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use super::gemma3::Gemma3Config;
+use super::llama::{LlamaConfig, RopeScaling};
+use super::weights::Checkpoint;
+use crate::backend::quant::QuantType;
+use crate::checkpoint::gguf::GgufWriter;
+use crate::checkpoint::read_text_file;
+use crate::error::{Error, Result};
+
+/// The shared hyper-parameters of the families written.
+struct Shape {
+    arch: &'static str,
+    vocab: usize,
+    hidden: usize,
+    inter: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    context: usize,
+    eps: f32,
+    bos: Option<u32>,
+    eos: Option<u32>,
+}
+
+/// Writes `dir` (a Hugging Face folder of a Llama-family or Gemma 3 model) to `out` as GGUF
+/// with matrices in `qtype`; `progress` gets (tensors done, tensors in all).
+pub fn export(
+    dir: &Path,
+    out: &Path,
+    qtype: QuantType,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    if !qtype.can_quantize() {
+        return Err(Error::Value(format!(
+            "quantizing to {} is not supported (supported: {})",
+            qtype.name(),
+            QuantType::quantizable_names()
+        )));
+    }
+    let cfg_path = dir.join("config.json");
+    let config: Json = serde_json::from_str(&read_text_file(&cfg_path)?)
+        .map_err(|e| Error::Value(format!("{} is not valid JSON: {e}", cfg_path.display())))?;
+    let model_type = config["model_type"].as_str().unwrap_or("");
+    let ck = Checkpoint::open_dir(dir)?;
+    let mut w = GgufWriter::default();
+    let (shape, llama) = match model_type {
+        "llama" | "mistral" | "qwen2" | "qwen3" => {
+            let c = LlamaConfig::from_json(&config)?;
+            let arch = match model_type {
+                "qwen2" => "qwen2",
+                "qwen3" => "qwen3",
+                _ => "llama",
+            };
+            let shape = Shape {
+                arch,
+                vocab: c.vocab_size,
+                hidden: c.hidden_size,
+                inter: c.intermediate_size,
+                layers: c.num_hidden_layers,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                context: c.max_position_embeddings,
+                eps: c.rms_norm_eps,
+                bos: c.bos_token_id,
+                eos: c.eos_token_ids.first().copied(),
+            };
+            (shape, Some(c))
+        }
+        "gemma3_text" => {
+            let c = Gemma3Config::from_json(&config)?;
+            let a = "gemma3";
+            w.f32(&format!("{a}.rope.freq_base_swa"), c.rope_local.theta);
+            if let Some(win) = c.sliding_window {
+                w.u32(&format!("{a}.attention.sliding_window"), win as u64);
+            }
+            if let Some(s) = c.final_logit_softcapping {
+                w.f32(&format!("{a}.final_logit_softcapping"), s as f64);
+            }
+            w.f32(&format!("{a}.rope.freq_base"), c.rope_global.theta);
+            if let RopeScaling::Linear { factor } = c.rope_global.scaling {
+                w.str(&format!("{a}.rope.scaling.type"), "linear");
+                w.f32(&format!("{a}.rope.scaling.factor"), factor);
+            }
+            w.bools(&format!("{a}.attention.sliding_window_pattern"), &c.sliding);
+            let shape = Shape {
+                arch: a,
+                vocab: c.vocab_size,
+                hidden: c.hidden_size,
+                inter: c.intermediate_size,
+                layers: c.num_hidden_layers,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                context: c.max_position_embeddings,
+                eps: c.rms_norm_eps,
+                bos: c.bos_token_id,
+                eos: c.eos_token_ids.first().copied(),
+            };
+            (shape, None)
+        }
+        other => {
+            return Err(Error::Value(format!(
+                "{}: model_type '{other}' cannot be written as GGUF (supported: llama, \
+                 mistral, qwen2, qwen3, gemma3_text)",
+                cfg_path.display()
+            )))
+        }
+    };
+    let a = shape.arch;
+    let key = |k: &str| format!("{a}.{k}");
+    w.str("general.architecture", a);
+    let name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().to_string());
+    w.str("general.name", &name);
+    w.u32("general.quantization_version", 2);
+    w.u32(&key("context_length"), shape.context as u64);
+    w.u32(&key("embedding_length"), shape.hidden as u64);
+    w.u32(&key("feed_forward_length"), shape.inter as u64);
+    w.u32(&key("block_count"), shape.layers as u64);
+    w.u32(&key("attention.head_count"), shape.heads as u64);
+    w.u32(&key("attention.head_count_kv"), shape.kv_heads as u64);
+    w.u32(&key("attention.key_length"), shape.head_dim as u64);
+    w.u32(&key("attention.value_length"), shape.head_dim as u64);
+    w.f32(&key("attention.layer_norm_rms_epsilon"), shape.eps as f64);
+    let mut rope_factors = None;
+    if let Some(c) = &llama {
+        w.f32(&key("rope.freq_base"), c.rope.theta);
+        w.u32(&key("rope.dimension_count"), c.head_dim as u64);
+        match &c.rope.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                w.str(&key("rope.scaling.type"), "linear");
+                w.f32(&key("rope.scaling.factor"), *factor);
+            }
+            RopeScaling::Llama3 { .. } | RopeScaling::Factors(_) => {
+                // The converter stores the per-frequency division as a tensor.
+                let base = super::llama::Rope {
+                    theta: c.rope.theta,
+                    scaling: RopeScaling::None,
+                };
+                let f: Vec<f32> = base
+                    .inv_freq(c.head_dim)
+                    .iter()
+                    .zip(c.rope.inv_freq(c.head_dim))
+                    .map(|(b, s)| b / s)
+                    .collect();
+                rope_factors = Some(f);
+            }
+        }
+    }
+    tokenizer(dir, &shape, model_type, &mut w)?;
+
+    // Tensors: every one the runtime reads, in the file's names.
+    let names: Vec<String> = ck.names().iter().map(|s| s.to_string()).collect();
+    let total = names.len();
+    let mut done = 0;
+    for hf in &names {
+        done += 1;
+        let Some(gname) = super::gguf::translate(a, hf, false) else {
+            continue; // e.g. a tied lm_head copy, rotary buffers
+        };
+        if gname == "output.weight" && llama.as_ref().is_some_and(|c| c.tie_word_embeddings) {
+            continue;
+        }
+        let (tshape, mut v) = ck.values(hf)?;
+        if a == "llama" && (hf.contains("q_proj.") || hf.contains("k_proj.")) {
+            let heads = if hf.contains("q_proj.") {
+                shape.heads
+            } else {
+                shape.kv_heads
+            };
+            v = permute_rows(&v, &tshape, heads);
+        }
+        if a == "gemma3" && hf.ends_with("norm.weight") {
+            for x in &mut v {
+                *x += 1.0;
+            }
+        }
+        match tshape.as_slice() {
+            [rows, k] if k.is_multiple_of(qtype.block_elems()) => {
+                let rb = qtype.row_bytes(*k);
+                let mut data = crate::memory::zeroed::<u8>(rows * rb, "quantized weights")?;
+                for (x, o) in v.chunks_exact(*k).zip(data.chunks_exact_mut(rb)) {
+                    qtype.quantize_row(x, o);
+                }
+                w.tensor(&gname, &tshape, qtype.ggml_type(), data);
+            }
+            _ => w.tensor(&gname, &tshape, 0, f32_bytes(&v)),
+        }
+        ck.release(hf);
+        progress(done, total);
+    }
+    if let Some(f) = rope_factors {
+        w.tensor("rope_freqs.weight", &[f.len()], 0, f32_bytes(&f));
+    }
+    w.write(out)
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// llama.cpp's permutation of q/k rows: within each head, the half-split RoPE pairs
+/// `(i, i + D/2)` become the adjacent rows `(2i, 2i + 1)`.
+fn permute_rows(v: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
+    let rows = shape[0];
+    let cols = if shape.len() > 1 { shape[1] } else { 1 };
+    let d = rows / heads;
+    let mut out = vec![0.0f32; v.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for two in 0..2 {
+                let src = h * d + two * (d / 2) + i;
+                let dst = h * d + 2 * i + two;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&v[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The `tokenizer.ggml.*` metadata of a byte-level BPE `tokenizer.json`.
+fn tokenizer(dir: &Path, shape: &Shape, model_type: &str, w: &mut GgufWriter) -> Result<()> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Err(Error::NotFound(format!(
+            "{} not found (a GGUF file carries its tokenizer)",
+            path.display()
+        )));
+    }
+    let tj: Json = serde_json::from_str(&read_text_file(&path)?)
+        .map_err(|e| Error::Value(format!("{} is not valid JSON: {e}", path.display())))?;
+    let model = &tj["model"];
+    if model["type"] != "BPE" || model["byte_fallback"] == true {
+        return Err(Error::Value(format!(
+            "{}: only byte-level BPE tokenizers can be written to GGUF yet (this one is {} \
+             with byte_fallback = {})",
+            path.display(),
+            model["type"],
+            model["byte_fallback"]
+        )));
+    }
+    let bad = |what: &str| Error::Value(format!("{}: {what}", path.display()));
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is not an object"))?;
+    let mut tokens: Vec<Option<String>> = vec![None; shape.vocab];
+    let mut types = vec![1i64; shape.vocab];
+    let mut put = |id: u64, t: &str, ty: i64| -> Result<()> {
+        let slot = tokens
+            .get_mut(id as usize)
+            .ok_or_else(|| bad(&format!("token id {id} is past vocab_size {}", shape.vocab)))?;
+        *slot = Some(t.to_string());
+        types[id as usize] = ty;
+        Ok(())
+    };
+    for (t, id) in vocab {
+        put(
+            id.as_u64()
+                .ok_or_else(|| bad("a vocab id is not a number"))?,
+            t,
+            1,
+        )?;
+    }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            return Err(bad("an added token has no id or content"));
+        };
+        put(id, t, if a["special"] == true { 3 } else { 4 })?;
+    }
+    // Ids the tokenizer does not use (vocab_size is often rounded up): unused padding tokens.
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.unwrap_or_else(|| {
+                types[i] = 5;
+                format!("[PAD{i}]")
+            })
+        })
+        .collect();
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(p) if p.len() == 2 => Ok(format!(
+                "{} {}",
+                p[0].as_str().unwrap_or(""),
+                p[1].as_str().unwrap_or("")
+            )),
+            _ => Err(bad("a merge is neither \"a b\" nor [a, b]")),
+        })
+        .collect::<Result<_>>()?;
+    // The pre-tokenizer, named as llama.cpp names it, from the split regex.
+    let pre_json = tj["pre_tokenizer"].to_string();
+    let pre = if pre_json.contains("\\\\p{N}{1,3}") {
+        "llama-bpe"
+    } else if pre_json.contains("(?i:'s") || matches!(model_type, "qwen2" | "qwen3") {
+        "qwen2"
+    } else {
+        "gpt2"
+    };
+    w.str("tokenizer.ggml.model", "gpt2");
+    w.str("tokenizer.ggml.pre", pre);
+    w.strs("tokenizer.ggml.tokens", &tokens);
+    w.i32s("tokenizer.ggml.token_type", &types);
+    w.strs("tokenizer.ggml.merges", &merges);
+    if let Some(b) = shape.bos {
+        w.u32("tokenizer.ggml.bos_token_id", b as u64);
+    }
+    if let Some(e) = shape.eos {
+        w.u32("tokenizer.ggml.eos_token_id", e as u64);
+    }
+    let tc = crate::chat::TokenizerConfig::from_dir(dir)?;
+    w.bool(
+        "tokenizer.ggml.add_bos_token",
+        tc.add_bos_token.unwrap_or(false),
+    );
+    if let Some(t) = &tc.chat_template {
+        w.str("tokenizer.chat_template", t);
+    }
+    Ok(())
+}
