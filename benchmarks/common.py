@@ -175,12 +175,22 @@ def llama_cpp_greedy(model: Path, gguf_name: str, outtype: str, pre: str, thread
     """(generate, prefill) through llama-cpp-python on `model` converted to a GGUF of
     `outtype` by llama.cpp's own converter (cached beside it), or None without llama_cpp."""
     try:
-        import llama_cpp
-        import numpy as np
+        import llama_cpp  # noqa: F401
     except ImportError:
         return None
     gguf = convert_to_gguf(model, model.parent / gguf_name, outtype, pre)
     if gguf is None:
+        return None
+    return llama_cpp_runner(gguf, threads)
+
+
+def llama_cpp_runner(gguf: Path, threads: int):
+    """(generate, prefill) through llama-cpp-python on the GGUF file `gguf`, or None without
+    llama_cpp: greedy ids, and the last row's logits of a prompt."""
+    try:
+        import llama_cpp
+        import numpy as np
+    except ImportError:
         return None
     llm = llama_cpp.Llama(
         str(gguf),
@@ -231,3 +241,22 @@ def print_table(res: dict) -> None:
             for p in peers
         ]
         print("| " + " | ".join([metric, f"{ours:.1f}", *cells, *ratios]) + " |")
+
+
+def load_rss(path: Path) -> dict:
+    """RSS before loading, peak and after (bytes) of a fresh process that imports gpt_rs and
+    loads `path`, with the model's weight bytes."""
+    code = (
+        "import sys, gpt_rs\n"
+        "def kb(key):\n"
+        "    for l in open('/proc/self/status'):\n"
+        "        if l.startswith(key): return int(l.split()[1]) * 1024\n"
+        "base = kb('VmRSS:')\n"
+        "m = gpt_rs.load_model(sys.argv[1])\n"
+        "print(base, kb('VmHWM:'), kb('VmRSS:'), m.weight_bytes)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True
+    )
+    base, peak, rss, wb = map(int, out.stdout.split())
+    return {"base": base, "peak": peak, "rss": rss, "weights": wb}

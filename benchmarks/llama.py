@@ -208,24 +208,6 @@ def median_times_of(impls: dict, call, repeats: int) -> dict:
     )
 
 
-def load_memory(path: Path) -> dict:
-    """Peak and current RSS of a fresh process that imports gpt_rs and loads the model."""
-    code = (
-        "import sys, gpt_rs\n"
-        "def kb(key):\n"
-        "    for l in open('/proc/self/status'):\n"
-        "        if l.startswith(key): return int(l.split()[1]) * 1024\n"
-        "base = kb('VmRSS:')\n"
-        "m = gpt_rs.load_model(sys.argv[1])\n"
-        "print(base, kb('VmHWM:'), kb('VmRSS:'), m.weight_bytes)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True
-    )
-    base, peak, rss, wb = map(int, out.stdout.split())
-    return {"base": base, "peak": peak, "rss": rss, "weights": wb}
-
-
 def report(runs: list[dict], mem: dict, quick: bool) -> None:
     print(
         f"Qwen2.5-0.5B shapes{' (tiny: --quick)' if quick else ''}, random bf16 weights, batch 1"
@@ -274,7 +256,7 @@ def main():
             cmd + (["--quick"] if a.quick else []), check=True, capture_output=True, text=True
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    report(runs, load_memory(path), a.quick)
+    report(runs, common.load_rss(path), a.quick)
 
 
 if __name__ == "__main__":

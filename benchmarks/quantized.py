@@ -68,43 +68,6 @@ def q8_file() -> Path:
     return path
 
 
-def llama_cpp_impl(path: Path, threads: int):
-    try:
-        import llama_cpp
-        import numpy as np
-    except ImportError:
-        return None
-    llm = llama_cpp.Llama(
-        str(path),
-        n_ctx=1024,
-        n_batch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-    vocab = llm.n_vocab()
-
-    def last():
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
-
-    def gen(ids, n):
-        llm.reset()
-        llm.eval(ids)
-        out = list(ids)
-        for i in range(n):
-            out.append(int(np.argmax(last())))
-            if i < n - 1:
-                llm.eval([out[-1]])
-        return out
-
-    def prefill(ids):
-        llm.reset()
-        llm.eval(ids)
-        return np.array(last())
-
-    return gen, prefill
-
-
 def run(path: Path, threads: int, repeats: int, quick: bool) -> dict:
     common.set_threads(threads)
     import numpy as np
@@ -123,7 +86,7 @@ def run(path: Path, threads: int, repeats: int, quick: bool) -> dict:
             lambda ids: ours.logits(ids),
         )
     }
-    peer = llama_cpp_impl(path, threads)
+    peer = common.llama_cpp_runner(path, threads)
     if peer is not None:
         impls["llama.cpp"] = peer
 
@@ -152,20 +115,7 @@ def run(path: Path, threads: int, repeats: int, quick: bool) -> dict:
 
 
 def rss_after_load(path: Path) -> dict:
-    code = (
-        "import sys, gpt_rs\n"
-        "def kb(key):\n"
-        "    for l in open('/proc/self/status'):\n"
-        "        if l.startswith(key): return int(l.split()[1]) * 1024\n"
-        "base = kb('VmRSS:')\n"
-        "m = gpt_rs.load_model(sys.argv[1])\n"
-        "print(base, kb('VmHWM:'), kb('VmRSS:'))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True
-    )
-    base, peak, rss = map(int, out.stdout.split())
-    return {"base": base, "peak": peak, "rss": rss, "file": path.stat().st_size}
+    return dict(common.load_rss(path), file=path.stat().st_size)
 
 
 def report(name: str, path: Path, runs: list[dict], mem: dict) -> None:

@@ -17,21 +17,11 @@ from gpt_rs import _native, quant
 gguf = pytest.importorskip("gguf")
 # The reference's own arithmetic on inf/NaN scales warns; the values are what is compared.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-from gguf import GGMLQuantizationType as T  # noqa: E402
+import gguf_files  # noqa: E402
 from gguf import quants  # noqa: E402
 
-TYPES = {
-    "q4_0": T.Q4_0,
-    "q4_1": T.Q4_1,
-    "q5_0": T.Q5_0,
-    "q5_1": T.Q5_1,
-    "q8_0": T.Q8_0,
-    "q2_k": T.Q2_K,
-    "q3_k": T.Q3_K,
-    "q4_k": T.Q4_K,
-    "q5_k": T.Q5_K,
-    "q6_k": T.Q6_K,
-}
+# The block formats (gguf_files.TYPES also has the float types).
+TYPES = {name: t for name, t in gguf_files.TYPES.items() if name.startswith("q")}
 # Byte offsets of each block's f16 scale fields (d, and dmin / m where there is one).
 SCALE_OFFSETS = {
     "q4_0": [0],

@@ -36,6 +36,26 @@ struct Shape {
     eos: Option<u32>,
 }
 
+/// The `Shape` of a family config (the Llama and Gemma 3 configs share these field names).
+macro_rules! shape_of {
+    ($c:expr, $arch:expr) => {
+        Shape {
+            arch: $arch,
+            vocab: $c.vocab_size,
+            hidden: $c.hidden_size,
+            inter: $c.intermediate_size,
+            layers: $c.num_hidden_layers,
+            heads: $c.num_attention_heads,
+            kv_heads: $c.num_key_value_heads,
+            head_dim: $c.head_dim,
+            context: $c.max_position_embeddings,
+            eps: $c.rms_norm_eps,
+            bos: $c.bos_token_id,
+            eos: $c.eos_token_ids.first().copied(),
+        }
+    };
+}
+
 /// Writes `dir` (a Hugging Face folder of a Llama-family or Gemma 3 model) to `out` as GGUF
 /// with matrices in `qtype`; `progress` gets (tensors done, tensors in all).
 pub fn export(
@@ -65,20 +85,7 @@ pub fn export(
                 "qwen3" => "qwen3",
                 _ => "llama",
             };
-            let shape = Shape {
-                arch,
-                vocab: c.vocab_size,
-                hidden: c.hidden_size,
-                inter: c.intermediate_size,
-                layers: c.num_hidden_layers,
-                heads: c.num_attention_heads,
-                kv_heads: c.num_key_value_heads,
-                head_dim: c.head_dim,
-                context: c.max_position_embeddings,
-                eps: c.rms_norm_eps,
-                bos: c.bos_token_id,
-                eos: c.eos_token_ids.first().copied(),
-            };
+            let shape = shape_of!(c, arch);
             (shape, Some(c))
         }
         "gemma3_text" => {
@@ -97,20 +104,7 @@ pub fn export(
                 w.f32(&format!("{a}.rope.scaling.factor"), factor);
             }
             w.bools(&format!("{a}.attention.sliding_window_pattern"), &c.sliding);
-            let shape = Shape {
-                arch: a,
-                vocab: c.vocab_size,
-                hidden: c.hidden_size,
-                inter: c.intermediate_size,
-                layers: c.num_hidden_layers,
-                heads: c.num_attention_heads,
-                kv_heads: c.num_key_value_heads,
-                head_dim: c.head_dim,
-                context: c.max_position_embeddings,
-                eps: c.rms_norm_eps,
-                bos: c.bos_token_id,
-                eos: c.eos_token_ids.first().copied(),
-            };
+            let shape = shape_of!(c, a);
             (shape, None)
         }
         other => {
