@@ -148,6 +148,20 @@ def spm_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
+def write_bpe_tokenizer(folder: Path) -> None:
+    """A byte-level BPE tokenizer.json of the 256 byte tokens plus one merge (two spaces, the
+    last id): what `gpt-rs quantize` writes into a GGUF file."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tokens = byte_tokens()
+    vocab = {t: i for i, t in enumerate(tokens[:255])}
+    vocab["\u0120\u0120"] = 255
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "\u0120")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+
+
 def store(rng, a: np.ndarray, qtype: str) -> tuple[np.ndarray, T, np.ndarray]:
     """(what to write, its type, the values it holds as float32)."""
     t = TYPES[qtype]

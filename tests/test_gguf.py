@@ -369,19 +369,6 @@ def test_sentencepiece_tokenizer_matches_llama_cpp(tmp_path):
             assert tok.decode(ids[1:]) == text
 
 
-def bpe_tokenizer_json(folder: Path) -> None:
-    """A byte-level BPE tokenizer.json of the 256 byte tokens plus one merge (two spaces)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    tokens = gf.byte_tokens()
-    vocab = {t: i for i, t in enumerate(tokens[:255])}
-    vocab["\u0120\u0120"] = 255  # a merged token in the last id
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "\u0120")]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(folder / "tokenizer.json"))
-
-
 @pytest.mark.parametrize("name", ["qwen2_tied", "llama_gqa", "gemma3_old"])
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
 def test_quantize_model_writes_a_gguf_that_loads_back(tmp_path, name, qtype):
@@ -389,7 +376,7 @@ def test_quantize_model_writes_a_gguf_that_loads_back(tmp_path, name, qtype):
     makes, under llama.cpp's layout; loaded back, the logits are the same."""
     cfg = case_config(name)
     folder = hf_folder(tmp_path / name, cfg, fam.weights_for(name, cfg=cfg))
-    bpe_tokenizer_json(folder)
+    gf.write_bpe_tokenizer(folder)
     out = tmp_path / "out.gguf"
     gpt_rs.quant.quantize_model(folder, out, qtype)
     g = gpt_rs.load_model(out)
@@ -427,7 +414,7 @@ def test_quantize_model_errors(tmp_path):
     folder = hf_folder(tmp_path / "m", cfg, fam.weights_for("qwen2_tied", cfg=cfg))
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q8_0")
-    bpe_tokenizer_json(folder)
+    gf.write_bpe_tokenizer(folder)
     with pytest.raises(ValueError, match="quantizing to q4_k is not supported"):
         gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q4_k")
     with pytest.raises(ValueError, match="unknown quantization type"):
@@ -440,7 +427,7 @@ def test_quantized_file_loads_in_llama_cpp(tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     cfg = case_config("qwen2_tied")
     folder = hf_folder(tmp_path / "m", cfg, fam.weights_for("qwen2_tied", cfg=cfg))
-    bpe_tokenizer_json(folder)
+    gf.write_bpe_tokenizer(folder)
     out = tmp_path / "out.gguf"
     gpt_rs.quant.quantize_model(folder, out, "q8_0")
     llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False)

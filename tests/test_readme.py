@@ -41,6 +41,18 @@ def fake_hub(tmp_path_factory):
     cc.write_tokenizer(snap, chat_template=template, eos_token="<|im_end|>")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0000")
+    # The same tiny Qwen2 with a byte-level BPE tokenizer, for the GGUF example.
+    import gguf_files
+
+    repo = hub / "models--Qwen--Qwen2.5-Coder-0.5B-Instruct"
+    snap = repo / "snapshots" / "0000"
+    fam.make_folder("qwen2_bf16", snap)
+    cfg = json.loads((snap / "config.json").read_text())
+    (snap / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
+    gguf_files.write_bpe_tokenizer(snap)
+    (snap / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0000")
     return hub
 
 
