@@ -228,6 +228,8 @@ impl Gemma3 {
         _backend: BackendKind,
         dtype: LoadDtype,
     ) -> Result<Self> {
+        // The config first: its errors name the key, before any weight is read.
+        Gemma3Config::from_json(config)?;
         let ck = Checkpoint::open_dir(dir)?;
         Self::from_checkpoint(&ck, config, super::generation_eos(dir)?, dtype, NORM_OFFSET)
     }

@@ -296,8 +296,9 @@ impl Llama {
         _backend: BackendKind,
         dtype: LoadDtype,
     ) -> Result<Self> {
-        let ck = Checkpoint::open_dir(dir)?;
+        // The config first: its errors name the key, before any weight is read.
         let cfg = LlamaConfig::from_json(config)?;
+        let ck = Checkpoint::open_dir(dir)?;
         Self::from_checkpoint(&ck, cfg, config, super::generation_eos(dir)?, dtype)
     }
 
