@@ -74,6 +74,59 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend! {
+    quantized_matmul_equals_the_product_it_defines => |be| {
+        // Random blocks of every GGML type (small f16 scales), in the shapes of a legacy row
+        // with a short last group (k = 320) and of K super-blocks (k = 512); n spans a padded
+        // panel. `cpu` multiplies int8 activations (`Q8Rows`), the others the f32 ones: the
+        // reference takes the same activations and the dequantized weights, in f64.
+        use gpt_rs::backend::cpu::qmatmul::Q8Rows;
+        use gpt_rs::backend::quant::QuantType;
+        use gpt_rs::backend::{SourceDtype, WeightFormat, WeightSource};
+        let mut r = Rng(77);
+        let scales: &[(QuantType, &[usize])] = &[
+            (QuantType::Q4_0, &[0]), (QuantType::Q4_1, &[0, 2]), (QuantType::Q5_0, &[0]),
+            (QuantType::Q5_1, &[0, 2]), (QuantType::Q8_0, &[0]), (QuantType::Q2K, &[80, 82]),
+            (QuantType::Q3K, &[108]), (QuantType::Q4K, &[0, 2]), (QuantType::Q5K, &[0, 2]),
+            (QuantType::Q6K, &[208]),
+        ];
+        for &(t, offsets) in scales {
+            let k = if t.block_elems() == 256 { 512 } else { 320 };
+            let n = 37;
+            let mut bytes: Vec<u8> = (0..t.row_bytes(k) * n).map(|_| ((r.next() + 1.0) * 127.99) as u8).collect();
+            for block in bytes.chunks_exact_mut(t.block_bytes()) {
+                for &o in offsets {
+                    let d = half::f16::from_f32(0.001 + 0.005 * (r.next() + 1.0));
+                    block[o..o + 2].copy_from_slice(&d.to_le_bytes());
+                }
+            }
+            let src = WeightSource { bytes: &bytes, dtype: SourceDtype::Quant(t), out_in: true, k, n };
+            let w = Panels::prepare(&src, WeightFormat::Quant(t)).unwrap();
+            let w_kn = w.to_f32_kn().unwrap();
+            for m in [1usize, 5, 17] {
+                let a = r.vec(m * k, 1.0);
+                let seen: Vec<f32> = if be.kind() == BackendKind::Cpu {
+                    let q = Q8Rows::new(&a, m, k);
+                    q.qs.iter().enumerate().map(|(i, &v)| v as f32 * q.d[i / 32]).collect()
+                } else {
+                    a.clone()
+                };
+                let mut got = vec![f32::NAN; m * n];
+                be.matmul_panels(&a, &w, None, &mut got, m);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut want, mut size) = (0.0f64, 0.0f64);
+                        for p in 0..k {
+                            let x = seen[i * k + p] as f64 * w_kn[p * n + j] as f64;
+                            want += x;
+                            size += x.abs();
+                        }
+                        let g = got[i * n + j] as f64;
+                        assert!((g - want).abs() <= 1e-5 * size + 1e-30, "{} m={m} [{i},{j}]: got {g}, want {want} (level {:?})", t.name(), simd::level());
+                    }
+                }
+            }
+        }
+    };
     recycled_outputs_never_show_old_values => |be| {
         // Outputs of ops whose kernels write every element reuse freed buffers of the same
         // size (`storage::recycle`): fill the recycled buffers with NaN first, then every such
