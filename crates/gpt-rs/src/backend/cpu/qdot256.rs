@@ -73,6 +73,20 @@ unsafe fn bits16(m: u32) -> __m256i {
 /// Chunk levels: `[weights 0..32, weights 32..64]`.
 type Levels = [__m256i; 2];
 
+/// Adds 16 to the levels of `N` chunks whose fifth bit is set: one u64 per chunk at `h`.
+#[inline(always)]
+unsafe fn fifth_bits<const N: usize>(h: *const u8, u: &mut [Levels; 4]) {
+    unsafe {
+        for (c, u) in u.iter_mut().enumerate().take(N) {
+            let h = h.add(8 * c);
+            let h0 = u32::from_le_bytes(*(h as *const [u8; 4]));
+            let h1 = u32::from_le_bytes(*(h.add(4) as *const [u8; 4]));
+            u[0] = _mm256_or_si256(u[0], bits16(h0));
+            u[1] = _mm256_or_si256(u[1], bits16(h1));
+        }
+    }
+}
+
 /// The nibbles of `N` chunks paired as `quant::repack` lays them out.
 #[inline(always)]
 unsafe fn paired_nibbles<const N: usize>(qs: *const u8, u: &mut [Levels; 4]) {
@@ -165,15 +179,7 @@ impl<const T: u8> Kernel for Legacy<T> {
             } else {
                 paired_nibbles::<N>(b.add(qo), &mut u);
                 if Self::FIFTH {
-                    for (c, u) in u.iter_mut().enumerate().take(N) {
-                        let h = b.add(ho + 8 * c);
-                        let (h0, h1) = (
-                            u32::from_le_bytes(*(h as *const [u8; 4])),
-                            u32::from_le_bytes(*(h.add(4) as *const [u8; 4])),
-                        );
-                        u[0] = _mm256_or_si256(u[0], bits16(h0));
-                        u[1] = _mm256_or_si256(u[1], bits16(h1));
-                    }
+                    fifth_bits::<N>(b.add(ho), &mut u);
                 }
             }
             Group {
@@ -211,15 +217,7 @@ impl<const FIFTH: bool> Kernel for K45<FIFTH> {
             let mut u = [[z; 2]; 4];
             paired_nibbles::<4>(b.add(if FIFTH { 52 } else { 20 }), &mut u);
             if FIFTH {
-                for (c, u) in u.iter_mut().enumerate() {
-                    let h = b.add(20 + 8 * c);
-                    let (h0, h1) = (
-                        u32::from_le_bytes(*(h as *const [u8; 4])),
-                        u32::from_le_bytes(*(h.add(4) as *const [u8; 4])),
-                    );
-                    u[0] = _mm256_or_si256(u[0], bits16(h0));
-                    u[1] = _mm256_or_si256(u[1], bits16(h1));
-                }
+                fifth_bits::<4>(b.add(20), &mut u);
             }
             Group {
                 u,

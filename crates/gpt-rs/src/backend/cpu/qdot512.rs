@@ -37,19 +37,9 @@ pub fn available() -> bool {
     })
 }
 
-/// The formats with a kernel here.
+/// The formats with a kernel here: those `quant::repack` repacks, and Q6_K as stored.
 pub fn supports(t: QuantType) -> bool {
-    matches!(
-        t,
-        QuantType::Q4_0
-            | QuantType::Q4_1
-            | QuantType::Q5_0
-            | QuantType::Q5_1
-            | QuantType::Q8_0
-            | QuantType::Q4K
-            | QuantType::Q5K
-            | QuantType::Q6K
-    )
+    t == QuantType::Q6K || crate::backend::quant::repack::repacks(t, 64)
 }
 
 /// Per activation row: `da * sum(q)` of every 32 values and of every 16 (Q6_K's offsets).
