@@ -112,8 +112,15 @@ def test_quantized_gguf_matches_dequantized_folder(tmp_path, name):
 
 def check_quantized(g, ids, want, what):
     """Backends that dequantize (f32 activations) give the dequantized folder's logits; `cpu`
-    multiplies int8-quantized activations, as llama.cpp does: its SIMD kernels must equal its
-    scalar reference at the model level too, and stay near the f32 result."""
+    multiplies int8-quantized activations, as llama.cpp does: its SIMD kernels must agree with
+    its scalar reference at the model level too, and stay near the f32 result.
+
+    The kernels equal the reference to f32 rounding (`test_quant.py`, `backends.rs`), but at
+    the model level a last-bit difference in one activation can move its int8 level, and the
+    next layer amplifies that: SIMD and scalar runs agree only to a fraction of the int8 error
+    itself (measured: 1e-3 of scaled error where the int8 error is 6e-2, with the f32 parts
+    of the model alone changing between levels). A wrong kernel is off by the int8 error's
+    order or more."""
     for backend in gpt_rs.list_backends():
         if backend != "cpu":
             g.backend = backend
@@ -128,9 +135,10 @@ def check_quantized(g, ids, want, what):
             got[level] = g.forward_tokens(ids)
     finally:
         gpt_rs.set_simd_level(previous)
+    int8_err = scaled_err(got["scalar"], want)
     for level in ("avx512", "avx2"):
         err = scaled_err(got[level], got["scalar"])
-        assert err <= 1e-4, f"{what}: cpu at {level} vs scalar: {err:.2e}"
+        assert err <= 0.15 * int8_err + 1e-5, f"{what}: cpu at {level} vs scalar: {err:.2e}"
     agree = (got["avx512"].argmax(-1) == want.argmax(-1)).mean()
     assert agree >= 0.75, f"{what}: int8 activations agree on top-1 for {agree:.0%}"
     g.backend = None

@@ -19,7 +19,7 @@ pub mod portable;
 pub mod quant;
 
 pub use decoder::GateAct;
-pub use panels::{Panels, SourceDtype, WeightFormat, WeightSource, PANEL};
+pub use panels::{Panels, QuantLayout, SourceDtype, WeightFormat, WeightSource, PANEL};
 
 /// The kernels every backend provides. All buffers are row-major and contiguous.
 pub trait Backend: Send + Sync {

@@ -7,6 +7,19 @@ mod gemv;
 pub mod math;
 mod qdot256;
 mod qdot512;
+mod qtile512;
+
+/// Whether the 16-row tile kernels (AVX-512 VNNI) can run here.
+pub fn tiles_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        qtile512::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 pub mod qmatmul;
 pub mod simd;
 mod vector;

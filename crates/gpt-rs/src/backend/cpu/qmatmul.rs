@@ -10,7 +10,7 @@
 
 use super::gemv::column_chunks;
 use crate::backend::quant::{QuantType, Unpacked};
-use crate::backend::{Panels, SendPtr};
+use crate::backend::{Panels, QuantLayout, SendPtr};
 
 /// Activation values per quantization block.
 pub const QA: usize = 32;
@@ -96,7 +96,7 @@ pub fn dot_reference(ty: QuantType, row: &[u8], a: Q8Row<'_>) -> f32 {
 pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     let (k, n) = (w.k(), w.n());
     crate::backend::init_output(c, bias, n);
-    let Some((ty, rows, rb, repacked)) = w.quant_rows() else {
+    let Some((ty, rows, rb, layout)) = w.quant_rows() else {
         unreachable!("qmatmul::matmul: not a quantized weight")
     };
     if m == 0 || n == 0 || k == 0 {
@@ -107,7 +107,25 @@ pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usi
     #[cfg(target_arch = "x86_64")]
     {
         use super::simd::{level, SimdLevel};
-        use super::{qdot256, qdot512};
+        use super::{qdot256, qdot512, qtile512};
+        if layout == QuantLayout::Tiles && level() == SimdLevel::Avx512 {
+            use crate::backend::quant::tile::TILE;
+            column_chunks(n, m * k * n / 4, 256, TILE, |j0, cw| {
+                let (t0, t1) = (j0 / TILE, (j0 + cw).div_ceil(TILE));
+                let tiles = &rows[t0 * TILE * rb..t1 * TILE * rb];
+                let mut emit = |ti: usize, i: usize, v: &[f32; TILE]| {
+                    let j = (t0 + ti) * TILE;
+                    for (l, &v) in v[..(n - j).min(TILE)].iter().enumerate() {
+                        // SAFETY: this chunk alone writes columns j0..j0+cw of C's m rows.
+                        unsafe { *cp.get().add(i * n + j + l) += v };
+                    }
+                };
+                // SAFETY: tiles exist only where the kernels run (`QuantLayout::best`); the
+                // tiles hold rows of k weights and q holds m rows of k.
+                unsafe { qtile512::tiles(ty, tiles, &q, 0..m, &mut emit) };
+            });
+            return;
+        }
         type DotRows = unsafe fn(
             QuantType,
             &[u8],
@@ -116,8 +134,10 @@ pub fn matmul(a: &[f32], w: &Panels, bias: Option<&[f32]>, c: &mut [f32], m: usi
             std::ops::Range<usize>,
             &mut [f32; qdot512::MR],
         );
-        let fast =
-            (repacked || ty == QuantType::Q6K) && k.is_multiple_of(64) && qdot512::supports(ty);
+        let fast = (layout == QuantLayout::Rows
+            || (layout == QuantLayout::Gguf && ty == QuantType::Q6K))
+            && k.is_multiple_of(64)
+            && qdot512::supports(ty);
         let kernel: Option<DotRows> = if !fast {
             None
         } else if level() == SimdLevel::Avx512 && qdot512::available() {

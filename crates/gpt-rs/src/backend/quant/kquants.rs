@@ -32,6 +32,17 @@ pub fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
+/// The inverse of `scale_min_k4`: eight 6-bit scales and mins into their 12 bytes.
+pub fn pack_scale_min_k4(sc: &[u8; 8], mn: &[u8; 8]) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    for j in 0..4 {
+        p[j] = (sc[j] & 0x3F) | ((sc[j + 4] >> 4) << 6);
+        p[j + 4] = (mn[j] & 0x3F) | ((mn[j + 4] >> 4) << 6);
+        p[j + 8] = (sc[j + 4] & 0x0F) | ((mn[j + 4] & 0x0F) << 4);
+    }
+    p
+}
+
 impl Block for Q2K {
     const ELEMS: usize = QK_K;
     const BYTES: usize = 84;

@@ -10,8 +10,9 @@
 mod kquants;
 mod legacy;
 pub mod repack;
+pub mod tile;
 
-pub use kquants::{scale_min_k4, Q2K, Q3K, Q4K, Q5K, Q6K, QK_K};
+pub use kquants::{pack_scale_min_k4, scale_min_k4, Q2K, Q3K, Q4K, Q5K, Q6K, QK_K};
 pub use legacy::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
 /// One block format.

@@ -201,13 +201,8 @@ fn unpack(t: QuantType, k: usize, src: &[u8], dst: &mut [u8]) {
             for (s, d) in src.chunks_exact(ib).zip(dst.chunks_exact_mut(bb)) {
                 d[..4].copy_from_slice(&s[..4]);
                 // The 6-bit scales and mins back into their 12 packed bytes.
-                let (sc, mn) = (&s[4..12], &s[12..20]);
-                let p = &mut d[4..16];
-                for j in 0..4 {
-                    p[j] = (sc[j] & 0x3F) | ((sc[j + 4] >> 4) << 6);
-                    p[j + 4] = (mn[j] & 0x3F) | ((mn[j + 4] >> 4) << 6);
-                    p[j + 8] = (sc[j + 4] & 0x0F) | ((mn[j + 4] & 0x0F) << 4);
-                }
+                let (sc, mn) = (s[4..12].try_into().unwrap(), s[12..20].try_into().unwrap());
+                d[4..16].copy_from_slice(&super::pack_scale_min_k4(sc, mn));
                 let (q0, qs_at) = if five { (52, 48) } else { (20, 16) };
                 if five {
                     let qh = &mut d[16..48];
