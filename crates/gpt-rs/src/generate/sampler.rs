@@ -178,6 +178,27 @@ impl Sampler {
 
 /// Index of the largest logit (the first one on ties); NaN never wins.
 pub fn argmax(logits: &[f32]) -> u32 {
+    // The largest value first, in 16 independent lanes (vectorized: a scalar compare-and-
+    // branch loop took ~0.4 ms of a 14 ms decode step over a 151,936-entry vocabulary), then
+    // its first position. NaNs never win a comparison, as in the loop below.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    if max > f32::NEG_INFINITY {
+        if let Some(i) = logits.iter().position(|&x| x == max) {
+            return i as u32;
+        }
+    }
+    // All -inf or NaN: the first non-NaN, else the last.
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] || logits[best].is_nan() {
@@ -193,6 +214,46 @@ mod tests {
 
     fn sampler(p: SamplingParams) -> Sampler {
         Sampler::new(SamplingParams { seed: Some(1), ..p })
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_and_skips_nans() {
+        let slow = |l: &[f32]| {
+            let mut best = 0;
+            for (i, &x) in l.iter().enumerate() {
+                if x > l[best] || l[best].is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![1.0],
+            vec![nan],
+            vec![nan, nan, nan],
+            vec![-inf, -inf],
+            vec![nan, -inf, nan],
+            vec![nan, 2.0, 5.0, 5.0, nan],
+            vec![-inf, inf, inf],
+        ];
+        let mut x = 12345u32;
+        for n in [15, 16, 17, 40, 333] {
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    match x >> 28 {
+                        0 => nan,
+                        1 => 7.0,
+                        _ => (x >> 8) as f32 / 1e6,
+                    }
+                })
+                .collect();
+            cases.push(v);
+        }
+        for c in &cases {
+            assert_eq!(argmax(c), slow(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Q8Rows {
             let id = if d == 0.0 { 0.0 } else { 1.0 / d };
             let q = &mut r.qs[b * QA..(b + 1) * QA];
             for (q, &v) in q.iter_mut().zip(x) {
-                *q = (v * id).round() as i8;
+                *q = round_half_away(v * id) as i8;
             }
             r.d[b] = d;
             for h in 0..2 {
@@ -59,6 +59,16 @@ impl Q8Rows {
             sum16: &self.sum16[i * k / 16..(i + 1) * k / 16],
         }
     }
+}
+
+/// `t.round()` for `|t| <= 127` (or NaN, which gives 0), without the libm call `round`
+/// is on baseline x86-64: truncate, then step away from zero when the dropped part is at
+/// least a half (`t - trunc(t)` is exact). Vectorizes.
+#[inline(always)]
+fn round_half_away(t: f32) -> i32 {
+    let i = t as i32;
+    let f = t - i as f32;
+    i + (f >= 0.5) as i32 - (f <= -0.5) as i32
 }
 
 /// One quantized activation row.

@@ -344,14 +344,18 @@ unsafe fn tiles_of<F: Format>(
         let elems = F::T.block_elems();
         let tile_bytes = k / elems * l.block();
         let a = Act { q };
+        // Software prefetch where it pays (Intel; see `simd::stream_prefetch`), on the first
+        // pass over each tile only: later passes find it in cache.
+        let ahead = super::simd::stream_prefetch() * 4;
         for (ti, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
             let mut i0 = rows.start;
             while i0 < rows.end {
+                let pf = if i0 == rows.start { ahead } else { 0 };
                 match rows.end - i0 {
-                    1 => one_tile::<F, 1>(tile, &a, i0, elems, &l, ti, emit),
-                    2 => one_tile::<F, 2>(tile, &a, i0, elems, &l, ti, emit),
-                    3 => one_tile::<F, 3>(tile, &a, i0, elems, &l, ti, emit),
-                    _ => one_tile::<F, MR>(tile, &a, i0, elems, &l, ti, emit),
+                    1 => one_tile::<F, 1>(tile, &a, i0, elems, &l, ti, pf, emit),
+                    2 => one_tile::<F, 2>(tile, &a, i0, elems, &l, ti, pf, emit),
+                    3 => one_tile::<F, 3>(tile, &a, i0, elems, &l, ti, pf, emit),
+                    _ => one_tile::<F, MR>(tile, &a, i0, elems, &l, ti, pf, emit),
                 }
                 i0 += MR;
             }
@@ -362,6 +366,7 @@ unsafe fn tiles_of<F: Format>(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn one_tile<F: Format, const R: usize>(
     tile: &[u8],
     a: &Act,
@@ -369,6 +374,7 @@ unsafe fn one_tile<F: Format, const R: usize>(
     elems: usize,
     l: &Layout,
     ti: usize,
+    ahead: usize,
     emit: &mut dyn FnMut(usize, usize, &[f32; TILE]),
 ) {
     unsafe {
@@ -376,6 +382,12 @@ unsafe fn one_tile<F: Format, const R: usize>(
         let mut acc = Acc::<R> { f: [z; R] };
         let mut p = tile.as_ptr();
         for e in (0..a.q.k).step_by(elems) {
+            if ahead > 0 {
+                for line in (0..l.block()).step_by(64) {
+                    // A hint only: addresses past the weights are never dereferenced.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + line).cast());
+                }
+            }
             F::block::<R>(&mut acc, p, a, i0, e);
             p = p.add(l.block());
         }
