@@ -271,23 +271,21 @@ fn transfer(t: QuantType, l: &Layout, blk: &mut [u8], r: usize, raw: &mut Raw, p
         }
         _ => {}
     }
+    // The levels: whole nibbles and bytes at a time (a bit at a time made loading the real
+    // 0.5B model take a second longer).
     for s in 0..l.subs {
-        let base = l.head + s * l.sub;
         let q = &mut raw.q[32 * s..32 * s + 32];
-        let mut at = base;
-        // Bit `bit` of level `e` (0..32) of this run, at byte `p`, bit `b` of the block.
-        let mut bit = |blk: &mut [u8], e: usize, from: u32, p: usize, b: u32| {
-            if put {
-                blk[p] |= ((q[e] >> from) & 1) << b;
-            } else {
-                q[e] |= ((blk[p] >> b) & 1) << from;
-            }
-        };
+        let mut at = l.head + s * l.sub;
         if l.fifth {
             for g in 0..8 {
                 for i in 0..4 {
-                    let b = 4 * r + i;
-                    bit(blk, 4 * g + i, 4, at + 8 * g + b / 8, (b % 8) as u32);
+                    let (b, e) = (4 * r + i, 4 * g + i);
+                    let (p, sh) = (at + 8 * g + b / 8, b % 8);
+                    if put {
+                        blk[p] |= ((q[e] >> 4) & 1) << sh;
+                    } else {
+                        q[e] |= ((blk[p] >> sh) & 1) << 4;
+                    }
                 }
             }
             at += 64;
@@ -295,9 +293,11 @@ fn transfer(t: QuantType, l: &Layout, blk: &mut [u8], r: usize, raw: &mut Raw, p
         if l.six {
             for g in 0..8 {
                 for i in 0..4 {
-                    let p = at + 64 * (g / 4) + 4 * r + i;
-                    for h in 0..2 {
-                        bit(blk, 4 * g + i, 4 + h, p, (2 * (g % 4)) as u32 + h);
+                    let (p, sh, e) = (at + 64 * (g / 4) + 4 * r + i, 2 * (g % 4), 4 * g + i);
+                    if put {
+                        blk[p] |= ((q[e] >> 4) & 3) << sh;
+                    } else {
+                        q[e] |= ((blk[p] >> sh) & 3) << 4;
                     }
                 }
             }
@@ -307,13 +307,18 @@ fn transfer(t: QuantType, l: &Layout, blk: &mut [u8], r: usize, raw: &mut Raw, p
             for i in 0..4 {
                 let e = 4 * g + i;
                 if l.eight {
-                    for b in 0..8 {
-                        bit(blk, e, b, at + 64 * g + 4 * r + i, b);
+                    let p = at + 64 * g + 4 * r + i;
+                    if put {
+                        blk[p] = q[e];
+                    } else {
+                        q[e] = blk[p];
                     }
                 } else {
-                    let (p, shift) = (at + 64 * (g / 2) + 4 * r + i, 4 * (g % 2) as u32);
-                    for b in 0..4 {
-                        bit(blk, e, b, p, shift + b);
+                    let (p, sh) = (at + 64 * (g / 2) + 4 * r + i, 4 * (g % 2));
+                    if put {
+                        blk[p] |= (q[e] & 0x0F) << sh;
+                    } else {
+                        q[e] |= (blk[p] >> sh) & 0x0F;
                     }
                 }
             }
