@@ -312,3 +312,79 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return stored
+
+
+GPT2_TOP = {
+    "wte.weight": "token_embd.weight",
+    "wpe.weight": "position_embd.weight",
+    "ln_f.weight": "output_norm.weight",
+    "ln_f.bias": "output_norm.bias",
+    "lm_head.weight": "output.weight",
+}
+GPT2_LAYER = {
+    "ln_1": "attn_norm",
+    "attn.c_attn": "attn_qkv",
+    "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm",
+    "mlp.c_fc": "ffn_up",
+    "mlp.c_proj": "ffn_down",
+}
+GPT2_CONV1D = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
+
+
+def write_gpt2_gguf(
+    path: Path,
+    params: dict[str, np.ndarray],
+    n_head: int,
+    n_positions: int,
+    qtype: Callable[[str, tuple], str] = lambda name, shape: "f32",
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Writes GPT-2 weights (`gpt2_fixture.random_gpt2_params` names, HF Conv1D layout) as a
+    `gpt2` GGUF file laid out as llama.cpp's converter writes it: Conv1D matrices transposed
+    to `[out, in]`, no `output.weight` (tied), a byte-level vocabulary of the 256 bytes and
+    one merge (two spaces, id 256; the end-of-text id) with GPT-2's pre-tokenizer. Returns the
+    weights the file holds, in HF layout."""
+    rng = np.random.default_rng(seed)
+    c = params["wte.weight"].shape[1]
+    vocab = params["wte.weight"].shape[0]
+    n_layer = sum(1 for k in params if k.endswith(".ln_1.weight"))
+    w = GGUFWriter(str(path), "gpt2")
+    w.add_block_count(n_layer)
+    w.add_context_length(n_positions)
+    w.add_embedding_length(c)
+    w.add_feed_forward_length(params["h.0.mlp.c_fc.weight"].shape[1])
+    w.add_head_count(n_head)
+    w.add_layer_norm_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    assert vocab == 257, "the file's vocabulary is the 256 byte tokens and one merge"
+    w.add_token_list(byte_tokens() + ["\u0120\u0120"])
+    w.add_token_types([1] * 257)
+    w.add_token_merges(["\u0120 \u0120"])
+    w.add_bos_token_id(256)
+    w.add_eos_token_id(256)
+    stored = {}
+    for name in sorted(params):
+        a = params[name]
+        conv = name.endswith(GPT2_CONV1D)
+        if conv:
+            a = a.T
+        if name in GPT2_TOP:
+            gname = GPT2_TOP[name]
+        else:
+            _, layer, rest = name.split(".", 2)
+            part, suffix = rest.rsplit(".", 1)
+            gname = f"blk.{layer}.{GPT2_LAYER[part]}.{suffix}"
+        kind = qtype(name, a.shape) if a.ndim == 2 else "f32"
+        data, t, held = store(rng, np.ascontiguousarray(a), kind)
+        if t in (T.F32, T.F16):
+            w.add_tensor(gname, data)
+        else:
+            w.add_tensor(gname, data, raw_shape=data.shape, raw_dtype=t)
+        stored[name] = np.ascontiguousarray(held.T) if conv else held
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return stored

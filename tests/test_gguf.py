@@ -202,6 +202,61 @@ def test_dtype_conversions_of_a_quantized_file(tmp_path):
         gpt_rs.load_model(path, dtype="q4_k_m")
 
 
+GPT2_SHAPE = dict(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=257)
+
+
+def gpt2_pair(tmp_path, qtype=lambda n, s: "f32"):
+    """(GGUF model, HF-folder model) of the same GPT-2 weights."""
+    import gpt2_fixture as g2
+
+    s = GPT2_SHAPE
+    params = g2.random_gpt2_params(**s, seed=3)
+    stored = gf.write_gpt2_gguf(tmp_path / "gpt2.gguf", params, s["n_head"], 32, qtype)
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    g2.write_safetensors(folder / "model.safetensors", stored, "float32")
+    config = dict(s, model_type="gpt2", layer_norm_epsilon=1e-5, eos_token_id=256)
+    (folder / "config.json").write_text(json.dumps(config))
+    return gpt_rs.load_model(tmp_path / "gpt2.gguf"), gpt_rs.load_model(folder)
+
+
+def test_gpt2_gguf_matches_hf_folder_on_every_backend(tmp_path):
+    g, h = gpt2_pair(tmp_path)
+    assert g.config["model_type"] == "gpt2" and g.config["n_embd"] == 64
+    assert g.eos_token_ids == h.eos_token_ids == [256]
+    ids = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
+    for backend in gpt_rs.list_backends():
+        g.backend = h.backend = backend
+        err = scaled_err(g.forward_tokens(ids), h.forward_tokens(ids))
+        assert err <= 1e-5, f"gpt2 on {backend}: {err:.2e}"
+    g.backend = h.backend = None
+    assert g.generate_tokens(ids[:4], 12, temperature=0) == h.generate_tokens(
+        ids[:4], 12, temperature=0
+    )
+    tok = g.tokenizer
+    # GPT-2's split: "a", "  " (a run of spaces but its last), " b": one merge.
+    assert tok.encode("a   b") == [ord("a"), 256, 32, ord("b")]
+    assert tok.decode(tok.encode("héllo\n")) == "héllo\n"
+
+
+GPT2_MIX = {
+    "c_attn": "q8_0",
+    "attn.c_proj": "q5_0",
+    "c_fc": "q4_1",
+    "mlp.c_proj": "q4_0",
+    "wte": "q8_0",
+    "wpe": "f16",
+}
+
+
+def test_quantized_gpt2_gguf_matches_dequantized_folder(tmp_path):
+    g, h = gpt2_pair(tmp_path, mix(GPT2_MIX))
+    assert g.dtype == "q8_0"
+    ids = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
+    h.backend = "cpu-portable"
+    check_quantized(g, ids, h.forward_tokens(ids), "gpt2")
+
+
 def test_tokenizer_and_metadata_from_the_file(tmp_path):
     g, _ = pair(tmp_path, "qwen2_tied")
     tok = g.tokenizer
@@ -445,3 +500,18 @@ def test_quantized_file_loads_in_llama_cpp(tmp_path):
     ours = gpt_rs.load_model(out).forward_tokens(ids)
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
     assert scaled_err(ours, theirs) <= 5e-2
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_gpt2_gguf_matches_llama_cpp(tmp_path, quantized):
+    """The `gpt2` file as llama.cpp runs it, where llama-cpp-python is installed (the peers
+    venv): the same logits (f32 file), or the same to int8-activation error (quantized)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    g, _ = gpt2_pair(tmp_path, mix(GPT2_MIX) if quantized else (lambda n, s: "f32"))
+    llm = llama_cpp.Llama(str(tmp_path / "gpt2.gguf"), n_ctx=32, logits_all=True, verbose=False)
+    ids = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)])
+    ours = g.forward_tokens(ids)
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
+    assert scaled_err(ours, theirs) <= (5e-2 if quantized else 1e-4)

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
 use super::weights::Checkpoint;
-use super::{gemma3, llama, CausalLm, LoadDtype};
+use super::{gemma3, gpt2, llama, CausalLm, LoadDtype};
 use crate::backend::BackendKind;
 use crate::checkpoint::gguf::{GgufFile, Value};
+use crate::checkpoint::Gpt2Config;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
 /// The `general.architecture` values gpt_rs runs.
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "gpt2"];
 
 /// Whole-model tensors: (GGUF name, Hugging Face name).
 const TOP: [(&str, &str); 3] = [
@@ -52,21 +53,54 @@ const LAYER: [(&str, &str, Option<bool>); 14] = [
     ("post_ffw_norm", "post_feedforward_layernorm", Some(true)),
 ];
 
+/// GPT-2's whole-model tensors (HF names without the `transformer.` prefix).
+const GPT2_TOP: [(&str, &str); 5] = [
+    ("token_embd.weight", "wte.weight"),
+    ("position_embd.weight", "wpe.weight"),
+    ("output_norm.weight", "ln_f.weight"),
+    ("output_norm.bias", "ln_f.bias"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// GPT-2's per-layer tensors `blk.N.<gguf>` = `h.N.<hf>`. The converter stores the Conv1D
+/// matrices transposed, `[out, in]` like every other GGUF matrix.
+const GPT2_LAYER: [(&str, &str); 6] = [
+    ("attn_norm", "ln_1"),
+    ("attn_qkv", "attn.c_attn"),
+    ("attn_output", "attn.c_proj"),
+    ("ffn_norm", "ln_2"),
+    ("ffn_up", "mlp.c_fc"),
+    ("ffn_down", "mlp.c_proj"),
+];
+
 /// `name` translated between the two conventions: GGUF to Hugging Face (`to_hf`) or back.
 /// None: a tensor the runtime does not use.
 pub(crate) fn translate(arch: &str, name: &str, to_hf: bool) -> Option<String> {
     let pick = |pair: (&'static str, &'static str)| if to_hf { pair } else { (pair.1, pair.0) };
-    if let Some((_, to)) = TOP.iter().map(|&p| pick(p)).find(|(from, _)| *from == name) {
+    let top: &[_] = if arch == "gpt2" { &GPT2_TOP } else { &TOP };
+    if let Some((_, to)) = top.iter().map(|&p| pick(p)).find(|(from, _)| *from == name) {
         return Some(to.to_string());
     }
-    let (from_prefix, to_prefix) = if to_hf {
-        ("blk.", "model.layers.")
+    let hf_prefix = if arch == "gpt2" {
+        "h."
     } else {
-        ("model.layers.", "blk.")
+        "model.layers."
+    };
+    let (from_prefix, to_prefix) = if to_hf {
+        ("blk.", hf_prefix)
+    } else {
+        (hf_prefix, "blk.")
     };
     let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
     layer.parse::<usize>().ok()?;
     let (part, suffix) = rest.rsplit_once('.')?;
+    if arch == "gpt2" {
+        let (_, to) = GPT2_LAYER
+            .iter()
+            .map(|&p| pick(p))
+            .find(|(from, _)| *from == part)?;
+        return Some(format!("{to_prefix}{layer}.{to}.{suffix}"));
+    }
     let gemma = arch == "gemma3";
     let (_, to) = LAYER
         .iter()
@@ -107,6 +141,29 @@ fn hf_config(f: &GgufFile, arch: &str) -> Result<Json> {
         }
     };
     let heads = need("attention.head_count")?;
+    if arch == "gpt2" {
+        let mut c = json!({
+            "model_type": "gpt2",
+            "vocab_size": vocab,
+            "n_embd": hidden,
+            "n_layer": need("block_count")?,
+            "n_head": heads,
+            "n_inner": need("feed_forward_length")?,
+            "n_positions": need("context_length")?,
+        });
+        if let Some(e) = float("attention.layer_norm_epsilon") {
+            c["layer_norm_epsilon"] = json!(e);
+        }
+        for (k, hf) in [
+            ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+            ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ] {
+            if let Some(v) = f.get(k).and_then(Value::as_u64) {
+                c[hf] = json!(v);
+            }
+        }
+        return Ok(c);
+    }
     let mut c = Map::new();
     let model_type = if arch == "gemma3" {
         gemma3::FAMILY
@@ -232,7 +289,7 @@ fn hf_config(f: &GgufFile, arch: &str) -> Result<Json> {
 /// Loads a GGUF file: the model, and the tokenizer its metadata describes (if any).
 pub fn load(
     path: &Path,
-    _backend: BackendKind,
+    backend: BackendKind,
     dtype: LoadDtype,
 ) -> Result<(Arc<dyn CausalLm>, Option<Tokenizer>)> {
     let f = GgufFile::open(path)?;
@@ -281,7 +338,14 @@ pub fn load(
         move |n| translate(&a, n, true),
         move |n| translate(&b, n, false),
     );
-    let model: Arc<dyn CausalLm> = if arch == "gemma3" {
+    let model: Arc<dyn CausalLm> = if arch == "gpt2" {
+        let cfg = Gpt2Config::from_json(&config).map_err(at)?;
+        let mut g = gpt2::Gpt2::from_checkpoint(&ck, cfg, false, backend, dtype).map_err(at)?;
+        if let Some(e) = eos {
+            g.set_eos(e);
+        }
+        Arc::new(g)
+    } else if arch == "gemma3" {
         Arc::new(gemma3::Gemma3::from_checkpoint(&ck, &config, eos, dtype, 0.0).map_err(at)?)
     } else {
         let mut cfg = llama::LlamaConfig::from_json(&config).map_err(at)?;

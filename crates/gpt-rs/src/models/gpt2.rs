@@ -11,69 +11,35 @@
 use std::path::Path;
 
 use super::attention::{attend, AttnSpec, QkvLayout};
+use super::weights::Checkpoint;
 use super::{
     add_in_place, check_inputs, grow, select_rows, CausalLm, Linear, LoadDtype, Logits, ModelInfo,
     SeqInput, Workspace,
 };
-use crate::backend::{Backend, BackendKind, Panels, SourceDtype, WeightFormat, WeightSource};
-use crate::checkpoint::{Gpt2Config, SafetensorsFile};
+use crate::backend::{Backend, BackendKind, WeightFormat};
+use crate::checkpoint::Gpt2Config;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::tensor::{Data, Tensor};
 
-/// A projection `y = x @ W + b`. The checkpoint stores W as `(in, out)` (HF's Conv1D); it is
-/// kept as `Panels` (32 output columns at a time, each panel contiguous), the layout the `cpu`
-/// backend multiplies in place: prefill skips packing W per call, and decoding streams every
-/// weight once, front to back.
-fn load_proj(
-    f: &SafetensorsFile,
+/// A copy of checkpoint tensor `name` (of `shape`) as f32 in weight memory (huge pages where
+/// available: `Storage::weights_with`), its mapped pages released.
+fn weight_tensor(
+    ck: &Checkpoint,
     name: &str,
-    k: usize,
-    n: usize,
+    shape: &[usize],
     backend: BackendKind,
-    dtype: LoadDtype,
-) -> Result<Linear> {
-    let w = f.tensor(&format!("{name}.weight"), &[k, n], backend)?;
-    let stored = f.raw(&format!("{name}.weight")).map(|r| r.0);
-    let format = match (dtype, stored) {
-        (LoadDtype::Bf16, _) | (LoadDtype::Auto, Some(crate::checkpoint::Dtype::BF16)) => {
-            WeightFormat::Bf16
-        }
-        (LoadDtype::Quant(t), _) => WeightFormat::Quant(t),
-        _ => WeightFormat::F32,
-    };
-    let values = w.f32s("weight")?;
-    let weight = match format {
-        WeightFormat::F32 => Panels::from_kn(values, k, n)?,
-        _ => {
-            // SAFETY: f32 has no padding; the bytes are the values' little-endian images on the
-            // little-endian targets gpt_rs builds for.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4)
-            };
-            let src = WeightSource {
-                bytes,
-                dtype: SourceDtype::F32,
-                out_in: false,
-                k,
-                n,
-            };
-            Panels::prepare(&src, format)?
-        }
-    };
-    // The panels are what the model keeps: let the mapped pages go now, so loading never
-    // holds both copies.
-    drop(w);
-    f.release_tensor(&format!("{name}.weight"));
-    let bias = f.tensor_owned(&format!("{name}.bias"), &[n], backend)?;
-    Ok(Linear::new(weight, Some(bias.f32s("bias")?.to_vec())))
-}
-
-/// A copy of `t` in weight memory (huge pages where available: `Storage::weights_with`).
-fn to_weight_memory(t: &Tensor, backend: BackendKind) -> Result<Tensor> {
-    let src = t.f32s("weight")?;
-    let data = Storage::weights_with(src.len(), "model weights", |d| d.copy_from_slice(src))?;
-    Tensor::new(Data::F32(data), t.shape().to_vec(), backend)
+) -> Result<Tensor> {
+    let n = shape.iter().product();
+    let mut failed = None;
+    let data = Storage::weights_with(n, "model weights", |d| {
+        failed = ck.read_f32(name, shape, d).err();
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    ck.release(name);
+    Tensor::new(Data::F32(data), shape.to_vec(), backend)
 }
 
 pub struct Block {
@@ -100,16 +66,22 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
-    /// Loads `model.safetensors` with `config` (keys with or without the `transformer.` prefix;
-    /// the causal-mask buffers of old checkpoints are ignored).
-    pub fn load(
-        weights: &Path,
+    /// Builds the model from `ck`'s tensors under Hugging Face GPT-2 names (with or without
+    /// the `transformer.` prefix; old checkpoints' causal-mask buffers are ignored).
+    /// `conv1d`: projections stored `[in, out]` (HF's Conv1D) rather than `[out, in]` (GGUF).
+    ///
+    /// Projections are prepared as the backend's weights (`Panels`: prefill skips packing W
+    /// per call, and decoding streams every weight once, front to back); what the model keeps
+    /// as is is copied out of the map, so a loaded model never changes or crashes when its file
+    /// is later replaced or truncated.
+    pub fn from_checkpoint(
+        ck: &Checkpoint,
         config: Gpt2Config,
+        conv1d: bool,
         backend: BackendKind,
         dtype: LoadDtype,
     ) -> Result<Self> {
-        let f = SafetensorsFile::open(weights)?;
-        let prefix = if f.contains("transformer.wte.weight") {
+        let prefix = if ck.contains("transformer.wte.weight") {
             "transformer."
         } else {
             ""
@@ -120,55 +92,50 @@ impl Gpt2 {
             config.n_positions,
             config.n_inner,
         );
-        // What the model keeps as is is copied out of the map (`tensor_owned`): a loaded model
-        // must not change or crash when its file is later replaced or truncated.
-        let get = |name: &str, shape: &[usize]| {
-            f.tensor_owned(&format!("{prefix}{name}"), shape, backend)
+        let name = |n: &str| format!("{prefix}{n}");
+        let vector = |n: &str, len: usize| -> Result<Tensor> {
+            Tensor::from_f32(ck.vector(&name(n), len)?, vec![len], backend)
         };
-        let proj = |name: &str, k: usize, n: usize| {
-            load_proj(&f, &format!("{prefix}{name}"), k, n, backend, dtype)
+        let proj = |n: &str, k: usize, out: usize| -> Result<Linear> {
+            let weight = ck.panels(&name(&format!("{n}.weight")), k, out, !conv1d, dtype)?;
+            Ok(Linear::new(
+                weight,
+                Some(ck.vector(&name(&format!("{n}.bias")), out)?),
+            ))
         };
-        if f.contains(&format!("{prefix}h.{}.ln_1.weight", config.n_layer)) {
+        if ck.contains(&name(&format!("h.{}.ln_1.weight", config.n_layer))) {
             return Err(Error::Value(format!(
-                "{}: has weights for layer h.{} but config.json says n_layer = {}",
-                weights.display(),
+                "{}: has weights for layer h.{} but the config says n_layer = {}",
+                ck.label(),
                 config.n_layer,
                 config.n_layer
             )));
         }
         // The token embedding doubles as the output projection, streamed once per decoded
         // token: copy it into weight memory first (before the projections, so loading never
-        // holds more than this one extra copy) and let its mapped pages go.
-        let wte = to_weight_memory(
-            &f.tensor(&format!("{prefix}wte.weight"), &[v, c], backend)?,
-            backend,
-        )?;
-        f.release_tensor(&format!("{prefix}wte.weight"));
+        // holds more than this one extra copy).
+        let wte = weight_tensor(ck, &name("wte.weight"), &[v, c], backend)?;
         let h = (0..config.n_layer)
             .map(|i| {
-                let g = |n: &str, s: &[usize]| get(&format!("h.{i}.{n}"), s);
                 Ok(Block {
-                    ln_1_weight: g("ln_1.weight", &[c])?,
-                    ln_1_bias: g("ln_1.bias", &[c])?,
+                    ln_1_weight: vector(&format!("h.{i}.ln_1.weight"), c)?,
+                    ln_1_bias: vector(&format!("h.{i}.ln_1.bias"), c)?,
                     c_attn: proj(&format!("h.{i}.attn.c_attn"), c, 3 * c)?,
                     attn_c_proj: proj(&format!("h.{i}.attn.c_proj"), c, c)?,
-                    ln_2_weight: g("ln_2.weight", &[c])?,
-                    ln_2_bias: g("ln_2.bias", &[c])?,
+                    ln_2_weight: vector(&format!("h.{i}.ln_2.weight"), c)?,
+                    ln_2_bias: vector(&format!("h.{i}.ln_2.bias"), c)?,
                     c_fc: proj(&format!("h.{i}.mlp.c_fc"), c, inner)?,
                     mlp_c_proj: proj(&format!("h.{i}.mlp.c_proj"), inner, c)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         // A separate lm_head only if the checkpoint has one that is not the tied wte.
-        let lm_head = if f.contains("lm_head.weight") {
-            Some(f.tensor("lm_head.weight", &[v, c], backend)?)
+        let lm_head = if ck.contains("lm_head.weight") {
+            Some(weight_tensor(ck, "lm_head.weight", &[v, c], backend)?)
         } else {
             None
         };
         let lm_head = lm_head.filter(|l| l.f32s("lm_head").ok() != wte.f32s("wte").ok());
-        let lm_head = lm_head.map(|l| to_weight_memory(&l, backend)).transpose()?;
-        // The large tensors were copied out of the map; let their pages go.
-        f.release_pages();
         let info = ModelInfo {
             family: "gpt2".into(),
             vocab_size: v,
@@ -184,14 +151,19 @@ impl Gpt2 {
         };
         Ok(Self {
             info,
-            wpe: get("wpe.weight", &[p, c])?,
-            ln_f_weight: get("ln_f.weight", &[c])?,
-            ln_f_bias: get("ln_f.bias", &[c])?,
+            wpe: weight_tensor(ck, &name("wpe.weight"), &[p, c], backend)?,
+            ln_f_weight: vector("ln_f.weight", c)?,
+            ln_f_bias: vector("ln_f.bias", c)?,
             wte,
             h,
             lm_head,
             config,
         })
+    }
+
+    /// The tokens that end a generation (the checkpoint's own, or its tokenizer's).
+    pub fn set_eos(&mut self, ids: Vec<u32>) {
+        self.info.eos_token_ids = ids;
     }
 
     /// Number of parameters (the tied output projection counted once).
@@ -392,20 +364,18 @@ impl CausalLm for Gpt2 {
     }
 }
 
-/// Loads a Hugging Face GPT-2 folder's `config.json` and `model.safetensors`.
+/// Loads a Hugging Face GPT-2 folder's `config.json` and `model.safetensors` (or its shards).
 pub fn load_dir(dir: &Path, backend: BackendKind, dtype: LoadDtype) -> Result<Gpt2> {
     let config_path = dir.join("config.json");
-    let weights = dir.join("model.safetensors");
-    for f in [&config_path, &weights] {
-        if !f.exists() {
-            return Err(Error::NotFound(format!(
-                "{} not found (a Hugging Face GPT-2 folder needs config.json and model.safetensors)",
-                f.display()
-            )));
-        }
+    if !config_path.exists() {
+        return Err(Error::NotFound(format!(
+            "{} not found (a Hugging Face GPT-2 folder needs config.json and model.safetensors)",
+            config_path.display()
+        )));
     }
     let config = Gpt2Config::from_file(&config_path)?;
-    let mut g = Gpt2::load(&weights, config, backend, dtype)?;
+    let ck = Checkpoint::open_dir(dir)?;
+    let mut g = Gpt2::from_checkpoint(&ck, config, true, backend, dtype)?;
     if let Some(eos) = super::generation_eos(dir)? {
         g.info.eos_token_ids = eos;
     }

@@ -31,9 +31,12 @@ impl Checkpoint {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
+        // Messages name the weights file (or the index of shards).
+        let mut label = single.display().to_string();
         let files = if single.exists() {
             vec![SafetensorsFile::open(&single)?]
         } else if index_path.exists() {
+            label = index_path.display().to_string();
             let v: serde_json::Value = serde_json::from_str(&read_text_file(&index_path)?)
                 .map_err(|e| {
                     Error::Value(format!("{} is not valid JSON: {e}", index_path.display()))
@@ -95,7 +98,7 @@ impl Checkpoint {
             gguf: None,
             gguf_name: None,
             index,
-            dir: dir.display().to_string(),
+            dir: label,
         })
     }
 
@@ -232,6 +235,28 @@ impl Checkpoint {
             *o = src.get(i);
         }
         Ok(out)
+    }
+
+    /// Tensor `name` (of `shape`, checked) as f32 values into `out` (its element count);
+    /// quantized blocks are dequantized a block at a time.
+    pub fn read_f32(&self, name: &str, shape: &[usize], out: &mut [f32]) -> Result<()> {
+        let (dtype, bytes) = self.source(name, shape)?;
+        match dtype {
+            SourceDtype::Quant(t) => t.dequantize(bytes, out),
+            _ => {
+                let src = WeightSource {
+                    bytes,
+                    dtype,
+                    out_in: false,
+                    k: 1,
+                    n: out.len(),
+                };
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = src.get(i);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Frees the mapped pages of `name` (it has been copied).
