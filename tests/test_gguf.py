@@ -472,16 +472,93 @@ def test_quantize_model_writes_a_gguf_that_loads_back(tmp_path, name, qtype):
         )
 
 
+MIX_SHAPE = dict(
+    hidden_size=256,
+    intermediate_size=640,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+)
+
+
+@pytest.mark.parametrize("name", ["qwen2_tied", "llama_gqa"])
+@pytest.mark.parametrize("recipe", ["q4_k_m", "q5_k_m"])
+def test_k_mixes_give_llama_cpps_types_and_a_close_model(tmp_path, name, recipe):
+    """`quantize_model(..., "q4_k_m")` picks each tensor's type as llama.cpp's
+    `llama_model_quantize` does for the same model (recorded by
+    scripts/record_kquant_llama_cpp.py: Q6_K logits, Q6_K attn_v/ffn_down on the sensitive
+    layers, the 32-weight fallbacks for the 640-wide MLP rows), and the result runs close to
+    the f32 model."""
+    want = json.loads(
+        (Path(__file__).parent / "fixtures" / "gguf" / "kquant_mixes.json").read_text()
+    )
+    cfg = fam.config_for(name)
+    cfg.update(MIX_SHAPE)
+    folder = hf_folder(tmp_path / "m", cfg, fam.weights_for(name, cfg=cfg))
+    gf.write_bpe_tokenizer(folder)
+    out = tmp_path / "out.gguf"
+    gpt_rs.quant.quantize_model(folder, out, recipe)
+    reader = gguf.GGUFReader(str(out))
+    got = {t.name: t.tensor_type.name.lower() for t in reader.tensors}
+    assert got == want[name][recipe]
+    file_type = reader.fields["general.file_type"]
+    assert int(file_type.parts[file_type.data[0]][0]) == {"q4_k_m": 15, "q5_k_m": 17}[recipe]
+    ids = fam.prompt_ids(name)
+    f32 = gpt_rs.load_model(folder).forward_tokens(ids)
+    q = gpt_rs.load_model(out).forward_tokens(ids)
+    # The same model, not garbage (random 8-layer models amplify 4-bit noise: measured
+    # correlation 0.67-0.92 with the f32 logits; an unrelated model gives about 0).
+    assert np.corrcoef(q.reshape(-1), f32.reshape(-1))[0, 1] >= 0.5
+
+
+def file_weights(path) -> dict[str, np.ndarray]:
+    """Every matrix of a GGUF file, dequantized by the `gguf` reference."""
+    reader = gguf.GGUFReader(str(path))
+    return {
+        t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(-1)
+        for t in reader.tensors
+        if len(t.shape) == 2
+    }
+
+
+@pytest.mark.parametrize("recipe", ["q4_k_m", "q5_k_m"])
+def test_k_mix_error_no_worse_than_llama_quantize(tmp_path, recipe):
+    """The whole file's weight error against llama.cpp's `llama_model_quantize` of the same
+    f32 weights (the peers venv): gpt_rs's file is no further from the f32 weights."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import ctypes
+
+    cfg = fam.config_for("qwen2_tied")
+    cfg.update(MIX_SHAPE)
+    weights = fam.weights_for("qwen2_tied", cfg=cfg)
+    gf.write_gguf(tmp_path / "f32.gguf", cfg, weights)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q4_k_m": 15, "q5_k_m": 17}[recipe]
+    rc = llama_cpp.llama_model_quantize(
+        str(tmp_path / "f32.gguf").encode(), str(tmp_path / "l.gguf").encode(), ctypes.byref(params)
+    )
+    assert rc == 0
+    folder = hf_folder(tmp_path / "m", cfg, weights)
+    gf.write_bpe_tokenizer(folder)
+    gpt_rs.quant.quantize_model(folder, tmp_path / "g.gguf", recipe)
+    exact = file_weights(tmp_path / "f32.gguf")
+    theirs, ours = file_weights(tmp_path / "l.gguf"), file_weights(tmp_path / "g.gguf")
+    assert theirs.keys() == ours.keys() == exact.keys()
+    err = lambda w: sum(float(np.sum((w[n] - exact[n]) ** 2.0)) for n in exact)  # noqa: E731
+    assert err(ours) <= err(theirs), f"{recipe}: {err(ours):.4e} vs llama.cpp {err(theirs):.4e}"
+
+
 def test_quantize_model_errors(tmp_path):
     cfg = case_config("qwen2_tied")
     folder = hf_folder(tmp_path / "m", cfg, fam.weights_for("qwen2_tied", cfg=cfg))
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q8_0")
     gf.write_bpe_tokenizer(folder)
-    with pytest.raises(ValueError, match="quantizing to q4_k is not supported"):
-        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q4_k")
-    with pytest.raises(ValueError, match="unknown quantization type"):
-        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q4_k_m")
+    with pytest.raises(ValueError, match="quantizing to q2_k is not supported"):
+        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q2_k")
+    with pytest.raises(ValueError, match="unknown quantization type 'q4_k_x'.*q4_k_m"):
+        gpt_rs.quant.quantize_model(folder, tmp_path / "o.gguf", "q4_k_x")
     assert not (tmp_path / "o.gguf").exists()
 
 
@@ -505,7 +582,8 @@ def test_quantized_file_loads_in_llama_cpp(tmp_path):
 @pytest.mark.parametrize("quantized", [False, True])
 def test_gpt2_gguf_matches_llama_cpp(tmp_path, quantized):
     """The `gpt2` file as llama.cpp runs it, where llama-cpp-python is installed (the peers
-    venv): the same logits (f32 file), or the same to int8-activation error (quantized)."""
+    venv): the same logits to f16 rounding (llama.cpp keeps its KV cache in f16) for the f32
+    file, to int8-activation error for the quantized one."""
     llama_cpp = pytest.importorskip("llama_cpp")
     g, _ = gpt2_pair(tmp_path, mix(GPT2_MIX) if quantized else (lambda n, s: "f32"))
     llm = llama_cpp.Llama(str(tmp_path / "gpt2.gguf"), n_ctx=32, logits_all=True, verbose=False)
@@ -514,4 +592,4 @@ def test_gpt2_gguf_matches_llama_cpp(tmp_path, quantized):
     theirs = np.array(llm.scores[: len(ids)])
     ours = g.forward_tokens(ids)
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
-    assert scaled_err(ours, theirs) <= (5e-2 if quantized else 1e-4)
+    assert scaled_err(ours, theirs) <= (5e-2 if quantized else 2e-3)

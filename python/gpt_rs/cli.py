@@ -4,7 +4,7 @@ gpt-rs generate --model DIR --prompt "Hello" [--max-new-tokens N --temperature T
                 --top-p P --seed S --backend B --threads N]
 gpt-rs info
 gpt-rs bench --model DIR
-gpt-rs quantize IN_DIR OUT.gguf [--type q8_0|q5_1|q5_0|q4_1|q4_0]
+gpt-rs quantize IN_DIR OUT.gguf [--type q8_0|q6_k|q5_k_m|q5_k|q5_1|q5_0|q4_k_m|q4_k|q4_1|q4_0]
 gpt-rs train --data PATH --out DIR [--n-layer --n-head --n-embd --context --steps --batch-size
              --lr --seed --threads --resume ...]
 """
@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--type",
         default="q8_0",
-        help="block format of the matrices: q8_0 (default), q5_1, q5_0, q4_1, q4_0",
+        help="block format of the matrices: q8_0 (default), q6_k, q5_k, q5_1, q5_0, q4_k, "
+        "q4_1, q4_0, or llama.cpp's mixes q4_k_m and q5_k_m",
     )
     q.set_defaults(func=cmd_quantize)
     return p

@@ -115,7 +115,8 @@ fn _quant_matmul<'py>(
     PyArray1::from_vec(py, out).reshape([m, n])
 }
 
-/// Writes the Hugging Face folder `src` as a GGUF file `out` with its matrices in `qtype`.
+/// Writes the Hugging Face folder `src` as a GGUF file `out` with its matrices in `qtype`
+/// (a block type, or the mixes q4_k_m and q5_k_m).
 #[pyfunction]
 #[pyo3(signature = (src, out, qtype, progress = false))]
 fn quantize_model(
@@ -125,7 +126,7 @@ fn quantize_model(
     qtype: &str,
     progress: bool,
 ) -> PyResult<()> {
-    let t = parse(qtype)?;
+    let t = gpt_rs::models::gguf_export::Recipe::parse(qtype).map_err(to_py)?;
     run(py, usize::MAX, move || {
         let mut last = 0;
         gpt_rs::models::gguf_export::export(&src, &out, t, &mut |done, total| {

@@ -3,10 +3,12 @@
 //! rows permuted for interleaved RoPE, Gemma's `+1` folded into its norms, Llama 3 frequency
 //! factors as `rope_freqs.weight`), so llama.cpp and gpt_rs both load the result.
 //!
-//! Matrices whose rows are whole blocks are quantized to the asked type (round-to-nearest:
-//! q4_0, q4_1, q5_0, q5_1, q8_0); the others, norms and biases stay F32. The tokenizer is
-//! written from `tokenizer.json` (byte-level BPE vocabularies), with the chat template of
-//! `tokenizer_config.json`.
+//! A `Recipe` names each matrix's block type: one type for all (q4_0, q4_1, q5_0, q5_1, q8_0
+//! round to nearest; q4_k, q5_k, q6_k search their scales), or llama.cpp's mixes q4_k_m and
+//! q5_k_m (more bits where they matter most, `Recipe::type_for`). Rows that are not whole
+//! K blocks take the 32-weight type llama.cpp falls back to; other odd rows, norms and biases
+//! stay F32. The tokenizer is written from `tokenizer.json` (byte-level BPE vocabularies),
+//! with the chat template of `tokenizer_config.json`.
 
 use std::path::Path;
 
@@ -19,6 +21,114 @@ use crate::backend::quant::QuantType;
 use crate::checkpoint::gguf::GgufWriter;
 use crate::checkpoint::read_text_file;
 use crate::error::{Error, Result};
+
+/// The block type of every matrix written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    /// Every matrix in one type.
+    Uniform(QuantType),
+    /// llama.cpp's `_M` mixes over a K base type (Q4_K for q4_k_m, Q5_K for q5_k_m).
+    KMix(QuantType),
+}
+
+impl Recipe {
+    /// The names `parse` accepts, for messages.
+    pub const NAMES: &'static str =
+        "q8_0, q6_k, q5_k_m, q5_k, q5_1, q5_0, q4_k_m, q4_k, q4_1, q4_0";
+
+    pub fn parse(name: &str) -> Result<Self> {
+        let r = match name {
+            "q4_k_m" => Self::KMix(QuantType::Q4K),
+            "q5_k_m" => Self::KMix(QuantType::Q5K),
+            other => match QuantType::parse(other) {
+                Some(t) if t.can_quantize() => Self::Uniform(t),
+                Some(t) => {
+                    return Err(Error::Value(format!(
+                        "quantizing to {} is not supported (supported: {})",
+                        t.name(),
+                        Self::NAMES
+                    )))
+                }
+                None => {
+                    return Err(Error::Value(format!(
+                        "unknown quantization type '{other}' (supported: {})",
+                        Self::NAMES
+                    )))
+                }
+            },
+        };
+        Ok(r)
+    }
+
+    /// llama.cpp's `general.file_type` code of the file written (the uniform K types are what
+    /// it calls the `_S` mixes).
+    pub fn file_type(self) -> u64 {
+        use QuantType as T;
+        match self {
+            Self::Uniform(T::Q4_0) => 2,
+            Self::Uniform(T::Q4_1) => 3,
+            Self::Uniform(T::Q8_0) => 7,
+            Self::Uniform(T::Q5_0) => 8,
+            Self::Uniform(T::Q5_1) => 9,
+            Self::Uniform(T::Q4K) => 14,
+            Self::KMix(T::Q4K) => 15,
+            Self::Uniform(T::Q5K) => 16,
+            Self::KMix(_) => 17,
+            Self::Uniform(_) => 18,
+        }
+    }
+
+    /// The type written for matrix `name` (GGUF's name) with rows of `k` weights, of a model
+    /// with `n_layer` layers; `output` tells the matrix that produces the logits (the token
+    /// embedding when it is tied). None: the matrix stays F32.
+    ///
+    /// The mixes give the logits' matrix Q6_K, and `attn_v` and `ffn_down` Q6_K in the first
+    /// and last eighth of the layers and every third layer between (the layers llama.cpp found
+    /// most sensitive), a fused `attn_qkv` one K type up; rows that are not whole 256-weight
+    /// blocks fall back as llama.cpp does (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0).
+    pub fn type_for(self, name: &str, k: usize, n_layer: usize, output: bool) -> Option<QuantType> {
+        let t = match self {
+            Self::Uniform(t) => t,
+            Self::KMix(base) => {
+                let layer = name
+                    .strip_prefix("blk.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok());
+                let more_bits = |i: usize| {
+                    let n = n_layer;
+                    i < n / 8
+                        || i >= 7 * n / 8
+                        || (i as isize - (n / 8) as isize).rem_euclid(3) == 2
+                };
+                if output {
+                    QuantType::Q6K
+                } else if name.ends_with("attn_qkv.weight") {
+                    if base == QuantType::Q4K {
+                        QuantType::Q5K
+                    } else {
+                        QuantType::Q6K
+                    }
+                } else if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+                    && layer.is_some_and(more_bits)
+                {
+                    QuantType::Q6K
+                } else {
+                    base
+                }
+            }
+        };
+        if k.is_multiple_of(t.block_elems()) {
+            return Some(t);
+        }
+        let fallback = match t {
+            QuantType::Q4K => QuantType::Q5_0,
+            QuantType::Q5K => QuantType::Q5_1,
+            QuantType::Q6K => QuantType::Q8_0,
+            _ => return None,
+        };
+        k.is_multiple_of(fallback.block_elems()).then_some(fallback)
+    }
+}
 
 /// The shared hyper-parameters of the families written.
 struct Shape {
@@ -57,20 +167,13 @@ macro_rules! shape_of {
 }
 
 /// Writes `dir` (a Hugging Face folder of a Llama-family or Gemma 3 model) to `out` as GGUF
-/// with matrices in `qtype`; `progress` gets (tensors done, tensors in all).
+/// with matrices as `recipe` says; `progress` gets (tensors done, tensors in all).
 pub fn export(
     dir: &Path,
     out: &Path,
-    qtype: QuantType,
+    recipe: Recipe,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
-    if !qtype.can_quantize() {
-        return Err(Error::Value(format!(
-            "quantizing to {} is not supported (supported: {})",
-            qtype.name(),
-            QuantType::quantizable_names()
-        )));
-    }
     let cfg_path = dir.join("config.json");
     let config: Json = serde_json::from_str(&read_text_file(&cfg_path)?)
         .map_err(|e| Error::Value(format!("{} is not valid JSON: {e}", cfg_path.display())))?;
@@ -123,6 +226,7 @@ pub fn export(
         .map_or("model".into(), |n| n.to_string_lossy().to_string());
     w.str("general.name", &name);
     w.u32("general.quantization_version", 2);
+    w.u32("general.file_type", recipe.file_type());
     w.u32(&key("context_length"), shape.context as u64);
     w.u32(&key("embedding_length"), shape.hidden as u64);
     w.u32(&key("feed_forward_length"), shape.inter as u64);
@@ -186,14 +290,29 @@ pub fn export(
                 *x += 1.0;
             }
         }
-        match tshape.as_slice() {
-            [rows, k] if k.is_multiple_of(qtype.block_elems()) => {
-                let rb = qtype.row_bytes(*k);
+        let tied = llama.as_ref().is_none_or(|c| c.tie_word_embeddings);
+        let output = gname == "output.weight" || (tied && gname == "token_embd.weight");
+        let qtype = match tshape.as_slice() {
+            [_, k] => recipe.type_for(&gname, *k, shape.layers, output),
+            _ => None,
+        };
+        match (qtype, tshape.as_slice()) {
+            (Some(t), [rows, k]) => {
+                let rb = t.row_bytes(*k);
                 let mut data = crate::memory::zeroed::<u8>(rows * rb, "quantized weights")?;
-                for (x, o) in v.chunks_exact(*k).zip(data.chunks_exact_mut(rb)) {
-                    qtype.quantize_row(x, o);
-                }
-                w.tensor(&gname, &tshape, qtype.ggml_type(), data);
+                // Rows are independent; the K types' search makes this the slow part.
+                let rows_per_task = (65536 / k).max(1);
+                crate::threads::install(|| {
+                    use rayon::prelude::*;
+                    v.par_chunks(k * rows_per_task)
+                        .zip(data.par_chunks_mut(rb * rows_per_task))
+                        .for_each(|(x, o)| {
+                            for (x, o) in x.chunks_exact(*k).zip(o.chunks_exact_mut(rb)) {
+                                t.quantize_row(x, o);
+                            }
+                        })
+                });
+                w.tensor(&gname, &tshape, t.ggml_type(), data);
             }
             _ => w.tensor(&gname, &tshape, 0, f32_bytes(&v)),
         }

@@ -7,6 +7,7 @@
 //! it in `tests/test_gguf.py`). The round-to-nearest formats also quantize, bit-identical to
 //! the same package. Fast products with quantized weights live in the backends.
 
+mod kquantize;
 mod kquants;
 mod legacy;
 pub mod repack;
@@ -48,7 +49,8 @@ impl Default for Unpacked {
     }
 }
 
-/// A format that quantizes by rounding to nearest (no search), as `gguf.quants` does.
+/// A format gpt_rs quantizes to: the round-to-nearest formats as `gguf.quants` does (no
+/// search), Q4_K/Q5_K/Q6_K by a least-squares search (`kquantize`).
 pub trait Quantize: Block {
     /// Quantizes `ELEMS` values into one block of `BYTES` bytes.
     fn quantize(x: &[f32], block: &mut [u8]);
@@ -202,7 +204,14 @@ impl QuantType {
     pub fn can_quantize(self) -> bool {
         matches!(
             self,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0
+            Self::Q4_0
+                | Self::Q4_1
+                | Self::Q5_0
+                | Self::Q5_1
+                | Self::Q8_0
+                | Self::Q4K
+                | Self::Q5K
+                | Self::Q6K
         )
     }
 
@@ -240,6 +249,9 @@ impl QuantType {
             Self::Q5_0 => run::<Q5_0>(x, out),
             Self::Q5_1 => run::<Q5_1>(x, out),
             Self::Q8_0 => run::<Q8_0>(x, out),
+            Self::Q4K => run::<Q4K>(x, out),
+            Self::Q5K => run::<Q5K>(x, out),
+            Self::Q6K => run::<Q6K>(x, out),
             other => panic!("quantize_row: no quantizer for {}", other.name()),
         }
     }
