@@ -59,9 +59,10 @@ fn refit(x: &[f32], q: &[i32]) -> (f32, f32, f32) {
 
 /// The best `(scale, min)` for one asymmetric sub-block with levels `0..=top`.
 fn fit_asymmetric(x: &[f32], top: i32) -> (f32, f32) {
+    // f32::min/max skip NaN: lo and hi are never NaN.
     let lo = x.iter().copied().fold(0.0f32, f32::min);
     let hi = x.iter().copied().fold(lo, f32::max);
-    if !(hi > lo) {
+    if hi <= lo {
         return (0.0, -lo);
     }
     let mut q = [0i32; 32];
