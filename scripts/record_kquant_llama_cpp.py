@@ -79,15 +79,7 @@ def record_mse(lib: ctypes.CDLL) -> None:
     np.savez_compressed(OUT / "kquant_weights.npz", **arrays)
 
 
-MIX_CASES = {"qwen2_tied": "qwen2_tied", "llama_gqa": "llama_gqa"}
-MIX_SHAPE = dict(
-    hidden_size=256,
-    intermediate_size=640,
-    num_hidden_layers=8,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=64,
-)
+MIX_CASES = ("qwen2_tied", "llama_gqa")
 
 
 def record_mixes() -> None:
@@ -98,7 +90,7 @@ def record_mixes() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in MIX_CASES:
             cfg = fam.config_for(case)
-            cfg.update(MIX_SHAPE)
+            cfg.update(gf.MIX_SHAPE)
             src = Path(tmp) / f"{case}.gguf"
             gf.write_gguf(src, cfg, fam.weights_for(case, cfg=cfg))
             for mix, ftype in FTYPES.items():

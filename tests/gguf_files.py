@@ -314,6 +314,17 @@ def write_gguf(
     return stored
 
 
+# The models scripts/record_kquant_llama_cpp.py quantizes with llama.cpp's mixes: 8 layers (so
+# the mixes' per-layer choices show), an MLP of 640 (rows that are not whole K blocks).
+MIX_SHAPE = dict(
+    hidden_size=256,
+    intermediate_size=640,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+)
+
 GPT2_TOP = {
     "wte.weight": "token_embd.weight",
     "wpe.weight": "position_embd.weight",

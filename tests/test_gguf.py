@@ -65,11 +65,15 @@ def pair(tmp_path, name, cfg=None, qtype=lambda n, s: "f32", seed=0):
 def test_f32_gguf_matches_hf_folder_on_every_backend(tmp_path, name):
     g, h = pair(tmp_path, name)
     assert g.config["model_type"] == h.config["model_type"]
-    ids = fam.prompt_ids(name)
+    assert_same_model(g, h, fam.prompt_ids(name), name)
+
+
+def assert_same_model(g, h, ids, what):
+    """Logits equal to f32 rounding on every backend, the same greedy tokens."""
     for backend in gpt_rs.list_backends():
         g.backend = h.backend = backend
         err = scaled_err(g.forward_tokens(ids), h.forward_tokens(ids))
-        assert err <= 1e-5, f"{name} on {backend}: {err:.2e}"
+        assert err <= 1e-5, f"{what} on {backend}: {err:.2e}"
     g.backend = h.backend = None
     assert g.generate_tokens(ids[:5], 12, temperature=0) == h.generate_tokens(
         ids[:5], 12, temperature=0
@@ -203,6 +207,7 @@ def test_dtype_conversions_of_a_quantized_file(tmp_path):
 
 
 GPT2_SHAPE = dict(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=257)
+GPT2_IDS = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
 
 
 def gpt2_pair(tmp_path, qtype=lambda n, s: "f32"):
@@ -224,15 +229,7 @@ def test_gpt2_gguf_matches_hf_folder_on_every_backend(tmp_path):
     g, h = gpt2_pair(tmp_path)
     assert g.config["model_type"] == "gpt2" and g.config["n_embd"] == 64
     assert g.eos_token_ids == h.eos_token_ids == [256]
-    ids = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
-    for backend in gpt_rs.list_backends():
-        g.backend = h.backend = backend
-        err = scaled_err(g.forward_tokens(ids), h.forward_tokens(ids))
-        assert err <= 1e-5, f"gpt2 on {backend}: {err:.2e}"
-    g.backend = h.backend = None
-    assert g.generate_tokens(ids[:4], 12, temperature=0) == h.generate_tokens(
-        ids[:4], 12, temperature=0
-    )
+    assert_same_model(g, h, GPT2_IDS, "gpt2")
     tok = g.tokenizer
     # GPT-2's split: "a", "  " (a run of spaces but its last), " b": one merge.
     assert tok.encode("a   b") == [ord("a"), 256, 32, ord("b")]
@@ -252,7 +249,7 @@ GPT2_MIX = {
 def test_quantized_gpt2_gguf_matches_dequantized_folder(tmp_path):
     g, h = gpt2_pair(tmp_path, mix(GPT2_MIX))
     assert g.dtype == "q8_0"
-    ids = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
+    ids = GPT2_IDS
     h.backend = "cpu-portable"
     check_quantized(g, ids, h.forward_tokens(ids), "gpt2")
 
@@ -472,16 +469,6 @@ def test_quantize_model_writes_a_gguf_that_loads_back(tmp_path, name, qtype):
         )
 
 
-MIX_SHAPE = dict(
-    hidden_size=256,
-    intermediate_size=640,
-    num_hidden_layers=8,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=64,
-)
-
-
 @pytest.mark.parametrize("name", ["qwen2_tied", "llama_gqa"])
 @pytest.mark.parametrize("recipe", ["q4_k_m", "q5_k_m"])
 def test_k_mixes_give_llama_cpps_types_and_a_close_model(tmp_path, name, recipe):
@@ -494,7 +481,7 @@ def test_k_mixes_give_llama_cpps_types_and_a_close_model(tmp_path, name, recipe)
         (Path(__file__).parent / "fixtures" / "gguf" / "kquant_mixes.json").read_text()
     )
     cfg = fam.config_for(name)
-    cfg.update(MIX_SHAPE)
+    cfg.update(gf.MIX_SHAPE)
     folder = hf_folder(tmp_path / "m", cfg, fam.weights_for(name, cfg=cfg))
     gf.write_bpe_tokenizer(folder)
     out = tmp_path / "out.gguf"
@@ -530,7 +517,7 @@ def test_k_mix_error_no_worse_than_llama_quantize(tmp_path, recipe):
     import ctypes
 
     cfg = fam.config_for("qwen2_tied")
-    cfg.update(MIX_SHAPE)
+    cfg.update(gf.MIX_SHAPE)
     weights = fam.weights_for("qwen2_tied", cfg=cfg)
     gf.write_gguf(tmp_path / "f32.gguf", cfg, weights)
     params = llama_cpp.llama_model_quantize_default_params()
@@ -587,7 +574,7 @@ def test_gpt2_gguf_matches_llama_cpp(tmp_path, quantized):
     llama_cpp = pytest.importorskip("llama_cpp")
     g, _ = gpt2_pair(tmp_path, mix(GPT2_MIX) if quantized else (lambda n, s: "f32"))
     llm = llama_cpp.Llama(str(tmp_path / "gpt2.gguf"), n_ctx=32, logits_all=True, verbose=False)
-    ids = [3, 100, 7, 256, 41, 200, 9, 18, 77, 5]
+    ids = GPT2_IDS
     llm.eval(ids)
     theirs = np.array(llm.scores[: len(ids)])
     ours = g.forward_tokens(ids)
