@@ -148,9 +148,9 @@ def test_teacher_forced_logits_match_llama_cpp(model, recorded):
 
 def test_greedy_matches_llama_cpp(model, recorded):
     """Every prompt agrees with llama.cpp until a near tie: where gpt_rs parts from it, llama.cpp's
-    pick is within 0.25 of gpt_rs's in gpt_rs's own logits (seen: 0.016-0.10), and at least half
-    of the prompts agree for 16 tokens or more (seen: 3 or 4 of 6 depending on the kernels'
-    summation order: the issue's "most prompts" is not guaranteed at such ties)."""
+    pick is within 0.25 of gpt_rs's in gpt_rs's own logits (seen: 0.016-0.10), and most
+    prompts agree for 16 tokens or more (seen: 5 of 6 against llama.cpp with an f32 KV cache,
+    as recorded; 3 of 6 against its default f16 cache, whose rounding moves near ties)."""
     meta, _ = recorded
     same16 = 0
     for prompt, rec in meta["greedy"].items():
@@ -167,7 +167,7 @@ def test_greedy_matches_llama_cpp(model, recorded):
             gap = last[out[common]] - last[theirs[common]]
             print(f"    parts at a logit gap of {gap:.3f}")
             assert gap < 0.25, f"{prompt!r}: parts at token {common} by a logit gap of {gap}"
-    assert same16 >= len(meta["greedy"]) / 2, f"only {same16} prompts agree for 16 tokens"
+    assert same16 > len(meta["greedy"]) / 2, f"only {same16} prompts agree for 16 tokens"
 
 
 def test_chat_answers_a_coding_question(model):
