@@ -536,6 +536,43 @@ def test_k_mix_error_no_worse_than_llama_quantize(tmp_path, recipe):
     assert err(ours) <= err(theirs), f"{recipe}: {err(ours):.4e} vs llama.cpp {err(theirs):.4e}"
 
 
+def test_quantize_model_writes_gpt2(tmp_path):
+    """A GPT-2 folder (Conv1D `[in, out]` weights, `transformer.` keys) as a `gpt2` GGUF file:
+    matrices transposed to `[out, in]` and quantized as the gguf package's quantizer does,
+    position embeddings F32, the head tied; loaded back it is the same model to Q8_0 error,
+    and llama.cpp runs it (where installed)."""
+    import gpt2_fixture as g2
+
+    folder = tmp_path / "gpt2"
+    params = g2.make_gpt2_folder(folder, vocab_size=256, n_positions=32)
+    gf.write_bpe_tokenizer(folder)
+    out = tmp_path / "gpt2.gguf"
+    gpt_rs.quant.quantize_model(folder, out, "q8_0")
+    reader = gguf.GGUFReader(str(out))
+    tensors = {t.name: t for t in reader.tensors}
+    assert "output.weight" not in tensors
+    assert tensors["position_embd.weight"].tensor_type.name == "F32"
+    qkv = tensors["blk.1.attn_qkv.weight"]
+    assert qkv.tensor_type.name == "Q8_0" and list(qkv.shape) == [64, 192]
+    want = gguf.quants.quantize(
+        np.ascontiguousarray(params["h.1.attn.c_attn.weight"].T), gguf.GGMLQuantizationType.Q8_0
+    )
+    np.testing.assert_array_equal(qkv.data.reshape(-1), want.reshape(-1))
+    g, f32 = gpt_rs.load_model(out), gpt_rs.load_model(folder)
+    assert g.config["model_type"] == "gpt2" and g.dtype == "q8_0"
+    ids = [5, 99, 17, 255, 3, 64, 200, 31]
+    ours = g.forward_tokens(ids)
+    assert scaled_err(ours, f32.forward_tokens(ids)) <= 0.05
+    assert g.tokenizer.encode("x    y") == f32.tokenizer.encode("x    y")
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    llm = llama_cpp.Llama(str(out), n_ctx=32, logits_all=True, verbose=False)
+    llm.eval(ids)
+    assert scaled_err(ours, np.array(llm.scores[: len(ids)])) <= 0.05
+
+
 def test_quantize_model_errors(tmp_path):
     cfg = case_config("qwen2_tied")
     folder = hf_folder(tmp_path / "m", cfg, fam.weights_for("qwen2_tied", cfg=cfg))

@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "quantize", help="write a Hugging Face folder as a quantized GGUF file (llama.cpp's format)"
     )
-    q.add_argument("input", help="Hugging Face model folder (llama, mistral, qwen2, qwen3, gemma3)")
+    q.add_argument(
+        "input", help="Hugging Face model folder (llama, mistral, qwen2, qwen3, gemma3, gpt2)"
+    )
     q.add_argument("output", help="the .gguf file to write")
     q.add_argument(
         "--type",

@@ -166,7 +166,7 @@ macro_rules! shape_of {
     };
 }
 
-/// Writes `dir` (a Hugging Face folder of a Llama-family or Gemma 3 model) to `out` as GGUF
+/// Writes `dir` (a Hugging Face folder of a Llama-family, Gemma 3 or GPT-2 model) to `out` as GGUF
 /// with matrices as `recipe` says; `progress` gets (tensors done, tensors in all).
 pub fn export(
     dir: &Path,
@@ -191,6 +191,24 @@ pub fn export(
             let shape = shape_of!(c, arch);
             (shape, Some(c))
         }
+        "gpt2" => {
+            let c = crate::checkpoint::Gpt2Config::from_json(&config)?;
+            let shape = Shape {
+                arch: "gpt2",
+                vocab: c.vocab_size,
+                hidden: c.n_embd,
+                inter: c.n_inner,
+                layers: c.n_layer,
+                heads: c.n_head,
+                kv_heads: c.n_head,
+                head_dim: c.head_dim(),
+                context: c.n_positions,
+                eps: c.layer_norm_epsilon,
+                bos: c.bos_token_id,
+                eos: c.eos_token_id,
+            };
+            (shape, None)
+        }
         "gemma3_text" => {
             let c = Gemma3Config::from_json(&config)?;
             let a = "gemma3";
@@ -213,7 +231,7 @@ pub fn export(
         other => {
             return Err(Error::Value(format!(
                 "{}: model_type '{other}' cannot be written as GGUF (supported: llama, \
-                 mistral, qwen2, qwen3, gemma3_text)",
+                 mistral, qwen2, qwen3, gemma3_text, gpt2)",
                 cfg_path.display()
             )))
         }
@@ -235,7 +253,11 @@ pub fn export(
     w.u32(&key("attention.head_count_kv"), shape.kv_heads as u64);
     w.u32(&key("attention.key_length"), shape.head_dim as u64);
     w.u32(&key("attention.value_length"), shape.head_dim as u64);
-    w.f32(&key("attention.layer_norm_rms_epsilon"), shape.eps as f64);
+    if a == "gpt2" {
+        w.f32(&key("attention.layer_norm_epsilon"), shape.eps as f64);
+    } else {
+        w.f32(&key("attention.layer_norm_rms_epsilon"), shape.eps as f64);
+    }
     let mut rope_factors = None;
     if let Some(c) = &llama {
         w.f32(&key("rope.freq_base"), c.rope.theta);
@@ -270,13 +292,27 @@ pub fn export(
     let mut done = 0;
     for hf in &names {
         done += 1;
-        let Some(gname) = super::gguf::translate(a, hf, false) else {
+        // GPT-2 checkpoints may prefix their keys with `transformer.`.
+        let short = if a == "gpt2" {
+            hf.strip_prefix("transformer.").unwrap_or(hf)
+        } else {
+            hf
+        };
+        let Some(gname) = super::gguf::translate(a, short, false) else {
             continue; // e.g. a tied lm_head copy, rotary buffers
         };
         if gname == "output.weight" && llama.as_ref().is_some_and(|c| c.tie_word_embeddings) {
             continue;
         }
-        let (tshape, mut v) = ck.values(hf)?;
+        let (mut tshape, mut v) = ck.values(hf)?;
+        if a == "gpt2" && short.ends_with(".weight") && tshape.len() == 2 && short.starts_with("h.")
+        {
+            // HF's Conv1D stores `[in, out]`; GGUF matrices are `[out, in]`.
+            (tshape, v) = (
+                vec![tshape[1], tshape[0]],
+                transpose(&v, tshape[0], tshape[1]),
+            );
+        }
         if a == "llama" && (hf.contains("q_proj.") || hf.contains("k_proj.")) {
             let heads = if hf.contains("q_proj.") {
                 shape.heads
@@ -292,8 +328,11 @@ pub fn export(
         }
         let tied = llama.as_ref().is_none_or(|c| c.tie_word_embeddings);
         let output = gname == "output.weight" || (tied && gname == "token_embd.weight");
+        // Position embeddings stay F32, as llama.cpp leaves them.
         let qtype = match tshape.as_slice() {
-            [_, k] => recipe.type_for(&gname, *k, shape.layers, output),
+            [_, k] if gname != "position_embd.weight" => {
+                recipe.type_for(&gname, *k, shape.layers, output)
+            }
             _ => None,
         };
         match (qtype, tshape.as_slice()) {
@@ -323,6 +362,17 @@ pub fn export(
         w.tensor("rope_freqs.weight", &[f.len()], 0, f32_bytes(&f));
     }
     w.write(out)
+}
+
+/// `v` (`rows x cols`, row-major) transposed.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -429,7 +479,7 @@ fn tokenizer(dir: &Path, shape: &Shape, model_type: &str, w: &mut GgufWriter) ->
     } else if pre_json.contains("(?i:'s") || matches!(model_type, "qwen2" | "qwen3") {
         "qwen2"
     } else {
-        "gpt2"
+        "gpt-2" // llama.cpp's name (it rejects "gpt2" as a pre-tokenizer)
     };
     w.str("tokenizer.ggml.model", "gpt2");
     w.str("tokenizer.ggml.pre", pre);
