@@ -384,9 +384,9 @@ impl Panels {
                 SourceDtype::Quant(_) => {}
                 _ if !t.can_quantize() => {
                     return Err(Error::Value(format!(
-                        "quantizing to {} is not supported (supported: q4_0, q4_1, q5_0, q5_1, \
-                         q8_0)",
-                        t.name()
+                        "quantizing to {} is not supported (supported: {})",
+                        t.name(),
+                        QuantType::quantizable_names()
                     )))
                 }
                 _ => {}
