@@ -23,6 +23,7 @@ import os as _os
 
 from . import (  # noqa: E402  (submodules re-export the native functions)
     _native,
+    errors,
     functional,
     nn,
     quant,  # noqa: E402  (gpt_rs.quant: GGML block formats)
@@ -45,9 +46,32 @@ from ._native import (
     set_num_threads,
     set_simd_level,
 )
+from .errors import (
+    BackendError,
+    DTypeError,
+    Error,
+    FileReadError,
+    InternalError,
+    InvalidValueError,
+    MissingFileError,
+    OutOfMemoryError,
+    ShapeError,
+    SizeOverflowError,
+)
 from .models import load_model  # noqa: E402
 
 __all__ = [
+    "BackendError",
+    "DTypeError",
+    "Error",
+    "FileReadError",
+    "InternalError",
+    "InvalidValueError",
+    "MissingFileError",
+    "OutOfMemoryError",
+    "ShapeError",
+    "SizeOverflowError",
+    "errors",
     "Model",
     "Tensor",
     "TextStream",
@@ -77,13 +101,13 @@ def _configure_from_env() -> None:
         try:
             set_backend(backend)
         except ValueError as e:
-            raise ValueError(f"GPT_RS_BACKEND={backend!r} is invalid: {e}") from None
+            raise InvalidValueError(f"GPT_RS_BACKEND={backend!r} is invalid: {e}") from None
     threads = _os.environ.get("GPT_RS_NUM_THREADS")
     if threads:
         try:
             set_num_threads(int(threads))
         except ValueError as e:
-            raise ValueError(f"GPT_RS_NUM_THREADS={threads!r} is invalid: {e}") from None
+            raise InvalidValueError(f"GPT_RS_NUM_THREADS={threads!r} is invalid: {e}") from None
 
 
 _configure_from_env()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Union
 
 from ._native import Model
+from .errors import MissingFileError
 
 __all__ = ["Model", "load_model", "resolve_model_path"]
 
@@ -47,7 +48,7 @@ def resolve_model_path(name_or_path: Union[str, os.PathLike]) -> Path:
             for snap in candidates:
                 if (snap / "config.json").exists():
                     return snap
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{name!r} is neither a folder nor a model in the local Hugging Face cache "
         f"({_hub_cache()}); pass a folder holding config.json and model.safetensors"
     )

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _native
 from ._native import Tokenizer, TrainableModel
+from .errors import DTypeError, FileReadError, InvalidValueError, MissingFileError
 
 __all__ = [
     "DataSplit",
@@ -108,7 +109,7 @@ def find_text_files(
     ``exclude_dirs`` are skipped."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"training data not found: {p}")
+        raise MissingFileError(f"training data not found: {p}")
     if p.is_file():
         return [p]
     files = []
@@ -117,7 +118,7 @@ def find_text_files(
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
         files += [Path(root) / n for n in sorted(names) if Path(n).match(pattern)]
     if not files:
-        raise ValueError(f"no files matching {pattern!r} under {p}")
+        raise InvalidValueError(f"no files matching {pattern!r} under {p}")
     return files
 
 
@@ -128,7 +129,7 @@ def _read_documents(files: Sequence[Path]) -> tuple[list[str], int]:
         try:
             raw = f.read_bytes()
         except OSError as e:
-            raise OSError(f"cannot read training file {f}: {e.strerror or e}") from e
+            raise FileReadError(f"cannot read training file {f}: {e.strerror or e}") from e
         if b"\0" in raw:
             skipped += 1
             continue
@@ -162,15 +163,15 @@ def _read_json(path: Path, max_bytes: int = 16 << 20):
     """A small JSON file: regular files only, at most ``max_bytes`` (a FIFO cannot block and
     /dev/zero cannot fill memory); ValueError names the file when it is not valid JSON."""
     if not path.is_file():
-        raise OSError(f"cannot read {path}: not a regular file")
+        raise FileReadError(f"cannot read {path}: not a regular file")
     with open(path, "rb") as f:
         raw = f.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        raise ValueError(f"{path} is larger than {max_bytes >> 20} MiB")
+        raise InvalidValueError(f"{path} is larger than {max_bytes >> 20} MiB")
     try:
         return json.loads(raw)
     except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+        raise InvalidValueError(f"{path} is not valid JSON: {e}") from e
 
 
 class TokenData:
@@ -183,7 +184,7 @@ class TokenData:
     def __init__(self, path: PathLike, dtype: str = "uint16") -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"token file not found: {self.path}")
+            raise MissingFileError(f"token file not found: {self.path}")
         # Our own descriptor of the mapped inode: fstat on it tells whether that file changed.
         fd = os.open(self.path, os.O_RDONLY)
         weakref.finalize(self, os.close, fd)
@@ -199,7 +200,7 @@ class TokenData:
     def _check_unchanged(self) -> None:
         st = os.fstat(self._fd)
         if (st.st_size, st.st_mtime_ns) != self._stamp:
-            raise OSError(
+            raise FileReadError(
                 f"{self.path} was modified after it was opened ({self._stamp[0]} -> "
                 f"{st.st_size} bytes); open it again (or prepare the data again)"
             )
@@ -209,7 +210,7 @@ class TokenData:
 
     def check_context(self, context: int) -> None:
         if len(self) < context + 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.path} holds {len(self)} tokens, fewer than context + 1 = {context + 1}: "
                 "use a shorter --context or more data"
             )
@@ -291,11 +292,13 @@ def prepare_data(
     """
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InvalidValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        raise DTypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
     if not 257 <= vocab_size <= MAX_VOCAB:  # checked before the corpus is read
-        raise ValueError(f"vocab_size must be an integer from 257 to {MAX_VOCAB}, got {vocab_size}")
+        raise InvalidValueError(
+            f"vocab_size must be an integer from 257 to {MAX_VOCAB}, got {vocab_size}"
+        )
     out = Path(out_dir)
     src = Path(source).resolve()
     settings = {
@@ -317,7 +320,7 @@ def prepare_data(
     t0 = time.perf_counter()
     docs, skipped = _read_documents(files)
     if not docs:
-        raise ValueError(
+        raise InvalidValueError(
             f"the training corpus is empty: no non-empty UTF-8 text in {len(files)} file(s) "
             f"under {src}"
         )
@@ -424,7 +427,7 @@ class TrainConfig:
             if v is None and allow_none:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+                raise InvalidValueError(f"{name} must be an integer >= {lo}, got {v!r}")
 
         def number(name: str, v, lo: float, *, strict: bool, hi: Optional[float] = None) -> None:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -432,7 +435,7 @@ class TrainConfig:
             if not ok:
                 bound = f"> {lo}" if strict else f">= {lo}"
                 bound += f" and < {hi}" if hi is not None else ""
-                raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+                raise InvalidValueError(f"{name} must be a finite number {bound}, got {v!r}")
 
         for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches"):
             integer(name, getattr(self, name), 1)
@@ -496,10 +499,12 @@ class Trainer:
         n_pos = model.config["n_positions"]
         self.context = self.config.context or n_pos
         if self.context > n_pos:
-            raise ValueError(f"context {self.context} exceeds the model's n_positions ({n_pos})")
+            raise InvalidValueError(
+                f"context {self.context} exceeds the model's n_positions ({n_pos})"
+            )
         data.train.check_context(self.context)
         if self.tokenizer is not None and self.tokenizer.vocab_size > model.config["vocab_size"]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
                 f"{model.config['vocab_size']}"
             )
@@ -567,22 +572,22 @@ class Trainer:
         ck = Path(checkpoint)
         state_path = ck / "trainer_state.json"
         if not state_path.is_file():
-            raise FileNotFoundError(f"no trainer_state.json in {ck}: not a training checkpoint")
+            raise MissingFileError(f"no trainer_state.json in {ck}: not a training checkpoint")
         state = _read_json(state_path)
         bad = f"{state_path} is not a trainer state written by Trainer.save"
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-            raise ValueError(f"{bad}: it has no 'config' object")
+            raise InvalidValueError(f"{bad}: it has no 'config' object")
         step = state.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"{bad}: 'step' must be a non-negative integer, got {step!r}")
+            raise InvalidValueError(f"{bad}: 'step' must be a non-negative integer, got {step!r}")
         history = state.get("history", [])
         if not isinstance(history, list):
-            raise ValueError(f"{bad}: 'history' must be a list")
+            raise InvalidValueError(f"{bad}: 'history' must be a list")
         if config is None:
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             unknown = sorted(set(state["config"]) - known)
             if unknown:
-                raise ValueError(f"{bad}: unknown settings {unknown} in 'config'")
+                raise InvalidValueError(f"{bad}: unknown settings {unknown} in 'config'")
             config = TrainConfig(**state["config"])
             config.validate()
         model = TrainableModel.load(os.fspath(ck))

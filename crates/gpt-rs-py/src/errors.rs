@@ -9,19 +9,31 @@ use pyo3::exceptions::{
     PyRuntimeError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
 pub fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
-    match e {
-        Error::Shape(_) | Error::Value(_) => PyValueError::new_err(msg),
-        Error::DType(_) => PyTypeError::new_err(msg),
-        Error::Overflow(_) => PyOverflowError::new_err(msg),
-        Error::Io(_) => PyOSError::new_err(msg),
-        Error::NotFound(_) => PyFileNotFoundError::new_err(msg),
-        Error::Memory(_) => PyMemoryError::new_err(msg),
-        Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
-        Error::Backend(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
-    }
+    let (class, builtin): (&str, fn(String) -> PyErr) = match e {
+        Error::Shape(_) => ("ShapeError", PyValueError::new_err),
+        Error::Value(_) => ("InvalidValueError", PyValueError::new_err),
+        Error::DType(_) => ("DTypeError", PyTypeError::new_err),
+        Error::Overflow(_) => ("SizeOverflowError", PyOverflowError::new_err),
+        Error::Io(_) => ("FileReadError", PyOSError::new_err),
+        Error::NotFound(_) => ("MissingFileError", PyFileNotFoundError::new_err),
+        Error::Memory(_) => ("OutOfMemoryError", PyMemoryError::new_err),
+        Error::Interrupted => return PyKeyboardInterrupt::new_err(msg),
+        Error::Backend(_) => ("BackendError", PyRuntimeError::new_err),
+        Error::Internal(_) => ("InternalError", PyRuntimeError::new_err),
+    };
+    // The classes live in `gpt_rs.errors` (Python: they derive from two bases each); the
+    // built-in base stands in if that module cannot be imported.
+    Python::attach(|py| {
+        py.import("gpt_rs.errors")
+            .and_then(|m| m.getattr(class))
+            .and_then(|c| Ok(c.cast_into::<PyType>()?))
+            .map(|t| PyErr::from_type(t, msg.clone()))
+            .unwrap_or_else(|_| builtin(msg))
+    })
 }
 
 /// Inputs smaller than this run without releasing the GIL: the release costs more than the op.
