@@ -46,31 +46,10 @@ from ._native import (
     set_num_threads,
     set_simd_level,
 )
-from .errors import (
-    BackendError,
-    DTypeError,
-    Error,
-    FileReadError,
-    InternalError,
-    InvalidValueError,
-    MissingFileError,
-    OutOfMemoryError,
-    ShapeError,
-    SizeOverflowError,
-)
+from .errors import *  # noqa: F403  (gpt_rs.Error and its subclasses)
 from .models import load_model  # noqa: E402
 
 __all__ = [
-    "BackendError",
-    "DTypeError",
-    "Error",
-    "FileReadError",
-    "InternalError",
-    "InvalidValueError",
-    "MissingFileError",
-    "OutOfMemoryError",
-    "ShapeError",
-    "SizeOverflowError",
     "errors",
     "Model",
     "Tensor",
@@ -93,6 +72,7 @@ __all__ = [
     "set_simd_level",
     "train",
 ]
+__all__ += errors.__all__
 
 
 def _configure_from_env() -> None:
@@ -101,13 +81,15 @@ def _configure_from_env() -> None:
         try:
             set_backend(backend)
         except ValueError as e:
-            raise InvalidValueError(f"GPT_RS_BACKEND={backend!r} is invalid: {e}") from None
+            raise errors.InvalidValueError(f"GPT_RS_BACKEND={backend!r} is invalid: {e}") from None
     threads = _os.environ.get("GPT_RS_NUM_THREADS")
     if threads:
         try:
             set_num_threads(int(threads))
         except ValueError as e:
-            raise InvalidValueError(f"GPT_RS_NUM_THREADS={threads!r} is invalid: {e}") from None
+            raise errors.InvalidValueError(
+                f"GPT_RS_NUM_THREADS={threads!r} is invalid: {e}"
+            ) from None
 
 
 _configure_from_env()
