@@ -110,29 +110,77 @@ def test_simd_fallbacks_are_correct(level, rng):
         gpt_rs.set_simd_level("sse9")
 
 
+# gpt_rs's feature names -> /proc/cpuinfo's flags.
+CPUINFO_FLAGS = {
+    "sse4.2": "sse4_2",
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+}
+
+
 def test_cpu_features_and_version():
-    assert isinstance(gpt_rs.cpu_features(), list)
-    assert gpt_rs.__version__.count(".") == 2
+    """The features gpt_rs detects are exactly those of the ones it probes that the kernel
+    reports, and the version is the installed package's."""
+    import importlib.metadata
+    import platform
+    from pathlib import Path
+
+    assert gpt_rs.__version__ == importlib.metadata.version("gpt_rs")
+    features = gpt_rs.cpu_features()
+    assert len(set(features)) == len(features) and set(features) <= set(CPUINFO_FLAGS)
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        assert features == [] or platform.machine() == "x86_64"
+        return
+    line = next(x for x in cpuinfo.read_text().splitlines() if x.startswith("flags"))
+    flags = set(line.split(":", 1)[1].split())
+    assert set(features) == {f for f, c in CPUINFO_FLAGS.items() if c in flags}
+    # The SIMD level follows from them.
+    level = gpt_rs.get_simd_level()
+    if "avx512f" in features and "avx512bw" in features:
+        assert level in ("avx512", "avx2", "scalar")  # capped by GPT_RS_SIMD at most
+    elif "avx2" in features and "fma" in features:
+        assert level in ("avx2", "scalar")
+    else:
+        assert level == "scalar"
 
 
 def test_gil_is_released_during_long_ops():
-    """A Python thread keeps running while a large matmul runs in another thread."""
+    """A Python thread keeps running while a large matmul runs in another thread: it makes
+    progress all through the op (were the GIL held, it could not run at all until the op
+    returned)."""
     import threading
     import time
 
-    x = T(np.ones((1024, 1024), np.float32))
-    counter = [0]
+    x = T(np.ones((1536, 1536), np.float32))
+    stamps: list[float] = []
     done = threading.Event()
 
     def spin():
         while not done.is_set():
-            counter[0] += 1
+            stamps.append(time.perf_counter())
             time.sleep(0)
 
     th = threading.Thread(target=spin)
     th.start()
-    for _ in range(3):
-        gpt_rs.functional.matmul(x, x)
+    while not stamps:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    gpt_rs.functional.matmul(x, x)
+    t1 = time.perf_counter()
     done.set()
     th.join()
-    assert counter[0] > 10
+    d = t1 - t0
+    during = [t for t in stamps if t0 <= t <= t1]
+    assert len(during) >= 10, f"the other thread ran {len(during)} times in {d * 1e3:.1f} ms"
+    # Progress throughout: no gap longer than half the op (the OS may still preempt it).
+    edges = [t0] + during + [t1]
+    gap = max(b - a for a, b in zip(edges, edges[1:]))
+    assert gap <= 0.5 * d, f"the other thread stalled {gap * 1e3:.1f} ms of {d * 1e3:.1f} ms"
