@@ -1,7 +1,7 @@
-//! Compiles the `c` backend's kernels (csrc/) when the `conversion-c` feature is on.
+//! Compiles the `c` backend's kernels (csrc/) when the `c-backend` feature is on.
 
 fn main() {
-    #[cfg(feature = "conversion-c")]
+    #[cfg(feature = "c-backend")]
     {
         println!("cargo:rerun-if-changed=csrc/gpt_rs_kernels.c");
         cc::Build::new()

@@ -68,7 +68,7 @@ macro_rules! on_every_backend {
         mod portable { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; f(BackendKind::CpuPortable.get().unwrap()); } )* }
         #[cfg(feature = "faer")]
         mod faer { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; f(BackendKind::Faer.get().unwrap()); } )* }
-        #[cfg(feature = "conversion-c")]
+        #[cfg(feature = "c-backend")]
         mod c { use super::*; $( #[test] fn $name() { let f: fn(&dyn Backend) = $body; f(BackendKind::C.get().unwrap()); } )* }
     };
 }
@@ -326,7 +326,7 @@ fn registry_lists_compiled_in_backends_in_order() {
     if cfg!(feature = "faer") {
         want.push("faer");
     }
-    if cfg!(feature = "conversion-c") {
+    if cfg!(feature = "c-backend") {
         want.push("c");
     }
     assert_eq!(names, want);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 
-#[cfg(feature = "conversion-c")]
+#[cfg(feature = "c-backend")]
 pub mod c;
 pub mod cpu;
 pub mod decoder;
@@ -194,7 +194,7 @@ impl BackendKind {
     pub fn feature(self) -> Option<&'static str> {
         match self {
             Self::Faer => Some("faer"),
-            Self::C => Some("conversion-c"),
+            Self::C => Some("c-backend"),
             _ => None,
         }
     }
@@ -206,7 +206,7 @@ impl BackendKind {
             Self::CpuPortable => Ok(&portable::Portable),
             #[cfg(feature = "faer")]
             Self::Faer => Ok(&faer::Faer),
-            #[cfg(feature = "conversion-c")]
+            #[cfg(feature = "c-backend")]
             Self::C => Ok(&c::CBackend),
             #[allow(unreachable_patterns)] // reachable only when a feature is off
             other => Err(Error::Backend(format!(
