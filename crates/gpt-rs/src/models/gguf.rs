@@ -62,30 +62,29 @@ const GPT2_TOP: [(&str, &str); 5] = [
     ("output.weight", "lm_head.weight"),
 ];
 
-/// GPT-2's per-layer tensors `blk.N.<gguf>` = `h.N.<hf>`. The converter stores the Conv1D
-/// matrices transposed, `[out, in]` like every other GGUF matrix.
-const GPT2_LAYER: [(&str, &str); 6] = [
-    ("attn_norm", "ln_1"),
-    ("attn_qkv", "attn.c_attn"),
-    ("attn_output", "attn.c_proj"),
-    ("ffn_norm", "ln_2"),
-    ("ffn_up", "mlp.c_fc"),
-    ("ffn_down", "mlp.c_proj"),
+/// GPT-2's per-layer tensors `blk.N.<gguf>` = `h.N.<hf>` (as `LAYER`, for every GPT-2). The
+/// converter stores the Conv1D matrices transposed, `[out, in]` like every other GGUF matrix.
+const GPT2_LAYER: [(&str, &str, Option<bool>); 6] = [
+    ("attn_norm", "ln_1", None),
+    ("attn_qkv", "attn.c_attn", None),
+    ("attn_output", "attn.c_proj", None),
+    ("ffn_norm", "ln_2", None),
+    ("ffn_up", "mlp.c_fc", None),
+    ("ffn_down", "mlp.c_proj", None),
 ];
 
 /// `name` translated between the two conventions: GGUF to Hugging Face (`to_hf`) or back.
 /// None: a tensor the runtime does not use.
 pub(crate) fn translate(arch: &str, name: &str, to_hf: bool) -> Option<String> {
+    let (top, hf_prefix, layers): (&[_], _, &[_]) = if arch == "gpt2" {
+        (&GPT2_TOP, "h.", &GPT2_LAYER)
+    } else {
+        (&TOP, "model.layers.", &LAYER)
+    };
     let pick = |pair: (&'static str, &'static str)| if to_hf { pair } else { (pair.1, pair.0) };
-    let top: &[_] = if arch == "gpt2" { &GPT2_TOP } else { &TOP };
     if let Some((_, to)) = top.iter().map(|&p| pick(p)).find(|(from, _)| *from == name) {
         return Some(to.to_string());
     }
-    let hf_prefix = if arch == "gpt2" {
-        "h."
-    } else {
-        "model.layers."
-    };
     let (from_prefix, to_prefix) = if to_hf {
         ("blk.", hf_prefix)
     } else {
@@ -94,15 +93,8 @@ pub(crate) fn translate(arch: &str, name: &str, to_hf: bool) -> Option<String> {
     let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
     layer.parse::<usize>().ok()?;
     let (part, suffix) = rest.rsplit_once('.')?;
-    if arch == "gpt2" {
-        let (_, to) = GPT2_LAYER
-            .iter()
-            .map(|&p| pick(p))
-            .find(|(from, _)| *from == part)?;
-        return Some(format!("{to_prefix}{layer}.{to}.{suffix}"));
-    }
     let gemma = arch == "gemma3";
-    let (_, to) = LAYER
+    let (_, to) = layers
         .iter()
         .filter(|(_, _, only)| only.is_none_or(|g| g == gemma))
         .map(|&(g, h, _)| pick((g, h)))

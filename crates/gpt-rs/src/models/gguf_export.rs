@@ -32,32 +32,32 @@ pub enum Recipe {
 }
 
 impl Recipe {
+    /// The mixes `parse` accepts besides the quantizable block types.
+    const MIXES: [(&'static str, QuantType); 2] =
+        [("q4_k_m", QuantType::Q4K), ("q5_k_m", QuantType::Q5K)];
+
     /// The names `parse` accepts, for messages.
-    pub const NAMES: &'static str =
-        "q8_0, q6_k, q5_k_m, q5_k, q5_1, q5_0, q4_k_m, q4_k, q4_1, q4_0";
+    pub fn names() -> String {
+        let mixes: Vec<&str> = Self::MIXES.iter().map(|m| m.0).collect();
+        format!("{}, {}", QuantType::quantizable_names(), mixes.join(", "))
+    }
 
     pub fn parse(name: &str) -> Result<Self> {
-        let r = match name {
-            "q4_k_m" => Self::KMix(QuantType::Q4K),
-            "q5_k_m" => Self::KMix(QuantType::Q5K),
-            other => match QuantType::parse(other) {
-                Some(t) if t.can_quantize() => Self::Uniform(t),
-                Some(t) => {
-                    return Err(Error::Value(format!(
-                        "quantizing to {} is not supported (supported: {})",
-                        t.name(),
-                        Self::NAMES
-                    )))
-                }
-                None => {
-                    return Err(Error::Value(format!(
-                        "unknown quantization type '{other}' (supported: {})",
-                        Self::NAMES
-                    )))
-                }
-            },
-        };
-        Ok(r)
+        if let Some(&(_, base)) = Self::MIXES.iter().find(|m| m.0 == name) {
+            return Ok(Self::KMix(base));
+        }
+        match QuantType::parse(name) {
+            Some(t) if t.can_quantize() => Ok(Self::Uniform(t)),
+            Some(t) => Err(Error::Value(format!(
+                "quantizing to {} is not supported (supported: {})",
+                t.name(),
+                Self::names()
+            ))),
+            None => Err(Error::Value(format!(
+                "unknown quantization type '{name}' (supported: {})",
+                Self::names()
+            ))),
+        }
     }
 
     /// llama.cpp's `general.file_type` code of the file written (the uniform K types are what
@@ -94,8 +94,8 @@ impl Recipe {
                     .strip_prefix("blk.")
                     .and_then(|r| r.split('.').next())
                     .and_then(|i| i.parse::<usize>().ok());
+                let n = n_layer;
                 let more_bits = |i: usize| {
-                    let n = n_layer;
                     i < n / 8
                         || i >= 7 * n / 8
                         || (i as isize - (n / 8) as isize).rem_euclid(3) == 2

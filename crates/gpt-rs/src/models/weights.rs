@@ -131,15 +131,9 @@ impl Checkpoint {
             .as_ref()
             .expect("gguf_vector on a safetensors checkpoint");
         let (dtype, bytes) = g.data(t)?;
-        let n = t.dims.iter().product::<usize>();
-        let src = WeightSource {
-            bytes,
-            dtype,
-            out_in: false,
-            k: 1,
-            n,
-        };
-        Ok((0..n).map(|i| src.get(i)).collect())
+        let mut v = crate::memory::zeroed(t.dims.iter().product(), "a tensor's values")?;
+        to_f32(dtype, bytes, &mut v);
+        Ok(v)
     }
 
     /// The file (or folder) the weights come from, for messages.
@@ -157,15 +151,8 @@ impl Checkpoint {
     /// Tensor `name` as f32 values (row-major) with its shape.
     pub fn values(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (dtype, shape, bytes) = self.raw(name)?;
-        let n = shape.iter().product::<usize>();
-        let src = WeightSource {
-            bytes,
-            dtype,
-            out_in: false,
-            k: 1,
-            n,
-        };
-        let v = crate::memory::collect((0..n).map(|i| src.get(i)), "a tensor's values")?;
+        let mut v = crate::memory::zeroed(shape.iter().product(), "a tensor's values")?;
+        to_f32(dtype, bytes, &mut v);
         Ok((shape, v))
     }
 
@@ -222,18 +209,8 @@ impl Checkpoint {
 
     /// A 1-D tensor (a norm weight, a bias) of `len` elements, copied out as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let (dtype, bytes) = self.source(name, &[len])?;
-        let src = WeightSource {
-            bytes,
-            dtype,
-            out_in: false,
-            k: 1,
-            n: len,
-        };
         let mut out = crate::memory::zeroed(len, "a norm or bias vector")?;
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = src.get(i);
-        }
+        self.read_f32(name, &[len], &mut out)?;
         Ok(out)
     }
 
@@ -241,21 +218,7 @@ impl Checkpoint {
     /// quantized blocks are dequantized a block at a time.
     pub fn read_f32(&self, name: &str, shape: &[usize], out: &mut [f32]) -> Result<()> {
         let (dtype, bytes) = self.source(name, shape)?;
-        match dtype {
-            SourceDtype::Quant(t) => t.dequantize(bytes, out),
-            _ => {
-                let src = WeightSource {
-                    bytes,
-                    dtype,
-                    out_in: false,
-                    k: 1,
-                    n: out.len(),
-                };
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = src.get(i);
-                }
-            }
-        }
+        to_f32(dtype, bytes, out);
         Ok(())
     }
 
@@ -360,5 +323,23 @@ impl Checkpoint {
             None
         };
         Ok(Linear { parts, bias })
+    }
+}
+
+/// Stored values (`out.len()` of them, in `dtype`) as f32; quantized blocks are dequantized a
+/// block at a time.
+fn to_f32(dtype: SourceDtype, bytes: &[u8], out: &mut [f32]) {
+    if let SourceDtype::Quant(t) = dtype {
+        return t.dequantize(bytes, out);
+    }
+    let src = WeightSource {
+        bytes,
+        dtype,
+        out_in: false,
+        k: 1,
+        n: out.len(),
+    };
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = src.get(i);
     }
 }
