@@ -14,12 +14,12 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::tensor::{DType, Tensor};
 
-/// Checks that `t` is an f32 tensor of rank `rank`, naming the layer and argument.
-pub(crate) fn expect_f32(t: &Tensor, rank: usize, what: &str) -> Result<()> {
-    if t.dtype() != DType::F32 {
+/// Checks that `t` is a float tensor (f32, or f16/bf16, which the ops compute on in f32) of
+/// rank `rank`, naming the layer and argument.
+pub(crate) fn expect_float(t: &Tensor, rank: usize, what: &str) -> Result<()> {
+    if t.dtype() == DType::I32 {
         return Err(Error::DType(format!(
-            "{what} must be a f32 tensor, got {}",
-            t.dtype()
+            "{what} must be a float tensor (f32, f16 or bf16), got i32"
         )));
     }
     if t.ndim() != rank {
@@ -39,7 +39,7 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(weight: Tensor) -> Result<Self> {
-        expect_f32(
+        expect_float(
             &weight,
             2,
             "Embedding: weight [num_embeddings, embedding_dim]",
@@ -60,9 +60,9 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        expect_f32(&weight, 2, "Linear: weight [in_features, out_features]")?;
+        expect_float(&weight, 2, "Linear: weight [in_features, out_features]")?;
         if let Some(b) = &bias {
-            expect_f32(b, 1, "Linear: bias [out_features]")?;
+            expect_float(b, 1, "Linear: bias [out_features]")?;
             if b.shape()[0] != weight.shape()[1] {
                 return Err(Error::Shape(format!(
                     "Linear: bias must have shape [{}] (out_features of weight {:?}), got {:?}",
@@ -95,8 +95,8 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f32) -> Result<Self> {
-        expect_f32(&weight, 1, "LayerNorm: weight [C]")?;
-        expect_f32(&bias, 1, "LayerNorm: bias [C]")?;
+        expect_float(&weight, 1, "LayerNorm: weight [C]")?;
+        expect_float(&bias, 1, "LayerNorm: bias [C]")?;
         if weight.shape() != bias.shape() {
             return Err(Error::Shape(format!(
                 "LayerNorm: weight and bias must have the same shape, got {:?} and {:?}",

@@ -156,29 +156,37 @@ fn as_f32(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
             s.as_slice().iter().map(|&v| v as f32),
             "the i32 operand converted to f32",
         )?),
+        // `binary` widens 16-bit operands before it gets here (`in_f32`).
+        Data::F16(_) | Data::BF16(_) => {
+            return Err(crate::Error::Internal(
+                "binary: a 16-bit operand was not widened".into(),
+            ))
+        }
     })
 }
 
 /// `a <op> b` with broadcasting.
 pub fn binary(be: &dyn Backend, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = broadcast_shape(a.shape(), b.shape(), op)?;
-    match (a.data(), b.data()) {
-        (Data::I32(x), Data::I32(y)) if op != BinaryOp::Div => {
-            let v = apply(
-                x.as_slice(),
-                a.shape(),
-                y.as_slice(),
-                b.shape(),
-                &out,
-                op,
-                |p, q| op.i32(p, q),
-            )?;
-            Tensor::from_i32(v, out, be.kind())
+    super::in_f32([a, b], |[a, b]| {
+        let out = broadcast_shape(a.shape(), b.shape(), op)?;
+        match (a.data(), b.data()) {
+            (Data::I32(x), Data::I32(y)) if op != BinaryOp::Div => {
+                let v = apply(
+                    x.as_slice(),
+                    a.shape(),
+                    y.as_slice(),
+                    b.shape(),
+                    &out,
+                    op,
+                    |p, q| op.i32(p, q),
+                )?;
+                Tensor::from_i32(v, out, be.kind())
+            }
+            _ => {
+                let (x, y) = (as_f32(a)?, as_f32(b)?);
+                let v = apply(&x, a.shape(), &y, b.shape(), &out, op, |p, q| op.f32(p, q))?;
+                Tensor::from_f32(v, out, be.kind())
+            }
         }
-        _ => {
-            let (x, y) = (as_f32(a)?, as_f32(b)?);
-            let v = apply(&x, a.shape(), &y, b.shape(), &out, op, |p, q| op.f32(p, q))?;
-            Tensor::from_f32(v, out, be.kind())
-        }
-    }
+    })
 }

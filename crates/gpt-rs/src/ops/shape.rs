@@ -3,7 +3,33 @@
 
 use crate::error::{Error, Result};
 use crate::memory;
+use crate::storage::Storage;
 use crate::tensor::{Data, Tensor};
+
+/// A new buffer of the same element type as `$data`, from its elements (`$s`, a slice) by
+/// `$copy`: one generic copy routine serves every dtype.
+macro_rules! map_data {
+    ($data:expr, |$s:ident| $copy:expr) => {
+        match $data {
+            Data::F32(st) => {
+                let $s = st.as_slice();
+                Data::F32(Storage::from_vec($copy?))
+            }
+            Data::F16(st) => {
+                let $s = st.as_slice();
+                Data::F16(Storage::from_vec($copy?))
+            }
+            Data::BF16(st) => {
+                let $s = st.as_slice();
+                Data::BF16(Storage::from_vec($copy?))
+            }
+            Data::I32(st) => {
+                let $s = st.as_slice();
+                Data::I32(Storage::from_vec($copy?))
+            }
+        }
+    };
+}
 
 fn axis(dim: i64, ndim: usize, op: &str) -> Result<usize> {
     let d = if dim < 0 { dim + ndim as i64 } else { dim };
@@ -65,18 +91,8 @@ pub fn transpose(x: &Tensor, dim0: i64, dim1: i64) -> Result<Tensor> {
     let mut perm: Vec<usize> = (0..nd).collect();
     perm.swap(a, b);
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
-    match x.data() {
-        Data::F32(s) => Tensor::from_f32(
-            permute_copy(s.as_slice(), x.shape(), &perm)?,
-            shape,
-            x.backend(),
-        ),
-        Data::I32(s) => Tensor::from_i32(
-            permute_copy(s.as_slice(), x.shape(), &perm)?,
-            shape,
-            x.backend(),
-        ),
-    }
+    let data = map_data!(x.data(), |s| permute_copy(s, x.shape(), &perm));
+    Tensor::new(data, shape, x.backend())
 }
 
 /// The slice `start..start + len` of dimension `dim`.
@@ -109,16 +125,6 @@ pub fn narrow(x: &Tensor, dim: i64, start: usize, len: usize) -> Result<Tensor> 
         }
         Ok(out)
     }
-    match x.data() {
-        Data::F32(s) => Tensor::from_f32(
-            slice(s.as_slice(), outer, size, inner, start, len)?,
-            shape,
-            x.backend(),
-        ),
-        Data::I32(s) => Tensor::from_i32(
-            slice(s.as_slice(), outer, size, inner, start, len)?,
-            shape,
-            x.backend(),
-        ),
-    }
+    let data = map_data!(x.data(), |s| slice(s, outer, size, inner, start, len));
+    Tensor::new(data, shape, x.backend())
 }
