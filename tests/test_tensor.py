@@ -26,7 +26,6 @@ def test_supported_dtypes(dtype, want):
     "dtype",
     [
         np.bool_,
-        np.float16,
         np.complex64,
         np.uint8,
         np.int8,

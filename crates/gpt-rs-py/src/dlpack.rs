@@ -1,7 +1,7 @@
 //! DLPack, both ways, without copying: `Tensor.__dlpack__` exports a "dltensor" capsule whose
-//! deleter releases our buffer; `from_dlpack(obj)` imports a CPU float32/int32 C-contiguous
-//! tensor by taking ownership of the producer's capsule (other layouts and dtypes are copied
-//! through NumPy).
+//! deleter releases our buffer; `from_dlpack(obj)` imports a CPU float32/float16/bfloat16/int32
+//! C-contiguous tensor by taking ownership of the producer's capsule. Those dtypes in other
+//! layouts are gathered into a new buffer here; other dtypes are converted through NumPy.
 
 use std::ffi::{c_void, CStr};
 use std::sync::Arc;
@@ -9,17 +9,18 @@ use std::sync::Arc;
 use gpt_rs::memory;
 use gpt_rs::storage::{Owner, Storage};
 use gpt_rs::tensor::Data;
-use gpt_rs::Tensor;
+use gpt_rs::{DType, Tensor};
 use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::convert::{tensor_from_numpy, PyTensor};
 use crate::errors::to_py;
-use crate::tensor::{current_backend, tensor_from_numpy, PyTensor};
 
 pub const DEVICE_CPU: i32 = 1;
 const CODE_INT: u8 = 0;
 const CODE_FLOAT: u8 = 2;
+const CODE_BFLOAT: u8 = 4;
 const NAME: &CStr = c"dltensor";
 const USED_NAME: &CStr = c"used_dltensor";
 
@@ -99,31 +100,21 @@ pub fn export<'py>(
             )));
         }
     }
-    let t = if copy == Some(true) {
-        deep_copy(t).map_err(to_py)?
+    let writable = t.data().writable();
+    if copy == Some(false) && !writable {
+        return Err(PyBufferError::new_err(
+            "__dlpack__(copy=False): the tensor's memory is read-only, and an unversioned DLPack \
+             capsule cannot say so; use copy=None or True",
+        ));
+    }
+    let t = if copy == Some(true) || !writable {
+        t.deep_copy("__dlpack__: the copy").map_err(to_py)?
     } else {
         t.clone()
     };
-    let (data, keep, dtype) = match t.data() {
-        Data::F32(s) => (
-            s.as_ptr() as *mut c_void,
-            s.owner().clone(),
-            DLDataType {
-                code: CODE_FLOAT,
-                bits: 32,
-                lanes: 1,
-            },
-        ),
-        Data::I32(s) => (
-            s.as_ptr() as *mut c_void,
-            s.owner().clone(),
-            DLDataType {
-                code: CODE_INT,
-                bits: 32,
-                lanes: 1,
-            },
-        ),
-    };
+    let (owner, ptr) = t.data().raw_parts();
+    let (data, keep) = (ptr as *mut c_void, owner.clone());
+    let dtype = dl_dtype(t.dtype());
     let mut ctx = Box::new(ExportCtx {
         _keep: keep,
         shape: t.shape().iter().map(|&d| d as i64).collect(),
@@ -160,13 +151,26 @@ pub fn export<'py>(
     }
 }
 
-fn deep_copy(t: &Tensor) -> gpt_rs::Result<Tensor> {
-    let what = "__dlpack__(copy=True): the copy";
-    let data = match t.data() {
-        Data::F32(s) => Data::F32(Storage::from_vec(memory::copy(s.as_slice(), what)?)),
-        Data::I32(s) => Data::I32(Storage::from_vec(memory::copy(s.as_slice(), what)?)),
+/// DLPack's description of our element types.
+fn dl_dtype(d: DType) -> DLDataType {
+    let (code, bits) = match d {
+        DType::F32 => (CODE_FLOAT, 32),
+        DType::F16 => (CODE_FLOAT, 16),
+        DType::BF16 => (CODE_BFLOAT, 16),
+        DType::I32 => (CODE_INT, 32),
     };
-    Tensor::new(data, t.shape().to_vec(), t.backend())
+    DLDataType {
+        code,
+        bits,
+        lanes: 1,
+    }
+}
+
+/// Our element type for a DLPack one, if we hold it as is.
+fn our_dtype(code: u8, bits: u8) -> Option<DType> {
+    DType::ALL
+        .into_iter()
+        .find(|&d| (dl_dtype(d).code, dl_dtype(d).bits) == (code, bits))
 }
 
 /// Owns an imported DLPack tensor; calls the producer's deleter when the last user is gone.
@@ -190,9 +194,13 @@ impl Drop for Imported {
 /// C-contiguous float32/int32 buffer that can be shared as is.
 struct Checked {
     shape: Vec<usize>,
+    /// Element strides (C order when the capsule had none).
+    strides: Vec<i64>,
     ptr: *const u8,
+    /// Our dtype for the capsule's, when we hold that type.
+    dtype: Option<DType>,
+    /// C-contiguous and aligned: can be shared as is.
     shareable: bool,
-    code: u8,
 }
 
 /// Validates every field of a producer's `DLTensor` before anything reads its memory: a
@@ -303,12 +311,14 @@ unsafe fn check(dt: &DLTensor) -> PyResult<Checked> {
             )));
         }
     }
-    let native = bits == 32 && matches!(code, CODE_FLOAT | CODE_INT);
+    let dtype = our_dtype(code, bits);
+    let aligned = (base as usize).is_multiple_of(item as usize);
     Ok(Checked {
         shape,
+        strides,
         ptr: base as usize as *const u8,
-        shareable: native && contiguous && (base as usize).is_multiple_of(4),
-        code,
+        dtype,
+        shareable: dtype.is_some() && contiguous && aligned,
     })
 }
 
@@ -379,8 +389,9 @@ impl CheckedCapsule {
 /// Creates a tensor from any object implementing the DLPack protocol (``__dlpack__``), such
 /// as a NumPy array or a PyTorch CPU tensor.
 ///
-/// C-contiguous float32/int32 CPU data is shared (no copy); other dtypes and strides are
-/// converted with a copy, following ``Tensor.from_numpy``'s rules. Every field of the
+/// C-contiguous float32, float16, bfloat16 and int32 CPU data is shared (no copy); other
+/// strides are copied, other dtypes converted with a copy following ``Tensor.from_numpy``'s
+/// rules. Every field of the
 /// producer's capsule (ndim, shape, strides, data pointer and offset, dtype) is checked
 /// first: an inconsistent one raises ValueError or TypeError.
 ///
@@ -423,7 +434,8 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
             return Err(PyValueError::new_err("from_dlpack: the capsule holds NULL"));
         }
         let c = check(&(*m).dl_tensor)?;
-        if !c.shareable {
+        let Some(dtype) = c.dtype else {
+            // NumPy converts what we do not hold (float64, int64, ...), from the checked capsule.
             let holder = Bound::new(
                 py,
                 CheckedCapsule {
@@ -432,29 +444,60 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
             )?;
             let arr = py.import("numpy")?.call_method1("from_dlpack", (holder,))?;
             return tensor_from_numpy(&arr, true).map(PyTensor::wrap);
-        }
-        let len = memory::numel_u128(&c.shape) as usize;
-        ffi::PyCapsule_SetName(capp, USED_NAME.as_ptr());
-        let owner: Owner = Arc::new(Imported(m));
-        let data = if c.code == CODE_FLOAT {
-            Data::F32(Storage::from_raw_parts(
-                c.ptr as *const f32,
-                len,
-                true,
-                owner,
-            ))
-        } else {
-            Data::I32(Storage::from_raw_parts(
-                c.ptr as *const i32,
-                len,
-                true,
-                owner,
-            ))
         };
-        Tensor::new(data, c.shape, current_backend())
+        let len = memory::numel_u128(&c.shape) as usize;
+        let data = if c.shareable {
+            ffi::PyCapsule_SetName(capp, USED_NAME.as_ptr());
+            let owner: Owner = Arc::new(Imported(m));
+            match dtype {
+                DType::F32 => Data::F32(Storage::from_raw_parts(c.ptr.cast(), len, true, owner)),
+                DType::F16 => Data::F16(Storage::from_raw_parts(c.ptr.cast(), len, true, owner)),
+                DType::BF16 => Data::BF16(Storage::from_raw_parts(c.ptr.cast(), len, true, owner)),
+                DType::I32 => Data::I32(Storage::from_raw_parts(c.ptr.cast(), len, true, owner)),
+            }
+        } else {
+            // Strided or misaligned: gathered into our own buffer; the capsule stays the
+            // producer's (unconsumed, its destructor frees it).
+            match dtype {
+                DType::F32 => Data::F32(Storage::from_vec(gather::<f32>(&c)?)),
+                DType::F16 => Data::F16(Storage::from_vec(gather::<half::f16>(&c)?)),
+                DType::BF16 => Data::BF16(Storage::from_vec(gather::<half::bf16>(&c)?)),
+                DType::I32 => Data::I32(Storage::from_vec(gather::<i32>(&c)?)),
+            }
+        };
+        Tensor::new(data, c.shape, gpt_rs::backend::current())
             .map(PyTensor::wrap)
             .map_err(to_py)
     }
+}
+
+/// The elements of a checked capsule in C order, read through its strides (unaligned reads:
+/// the data pointer need not be aligned for `T`).
+///
+/// # Safety
+/// `c` came from `check`, which verified every reachable element lies in mapped memory.
+unsafe fn gather<T: Copy>(c: &Checked) -> PyResult<Vec<T>> {
+    let n = memory::numel_u128(&c.shape) as usize;
+    let mut out =
+        memory::with_capacity(n, "from_dlpack: the copy of a strided tensor").map_err(to_py)?;
+    let mut idx = vec![0usize; c.shape.len()];
+    for _ in 0..n {
+        let off: i64 = idx
+            .iter()
+            .zip(&c.strides)
+            .map(|(&i, &s)| i as i64 * s)
+            .sum();
+        // SAFETY: `check` bounded every index's offset inside the mapped span.
+        out.push(unsafe { (c.ptr as *const T).offset(off as isize).read_unaligned() });
+        for ax in (0..idx.len()).rev() {
+            idx[ax] += 1;
+            if idx[ax] < c.shape[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
+    }
+    Ok(out)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -1,43 +1,12 @@
 //! `gpt_rs.functional`: each op converts its arguments, runs on the current backend with the
 //! GIL released (for large inputs), and wraps the result.
 
-use gpt_rs::backend::{self, Backend};
+use gpt_rs::backend::Backend;
 use gpt_rs::{ops, Tensor};
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
-use crate::errors::{run, to_py};
-use crate::tensor::{tensor_from_numpy, PyTensor};
-
-/// A tensor argument: a `Tensor`, or a NumPy array / array-like (copied).
-pub fn arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Tensor> {
-    if let Ok(t) = obj.cast::<PyTensor>() {
-        return Ok(t.get().inner.clone());
-    }
-    if obj.is_none() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be a gpt_rs.Tensor or a numpy array, got None"
-        )));
-    }
-    tensor_from_numpy(obj, true).map_err(|e| {
-        let ty = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        if e.is_instance_of::<PyTypeError>(obj.py()) {
-            PyTypeError::new_err(format!(
-                "{name} must be a gpt_rs.Tensor or a numpy array, got {ty}: {e}"
-            ))
-        } else {
-            e
-        }
-    })
-}
-
-pub fn current() -> PyResult<&'static dyn Backend> {
-    backend::current().get().map_err(to_py)
-}
+use crate::convert::{arg, current_backend, PyTensor};
+use crate::errors::run;
 
 /// Runs `f` on the current backend and wraps the result.
 fn op(
@@ -45,7 +14,7 @@ fn op(
     work: usize,
     f: impl FnOnce(&'static dyn Backend) -> gpt_rs::Result<Tensor> + Send,
 ) -> PyResult<PyTensor> {
-    let be = current()?;
+    let be = current_backend()?;
     run(py, work, move || f(be)).map(PyTensor::wrap)
 }
 

@@ -1,7 +1,13 @@
 //! `gpt_rs._native`: the PyO3 layer. It only translates: Python objects to engine tensors and
 //! back, engine errors to Python exceptions, and it releases the GIL around engine work.
+//!
+//! Module dependencies point one way (`tests/test_binding_layout.py` checks it): `errors` and
+//! `args` are leaves, `convert` (the Tensor class, NumPy in and out, arguments) builds on
+//! them, `dlpack` and `functional` on `convert`, and `tensor` (Tensor's methods), `nn`,
+//! `model`, `quant` and `train` on those.
 
 mod args;
+mod convert;
 mod dlpack;
 mod errors;
 mod functional;

@@ -5,9 +5,8 @@ use gpt_rs::nn;
 use gpt_rs::Tensor;
 use pyo3::prelude::*;
 
+use crate::convert::{arg, current_backend, PyTensor};
 use crate::errors::{run, to_py};
-use crate::functional::{arg, current};
-use crate::tensor::PyTensor;
 
 fn wrap(t: &Tensor) -> PyTensor {
     PyTensor::wrap(t.clone())
@@ -27,7 +26,7 @@ macro_rules! forward_methods {
             ///     Tensor
             fn forward(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
                 let x = arg(x, "x")?;
-                let be = current()?;
+                let be = current_backend()?;
                 let layer = self.inner.clone();
                 run(py, x.numel(), move || layer.forward(be, &x)).map(PyTensor::wrap)
             }

@@ -1,249 +1,16 @@
 //! `gpt_rs.Tensor`: NumPy in (copy, or shared memory with `copy=False`), NumPy out (always a
 //! zero-copy view), Python operators, reshape and transpose.
 
-use std::sync::Arc;
-
-use gpt_rs::backend::{self, BackendKind};
-use gpt_rs::memory;
+use gpt_rs::backend;
 use gpt_rs::ops::{self, BinaryOp};
-use gpt_rs::storage::{Owner, Storage};
-use gpt_rs::tensor::Data;
 use gpt_rs::{DType, Tensor};
-use numpy::ndarray::{ArrayViewD, IxDyn};
-use numpy::npyffi::flags::{NPY_ARRAY_ALIGNED, NPY_ARRAY_WRITEABLE};
-use numpy::{
-    PyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use numpy::PyUntypedArray;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyTuple};
 
+use crate::convert::{current_backend, np_module, numpy_view, tensor_from_numpy, PyTensor};
 use crate::errors::{run, to_py};
-
-const SUPPORTED: &str =
-    "supported dtypes: float32, float64 (converted to float32), int32, int64 (converted to int32)";
-
-/// A contiguous n-dimensional array of float32 ('f32') or int32 ('i32') in host memory.
-///
-/// Create one with ``Tensor.from_numpy``; get NumPy back with ``numpy()`` (a zero-copy view).
-/// ``backend`` is the backend that produced the tensor. All backends share host memory, so
-/// tensors from different backends can be mixed: an op runs on the current backend
-/// (``gpt_rs.get_backend()``) and its result records that backend.
-#[pyclass(name = "Tensor", module = "gpt_rs", frozen)]
-pub struct PyTensor {
-    pub inner: Tensor,
-}
-
-/// Keeps a buffer alive for NumPy arrays that view it.
-#[pyclass(name = "_Buffer", module = "gpt_rs", frozen)]
-struct BufferOwner {
-    _keep: Owner,
-}
-
-/// A NumPy array (or DLPack producer) kept alive by a tensor that shares its memory.
-pub struct PyOwner(#[allow(dead_code)] pub Py<PyAny>);
-
-impl PyTensor {
-    pub fn wrap(inner: Tensor) -> Self {
-        Self { inner }
-    }
-}
-
-fn np_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    py.import("numpy")
-}
-
-/// Whether `arr`'s data pointer is aligned for its dtype (NumPy's ALIGNED flag).
-fn is_aligned(arr: &Bound<'_, PyUntypedArray>) -> bool {
-    // SAFETY: reading the flags field of a live ndarray object.
-    unsafe { (*arr.as_array_ptr()).fields.flags & NPY_ARRAY_ALIGNED != 0 }
-}
-
-fn is_writeable(arr: &Bound<'_, PyUntypedArray>) -> bool {
-    // SAFETY: as above.
-    unsafe { (*arr.as_array_ptr()).fields.flags & NPY_ARRAY_WRITEABLE != 0 }
-}
-
-/// Copies a typed array (any strides) into a vector in C order.
-fn copy_elems<T: numpy::Element + Copy>(arr: &Bound<'_, PyUntypedArray>) -> PyResult<Vec<T>> {
-    copy_elems_with(arr, |s| memory::copy(s, "from_numpy: the copy"), |v| v, Ok)
-}
-
-/// The array's elements in C order: `contiguous` gets them as one slice when they are laid
-/// out that way; otherwise they are gathered element by element through `map` (so a
-/// conversion happens in the same pass) and handed to `strided`. Allocated fallibly: a
-/// zero-stride view of 2^40 elements is a MemoryError, not an abort.
-fn copy_elems_with<T: numpy::Element + Copy, U, R>(
-    arr: &Bound<'_, PyUntypedArray>,
-    contiguous: impl FnOnce(&[T]) -> gpt_rs::Result<R>,
-    map: impl Fn(T) -> U,
-    strided: impl FnOnce(Vec<U>) -> gpt_rs::Result<R>,
-) -> PyResult<R> {
-    let typed = arr
-        .cast::<PyArrayDyn<T>>()
-        .map_err(|e| PyTypeError::new_err(e.to_string()))?;
-    let ro = typed
-        .try_readonly()
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    // `as_slice` also accepts Fortran order (memory order), so only use it for C order.
-    match ro.as_slice() {
-        Ok(s) if arr.is_c_contiguous() => contiguous(s),
-        _ => {
-            let shape = arr.shape().to_vec();
-            let gathered =
-                memory::collect(ro.as_array().iter().map(|&x| map(x)), "").map_err(|_| {
-                    memory::out_of_memory(
-                        &format!(
-                            "from_numpy: a copy of the {} array of shape {shape:?}",
-                            arr.dtype()
-                        ),
-                        memory::bytes_of::<U>(memory::numel_u128(&shape)),
-                    )
-                });
-            gathered.and_then(strided)
-        }
-    }
-    .map_err(to_py)
-}
-
-/// The array's memory, shared (no copy). Caller checked dtype, contiguity and alignment.
-fn share<T: numpy::Element + Send + Sync + 'static>(
-    arr: &Bound<'_, PyUntypedArray>,
-) -> PyResult<Storage<T>> {
-    let typed = arr
-        .cast::<PyArrayDyn<T>>()
-        .map_err(|e| PyTypeError::new_err(e.to_string()))?;
-    let ptr = typed.data() as *const T;
-    let owner: Owner = Arc::new(PyOwner(arr.clone().into_any().unbind()));
-    // SAFETY: the array is C-contiguous and aligned with `len` elements of T, and `owner`
-    // holds a reference to it, so its buffer outlives the storage.
-    Ok(unsafe { Storage::from_raw_parts(ptr, arr.len(), is_writeable(arr), owner) })
-}
-
-/// Converts any array-like to a tensor. `copy=false` shares memory or raises ValueError.
-pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor> {
-    let py = obj.py();
-    if let Ok(t) = obj.cast::<PyTensor>() {
-        return Ok(t.get().inner.clone());
-    }
-    let arr = match obj.cast::<PyUntypedArray>() {
-        Ok(a) => a.clone(),
-        Err(_) => {
-            if !copy {
-                return Err(PyValueError::new_err(format!(
-                    "from_numpy(copy=False) needs a numpy.ndarray to share memory with, got {}",
-                    obj.get_type().name()?
-                )));
-            }
-            let a = np_module(py)?
-                .call_method1("asarray", (obj,))
-                .map_err(|e| {
-                    PyTypeError::new_err(format!(
-                        "expected a numpy array or array-like, could not convert it: {e}"
-                    ))
-                })?;
-            a.cast_into::<PyUntypedArray>()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?
-        }
-    };
-    let dt = arr.dtype();
-    let (kind, size) = (dt.kind(), dt.itemsize());
-    // Non-native byte order or misaligned data: normalise with one NumPy copy first.
-    let arr = if (matches!((kind, size), (b'f', 4 | 8) | (b'i', 4 | 8))
-        && !dt.is_native_byteorder().unwrap_or(true))
-        || !is_aligned(&arr)
-    {
-        if !copy {
-            return Err(PyValueError::new_err(
-                "from_numpy(copy=False) cannot share memory with a misaligned or byte-swapped array; use copy=True",
-            ));
-        }
-        let native = dt.call_method1("newbyteorder", ("=",))?;
-        np_module(py)?
-            .call_method1("array", (&arr, native))?
-            .cast_into::<PyUntypedArray>()
-            .map_err(|e| PyTypeError::new_err(e.to_string()))?
-    } else {
-        arr
-    };
-    let shape = arr.shape().to_vec();
-    let be = backend::current();
-    let shareable = arr.is_c_contiguous();
-    let data = match (kind, size) {
-        (b'f', 4) if !copy && shareable => Data::F32(share::<f32>(&arr)?),
-        (b'i', 4) if !copy && shareable => Data::I32(share::<i32>(&arr)?),
-        _ if !copy => {
-            return Err(PyValueError::new_err(format!(
-                "from_numpy(copy=False) shares memory only with C-contiguous float32 or int32 arrays; got a {} array{}; use copy=True to convert",
-                dt.str()?,
-                if shareable { "" } else { " that is not C-contiguous" }
-            )))
-        }
-        (b'f', 4) => Data::F32(copy_elems_with(
-            &arr,
-            |s| Storage::copy_of(s, "from_numpy: the copy"),
-            |v| v,
-            |v| Ok(Storage::from_vec(v)),
-        )?),
-        (b'f', 8) => Data::F32(copy_elems_with(
-            &arr,
-            |s: &[f64]| {
-                memory::collect(s.iter().map(|&v| v as f32), "from_numpy: the converted copy")
-                    .map(Storage::from_vec)
-            },
-            |v: f64| v as f32,
-            |v| Ok(Storage::from_vec(v)),
-        )?),
-        (b'i', 4) => Data::I32(Storage::from_vec(copy_elems::<i32>(&arr)?)),
-        (b'i', 8) => {
-            let v = copy_elems::<i64>(&arr)?;
-            let mut out = memory::with_capacity(v.len(), "from_numpy: the int32 copy").map_err(to_py)?;
-            for (i, &x) in v.iter().enumerate() {
-                out.push(i32::try_from(x).map_err(|_| {
-                    PyOverflowError::new_err(format!(
-                        "int64 value {x} at flat index {i} does not fit in int32 (range -2147483648..2147483647)"
-                    ))
-                })?);
-            }
-            Data::I32(Storage::from_vec(out))
-        }
-        _ => {
-            return Err(PyTypeError::new_err(format!("unsupported dtype '{}'; {SUPPORTED}", dt.str()?)));
-        }
-    };
-    Tensor::new(data, shape, be).map_err(to_py)
-}
-
-/// A NumPy array viewing `t`'s memory; the array keeps the buffer alive.
-pub fn numpy_view<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
-    fn view<'py, T: numpy::Element>(
-        py: Python<'py>,
-        s: &Storage<T>,
-        shape: &[usize],
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let container = Bound::new(
-            py,
-            BufferOwner {
-                _keep: s.owner().clone(),
-            },
-        )?;
-        // SAFETY: the storage holds exactly prod(shape) elements at an aligned, non-null
-        // pointer, and `container` (the array's base object) keeps them alive.
-        let arr = unsafe {
-            let v = ArrayViewD::from_shape_ptr(IxDyn(shape), s.as_ptr());
-            PyArray::borrow_from_array(&v, container.into_any())
-        };
-        if !s.writable() {
-            // SAFETY: clearing the WRITEABLE flag of the array we just created.
-            unsafe { (*arr.as_array_ptr()).fields.flags &= !NPY_ARRAY_WRITEABLE };
-        }
-        Ok(arr.into_any())
-    }
-    match t.data() {
-        Data::F32(s) => view(py, s, t.shape()),
-        Data::I32(s) => view(py, s, t.shape()),
-    }
-}
 
 /// Converts an operand of an arithmetic operator: a tensor, a Python number or an array-like.
 fn operand(other: &Bound<'_, PyAny>) -> Option<Tensor> {
@@ -272,7 +39,7 @@ fn operand(other: &Bound<'_, PyAny>) -> Option<Tensor> {
 }
 
 fn binary(py: Python<'_>, a: &Tensor, b: &Tensor, op: BinaryOp) -> PyResult<PyTensor> {
-    let be = backend::current().get().map_err(to_py)?;
+    let be = current_backend()?;
     let (a, b) = (a.clone(), b.clone());
     let work = a.numel().max(b.numel());
     run(py, work, move || ops::binary(be, op, &a, &b)).map(PyTensor::wrap)
@@ -360,7 +127,7 @@ impl PyTensor {
         self.inner.shape().to_vec()
     }
 
-    /// 'f32' or 'i32'.
+    /// 'f32', 'f16', 'bf16' or 'i32'.
     #[getter]
     fn dtype(&self) -> &'static str {
         self.inner.dtype().name()
@@ -517,7 +284,73 @@ impl PyTensor {
         )
     }
 
-    /// DLPack export (``np.from_dlpack(t)``, ``torch.from_dlpack(t)``): shares memory.
+    /// A copy converted to ``dtype`` (this tensor itself when it already has that dtype).
+    ///
+    /// Args:
+    ///     dtype: 'f32', 'f16', 'bf16' or 'i32'; NumPy's names and dtypes ('float16',
+    ///         ``np.float32``...) and torch dtypes (``torch.bfloat16``) also work.
+    ///
+    /// Floats round to nearest even; a float to 'i32' truncates toward zero, and a NaN,
+    /// infinity or out-of-range value raises ValueError.
+    fn to(&self, py: Python<'_>, dtype: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let dtype = parse_dtype(dtype)?;
+        let t = self.inner.clone();
+        run(py, t.numel(), move || t.to_dtype(dtype)).map(Self::wrap)
+    }
+
+    /// Same as ``to(dtype)`` (NumPy's name).
+    fn astype(&self, py: Python<'_>, dtype: &Bound<'_, PyAny>) -> PyResult<Self> {
+        self.to(py, dtype)
+    }
+
+    /// Creates a tensor from a PyTorch CPU tensor, sharing its memory when it is contiguous
+    /// and float32, float16, bfloat16 or int32 (a copy otherwise, converted as
+    /// ``from_numpy`` converts: float64 to f32, int64 to i32).
+    ///
+    /// Raises:
+    ///     ValueError: the tensor is on another device (call ``.cpu()`` first).
+    ///     TypeError: not a torch tensor, or a dtype gpt_rs has no equivalent for.
+    #[staticmethod]
+    fn from_torch(py: Python<'_>, tensor: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let torch = import_torch(py, "from_torch")?;
+        if !tensor.is_instance(&torch.getattr("Tensor")?)? {
+            return Err(PyTypeError::new_err(format!(
+                "from_torch expects a torch.Tensor, got {}",
+                tensor.get_type().name()?
+            )));
+        }
+        let device = tensor.getattr("device")?;
+        if device.getattr("type")?.extract::<String>()? != "cpu" {
+            return Err(PyValueError::new_err(format!(
+                "from_torch: the tensor is on device '{}'; gpt_rs works on CPU memory, call .cpu() first",
+                device.str()?
+            )));
+        }
+        // Views with a pending negation or conjugation cannot be exported as they are.
+        let t = tensor
+            .call_method0("detach")?
+            .call_method0("resolve_conj")?
+            .call_method0("resolve_neg")?;
+        let dtype = t.getattr("dtype")?.str()?.to_string();
+        if DType::parse(&dtype).is_ok() {
+            return crate::dlpack::from_dlpack(py, &t);
+        }
+        let arr = t.call_method0("numpy").map_err(|e| {
+            PyTypeError::new_err(format!("from_torch: unsupported dtype {dtype}: {e}"))
+        })?;
+        tensor_from_numpy(&arr, true).map(Self::wrap)
+    }
+
+    /// A PyTorch tensor sharing this tensor's memory (through DLPack; a copy for read-only
+    /// memory, such as a read-only NumPy array's). f32 gives ``torch.float32``, f16
+    /// ``torch.float16``, bf16 ``torch.bfloat16``, i32 ``torch.int32``.
+    fn to_torch<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        import_torch(py, "to_torch")?.call_method1("from_dlpack", (slf,))
+    }
+
+    /// DLPack export (``np.from_dlpack(t)``, ``torch.from_dlpack(t)``): shares memory, or
+    /// copies read-only memory (consumers of unversioned DLPack may write to what they get).
     #[pyo3(signature = (*, stream = None, max_version = None, dl_device = None, copy = None))]
     fn __dlpack__<'py>(
         &self,
@@ -537,9 +370,34 @@ impl PyTensor {
     }
 }
 
-/// `backend` for tensors built by the binding itself (e.g. DLPack imports).
-pub fn current_backend() -> BackendKind {
-    backend::current()
+/// `import torch`, only when a torch method is called (torch is never a dependency).
+fn import_torch<'py>(py: Python<'py>, what: &str) -> PyResult<Bound<'py, PyModule>> {
+    py.import("torch").map_err(|e| {
+        pyo3::exceptions::PyImportError::new_err(format!(
+            "Tensor.{what} needs PyTorch, which could not be imported: {e}"
+        ))
+    })
+}
+
+/// A dtype argument: one of our names, NumPy's name or dtype, or a torch dtype.
+fn parse_dtype(obj: &Bound<'_, PyAny>) -> PyResult<DType> {
+    let name = if let Ok(s) = obj.extract::<String>() {
+        s
+    } else if obj.get_type().module()? == "torch" {
+        obj.str()?.to_string()
+    } else {
+        let np = np_module(obj.py())?;
+        np.call_method1("dtype", (obj,))
+            .and_then(|d| d.getattr("name"))
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "dtype must be a name such as 'f32' or a NumPy/torch dtype, got {}",
+                    obj.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?
+            .extract()?
+    };
+    DType::parse(&name).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
