@@ -48,12 +48,15 @@ from ._native import (
 )
 from .errors import *  # noqa: F403  (gpt_rs.Error and its subclasses)
 from .models import load_model  # noqa: E402
+from .options import GenerateOptions, TokenOptions
 
 __all__ = [
     "errors",
+    "GenerateOptions",
     "Model",
     "Tensor",
     "TextStream",
+    "TokenOptions",
     "Tokenizer",
     "TrainableModel",
     "load_model",

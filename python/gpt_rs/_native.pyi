@@ -6,7 +6,9 @@ from typing import Any, Literal, Optional, Union, final
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
+
+from gpt_rs.options import GenerateOptions, TokenOptions
 
 __version__: str
 _MAX_VOCAB_SIZE: int
@@ -51,14 +53,19 @@ __all__ = [
 ]
 
 _ArrayLike = Union["Tensor", npt.ArrayLike]
-_DType = Literal["f32", "i32"]
+_DType = Literal["f32", "f16", "bf16", "i32"]
 
 @final
 class Tensor:
-    """A contiguous n-dimensional f32 or i32 array in host memory."""
+    """A contiguous n-dimensional f32, f16, bf16 or i32 array in host memory."""
 
     @staticmethod
     def from_numpy(array: npt.ArrayLike, copy: bool = True) -> Tensor: ...
+    @staticmethod
+    def from_torch(tensor: Any) -> Tensor: ...
+    def to_torch(self) -> Any: ...
+    def to(self, dtype: Any) -> Tensor: ...
+    def astype(self, dtype: Any) -> Tensor: ...
     def numpy(self) -> npt.NDArray[Any]: ...
     def to_numpy(self) -> npt.NDArray[Any]: ...
     def __array__(
@@ -283,56 +290,25 @@ class Model:
         self,
         prompt_ids: Sequence[int],
         max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
+        **options: Unpack[TokenOptions],
     ) -> list[int]: ...
     def generate(
         self,
         prompt: str,
         max_new_tokens: int = 50,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
+        **options: Unpack[GenerateOptions],
     ) -> str: ...
     def generate_batch(
         self,
         prompts: Sequence[str],
         max_new_tokens: int = 50,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[str]: ...
     def stream(
         self,
         prompt: str,
         max_new_tokens: int = 50,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
+        **options: Unpack[GenerateOptions],
     ) -> TextStream: ...
     @property
     def config(self) -> dict[str, Any]: ...
@@ -348,29 +324,13 @@ class Model:
         self,
         messages: Sequence[dict[str, Any]],
         max_new_tokens: int = 256,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
+        **options: Unpack[GenerateOptions],
     ) -> str: ...
     def chat_stream(
         self,
         messages: Sequence[dict[str, Any]],
         max_new_tokens: int = 256,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        stop: Optional[Sequence[str]] = None,
+        **options: Unpack[GenerateOptions],
     ) -> TextStream: ...
     @property
     def family(self) -> str: ...

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use gpt_rs::backend::{self, BackendKind};
 use gpt_rs::checkpoint::Gpt2Config;
 use gpt_rs::generate::{Generator, SamplingParams, StopCriteria};
-use gpt_rs::models::{CausalLm, KvCache, LoadDtype, Logits, SeqInput, Workspace};
+use gpt_rs::models::{CausalLm, LoadDtype, Logits, Scorer};
 use gpt_rs::tokenizer::Tokenizer;
 use gpt_rs::{threads, Error};
 use numpy::{PyArray1, PyArray2};
@@ -24,7 +24,7 @@ pub struct PyTokenizer {
     pub inner: Arc<Tokenizer>,
 }
 
-use crate::args::{self, token_ids as ids_from_py, Int};
+use crate::args::{token_ids as ids_from_py, GenOptions, Int};
 
 #[pymethods]
 impl PyTokenizer {
@@ -230,10 +230,8 @@ pub struct PyModel {
     tokenizer: Option<Arc<Tokenizer>>,
     path: PathBuf,
     pinned: Mutex<Option<BackendKind>>,
-    /// The KV cache and buffers of the last `logits`/`forward_tokens` call, reused by the next
-    /// one when large enough (repeated scoring then touches no fresh memory; it holds at most
-    /// one cache of the longest input seen).
-    scratch: Arc<Mutex<Option<(KvCache, Workspace)>>>,
+    /// `logits`/`forward_tokens`, which keep the last call's KV cache for the next.
+    scorer: Arc<Scorer>,
 }
 
 /// Keyword arguments shared by the generation methods.
@@ -261,102 +259,63 @@ impl PyModel {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn gen_args(
-        &self,
-        max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
-        stop: Option<Vec<String>>,
-    ) -> PyResult<GenArgs> {
+    /// The generation arguments: `max_new_tokens` and the parsed `**options`, with the
+    /// model's default stop tokens when the caller named none.
+    fn gen_args(&self, max_new_tokens: Int, options: GenOptions) -> PyResult<GenArgs> {
         let max_new_tokens = max_new_tokens.within("max_new_tokens", 0, u32::MAX as i128)? as usize;
-        // A top_k beyond the vocabulary keeps every token (as Hugging Face's TopKLogitsWarper).
-        let top_k = top_k
-            .map(|k| k.within("top_k", 1, i64::MAX as i128).map(|k| k as usize))
-            .transpose()?;
-        let seed = args::seed(seed)?;
-        let stop_token_ids = match stop_token_ids {
-            Some(ids) => ids_from_py(ids, "stop_token_ids")?,
-            None => {
-                let ids = &self.model.info().eos_token_ids;
-                if ids.is_empty() {
-                    self.tokenizer
-                        .as_ref()
-                        .and_then(|t| t.eos_token_id())
-                        .into_iter()
-                        .collect()
-                } else {
-                    ids.clone()
-                }
-            }
-        };
-        let params = SamplingParams {
-            temperature: temperature as f32,
-            top_k,
-            top_p: top_p.map(|p| p as f32),
-            min_p: min_p.map(|p| p as f32),
-            repetition_penalty: repetition_penalty.map(|p| p as f32),
-            seed,
-        };
-        params.validate().map_err(to_py)?;
+        let stop_token_ids = options.stop_token_ids.unwrap_or_else(|| {
+            StopCriteria::default_stop_ids(self.model.info(), self.tokenizer.as_deref())
+        });
         Ok(GenArgs {
-            params,
+            params: options.params,
             stop: StopCriteria {
                 max_new_tokens,
                 stop_token_ids,
-                stop_strings: stop.unwrap_or_default(),
+                stop_strings: options.stop,
             },
         })
     }
 
     /// One forward pass over `ids` (no generation), GIL released; returns the logits rows.
-    fn run_forward(&self, py: Python<'_>, ids: Vec<u32>, which: Logits) -> PyResult<Vec<f32>> {
-        let cfg = self.model.info();
-        if ids.is_empty() || ids.len() > cfg.context {
-            return Err(PyValueError::new_err(format!(
-                "forward_tokens needs 1 to {} token ids (the model's context), got {}",
-                cfg.context,
-                ids.len()
-            )));
-        }
-        let (model, be, scratch) = (
-            self.model.clone(),
+    fn run_forward(
+        &self,
+        py: Python<'_>,
+        ids: Vec<u32>,
+        which: Logits,
+        what: &'static str,
+    ) -> PyResult<Vec<f32>> {
+        let (scorer, be) = (
+            self.scorer.clone(),
             self.backend_kind().get().map_err(to_py)?,
-            self.scratch.clone(),
         );
-        let rows = if which == Logits::All { ids.len() } else { 1 };
-        let n = rows * cfg.vocab_size;
         crate::errors::run(py, usize::MAX, move || {
-            threads::install(|| {
-                // Another thread's call may hold the scratch: then this one gets its own.
-                let reused = scratch.try_lock().ok().and_then(|mut s| s.take());
-                let (mut cache, mut ws) = match reused {
-                    Some((cache, ws)) if cache.capacity() >= ids.len() => (cache, ws),
-                    _ => (model.new_cache(ids.len())?, Workspace::default()),
-                };
-                cache.len = 0;
-                model.forward(
-                    be,
-                    &mut [SeqInput {
-                        tokens: &ids,
-                        cache: &mut cache,
-                    }],
-                    which,
-                    &mut ws,
-                )?;
-                let mut logits = std::mem::take(&mut ws.logits);
-                logits.truncate(n);
-                if let Ok(mut s) = scratch.try_lock() {
-                    *s = Some((cache, ws));
-                }
-                Ok(logits)
-            })
+            threads::install(|| scorer.logits(be, &ids, which, what))
         })
+    }
+
+    /// The new text after each prompt (cut at a stop string when there are any).
+    fn complete(
+        &self,
+        py: Python<'_>,
+        tok: &Tokenizer,
+        prompts: Vec<Vec<u32>>,
+        max_new_tokens: Int,
+        options: GenOptions,
+    ) -> PyResult<Vec<String>> {
+        let has_stop = !options.stop.is_empty();
+        let args = self.gen_args(max_new_tokens, options)?;
+        let gen = self.run_generator(py, prompts, args, has_stop)?;
+        gen.seqs
+            .iter()
+            .map(|s| {
+                if has_stop {
+                    Ok(s.text.clone())
+                } else {
+                    tok.decode_generated(s.new_tokens())
+                }
+            })
+            .collect::<gpt_rs::Result<Vec<_>>>()
+            .map_err(to_py)
     }
 
     /// A text stream of the continuation of `ids`.
@@ -428,33 +387,14 @@ impl PyModel {
         let be = backend::current();
         let dtype = LoadDtype::parse(dtype).map_err(to_py)?;
         let p = path.clone();
-        let (model, tok) = crate::errors::run(py, usize::MAX, move || -> gpt_rs::Result<_> {
-            if p.is_file() {
-                // A single file: GGUF (model, tokenizer and chat template in one).
-                return gpt_rs::models::gguf::load(&p, be, dtype);
-            }
-            Ok((
-                gpt_rs::models::load_dir(&p, be, dtype)?,
-                load_tokenizer(&p)?,
-            ))
-        })?;
-        let vocab = model.info().vocab_size;
-        if let Some(t) = &tok {
-            if t.vocab_size() > vocab {
-                return Err(PyValueError::new_err(format!(
-                    "{}: the tokenizer has {} tokens but the model's vocab_size is {}",
-                    path.display(),
-                    t.vocab_size(),
-                    vocab
-                )));
-            }
-        }
+        let (model, tok) =
+            crate::errors::run(py, usize::MAX, move || gpt_rs::models::load(&p, be, dtype))?;
         Ok(Self {
+            scorer: Arc::new(Scorer::new(model.clone())),
             model,
             tokenizer: tok.map(Arc::new),
             path,
             pinned: Mutex::new(None),
-            scratch: Arc::default(),
         })
     }
 
@@ -466,7 +406,7 @@ impl PyModel {
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let ids = ids_from_py(ids, "forward_tokens")?;
         let t = ids.len();
-        let logits = self.run_forward(py, ids, Logits::All)?;
+        let logits = self.run_forward(py, ids, Logits::All, "forward_tokens")?;
         let arr = numpy::ndarray::Array2::from_shape_vec((t, self.model.info().vocab_size), logits)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(PyArray2::from_owned_array(py, arr))
@@ -478,7 +418,7 @@ impl PyModel {
         let ids = ids_from_py(ids, "logits")?;
         Ok(PyArray1::from_vec(
             py,
-            self.run_forward(py, ids, Logits::Last)?,
+            self.run_forward(py, ids, Logits::Last, "logits")?,
         ))
     }
 
@@ -487,264 +427,143 @@ impl PyModel {
     /// Args:
     ///     prompt_ids: the prompt's token ids.
     ///     max_new_tokens: how many tokens to generate at most (prompt + this must fit the context).
-    ///     temperature: 0 for greedy decoding; otherwise logits are divided by it.
-    ///     top_k: keep the k most likely tokens.
-    ///     top_p: keep the smallest set of tokens whose probability reaches top_p.
-    ///     min_p: keep tokens with probability >= min_p * the top probability.
-    ///     repetition_penalty: > 1 penalizes tokens already present (Hugging Face semantics).
-    ///     seed: makes sampling reproducible.
-    ///     stop_token_ids: ids that end generation (default: the end-of-text token; [] for none).
+    ///     **options: sampling and stopping (``gpt_rs.GenerateOptions`` without ``stop``):
+    ///         ``temperature`` (0 for greedy decoding; otherwise logits are divided by it),
+    ///         ``top_k`` (keep the k most likely tokens), ``top_p`` (keep the smallest set of
+    ///         tokens whose probability reaches top_p), ``min_p`` (keep tokens with probability
+    ///         >= min_p * the top probability), ``repetition_penalty`` (> 1 penalizes tokens
+    ///         already present, Hugging Face semantics), ``seed`` (makes sampling
+    ///         reproducible), ``stop_token_ids`` (ids that end generation; default: the model's
+    ///         end-of-sequence tokens, [] for none).
     ///
     /// Returns:
     ///     list[int]: the prompt followed by the new tokens (a stop token is not included).
-    #[pyo3(signature = (prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(
+        signature = (prompt_ids, max_new_tokens, **options),
+        text_signature = "($self, prompt_ids, max_new_tokens, **options)"
+    )]
     fn generate_tokens(
         &self,
         py: Python<'_>,
         prompt_ids: Vec<Int>,
         max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Vec<u32>> {
         let prompt = ids_from_py(prompt_ids, "prompt_ids")?;
-        let args = self.gen_args(
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop_token_ids,
-            None,
-        )?;
+        let options = GenOptions::parse("generate_tokens", options, false)?;
+        let args = self.gen_args(max_new_tokens, options)?;
         let gen = self.run_generator(py, vec![prompt], args, false)?;
         Ok(gen.seqs[0].tokens.clone())
     }
 
     /// Generates text after ``prompt`` and returns only the new text.
     ///
-    /// Takes the sampling arguments of ``generate_tokens``, plus ``stop``: strings that end
-    /// generation (the text is cut before the first one).
+    /// Takes the options of ``generate_tokens``, plus ``stop``: strings that end generation
+    /// (the text is cut before the first one).
     #[pyo3(
-        signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
-        text_signature = "($self, prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+        signature = (prompt, max_new_tokens=Int(50), **options),
+        text_signature = "($self, prompt, max_new_tokens=50, **options)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
         py: Python<'_>,
         prompt: &str,
         max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
-        stop: Option<Vec<String>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<String> {
+        let options = GenOptions::parse("generate", options, true)?;
+        let tok = self.tokenizer()?.clone();
+        let ids = tok.encode(prompt).map_err(to_py)?;
         Ok(self
-            .generate_batch(
-                py,
-                vec![prompt.to_string()],
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repetition_penalty,
-                seed,
-                stop_token_ids,
-                stop,
-            )?
+            .complete(py, &tok, vec![ids], max_new_tokens, options)?
             .remove(0))
     }
 
     /// Generates continuations of several prompts at once (one batched forward per step);
     /// each result equals what ``generate`` gives for that prompt alone.
     #[pyo3(
-        signature = (prompts, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
-        text_signature = "($self, prompts, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+        signature = (prompts, max_new_tokens=Int(50), **options),
+        text_signature = "($self, prompts, max_new_tokens=50, **options)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn generate_batch(
         &self,
         py: Python<'_>,
         prompts: Vec<String>,
         max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
-        stop: Option<Vec<String>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Vec<String>> {
+        let options = GenOptions::parse("generate_batch", options, true)?;
         let tok = self.tokenizer()?.clone();
         let ids = prompts
             .iter()
             .map(|p| tok.encode(p))
             .collect::<gpt_rs::Result<Vec<_>>>()
             .map_err(to_py)?;
-        let has_stop = stop.as_ref().is_some_and(|s| !s.is_empty());
-        let args = self.gen_args(
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop_token_ids,
-            stop,
-        )?;
-        let gen = self.run_generator(py, ids, args, has_stop)?;
-        gen.seqs
-            .iter()
-            .map(|s| {
-                if has_stop {
-                    Ok(s.text.clone())
-                } else {
-                    tok.decode_generated(s.new_tokens())
-                }
-            })
-            .collect::<gpt_rs::Result<Vec<_>>>()
-            .map_err(to_py)
+        self.complete(py, &tok, ids, max_new_tokens, options)
     }
 
     /// Like ``generate``, but yields text pieces as they are decoded (joined, they equal what
     /// ``generate`` returns; a multi-byte character is never split).
     #[pyo3(
-        signature = (prompt, max_new_tokens=Int(50), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
-        text_signature = "($self, prompt, max_new_tokens=50, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+        signature = (prompt, max_new_tokens=Int(50), **options),
+        text_signature = "($self, prompt, max_new_tokens=50, **options)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         prompt: &str,
         max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
-        stop: Option<Vec<String>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<TextStreamIter> {
+        let options = GenOptions::parse("stream", options, true)?;
         let tok = self.tokenizer()?.clone();
         let ids = tok.encode(prompt).map_err(to_py)?;
-        let args = self.gen_args(
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop_token_ids,
-            stop,
-        )?;
-        self.stream_ids(ids, tok, args)
+        self.stream_ids(ids, tok, self.gen_args(max_new_tokens, options)?)
     }
 
     /// Replies to a conversation: the messages go through the model's chat template (with
     /// the assistant header added), and the reply's text is returned. Takes ``generate``'s
-    /// sampling arguments; generation stops at the model's end-of-turn tokens
-    /// (``eos_token_ids``) unless ``stop_token_ids`` says otherwise.
+    /// options; generation stops at the model's end-of-turn tokens (``eos_token_ids``)
+    /// unless ``stop_token_ids`` says otherwise.
     ///
     /// Raises:
     ///     ValueError: the model has no chat template.
     #[pyo3(
-        signature = (messages, max_new_tokens=Int(256), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
-        text_signature = "($self, messages, max_new_tokens=256, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+        signature = (messages, max_new_tokens=Int(256), **options),
+        text_signature = "($self, messages, max_new_tokens=256, **options)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn chat(
         &self,
         py: Python<'_>,
         messages: &Bound<'_, PyAny>,
         max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
-        stop: Option<Vec<String>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<String> {
+        let options = GenOptions::parse("chat", options, true)?;
         let tok = self.tokenizer()?.clone();
         let text = render_chat(py, &tok, messages, true, None)?;
         let ids = tok.encode_chat(&text).map_err(to_py)?;
-        let has_stop = stop.as_ref().is_some_and(|s| !s.is_empty());
-        let args = self.gen_args(
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop_token_ids,
-            stop,
-        )?;
-        let gen = self.run_generator(py, vec![ids], args, has_stop)?;
-        let s = &gen.seqs[0];
-        if has_stop {
-            Ok(s.text.clone())
-        } else {
-            tok.decode_generated(s.new_tokens()).map_err(to_py)
-        }
+        Ok(self
+            .complete(py, &tok, vec![ids], max_new_tokens, options)?
+            .remove(0))
     }
 
     /// Like ``chat``, but yields the reply's text pieces as they are decoded.
     #[pyo3(
-        signature = (messages, max_new_tokens=Int(256), *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None),
-        text_signature = "($self, messages, max_new_tokens=256, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None, seed=None, stop_token_ids=None, stop=None)"
+        signature = (messages, max_new_tokens=Int(256), **options),
+        text_signature = "($self, messages, max_new_tokens=256, **options)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn chat_stream(
         &self,
         py: Python<'_>,
         messages: &Bound<'_, PyAny>,
         max_new_tokens: Int,
-        temperature: f64,
-        top_k: Option<Int>,
-        top_p: Option<f64>,
-        min_p: Option<f64>,
-        repetition_penalty: Option<f64>,
-        seed: Option<Int>,
-        stop_token_ids: Option<Vec<Int>>,
-        stop: Option<Vec<String>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<TextStreamIter> {
+        let options = GenOptions::parse("chat_stream", options, true)?;
         let tok = self.tokenizer()?.clone();
         let text = render_chat(py, &tok, messages, true, None)?;
         let ids = tok.encode_chat(&text).map_err(to_py)?;
-        self.stream_ids(
-            ids,
-            tok,
-            self.gen_args(
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repetition_penalty,
-                seed,
-                stop_token_ids,
-                stop,
-            )?,
-        )
+        self.stream_ids(ids, tok, self.gen_args(max_new_tokens, options)?)
     }
 
     /// The model's hyper-parameters, as in ``config.json``.

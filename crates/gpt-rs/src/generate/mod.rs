@@ -22,6 +22,22 @@ pub struct StopCriteria {
     pub stop_strings: Vec<String>,
 }
 
+impl StopCriteria {
+    /// The stop tokens a model ends generation at when the caller names none: its
+    /// end-of-sequence ids (`generation_config.json`'s, else `config.json`'s), else the
+    /// tokenizer's end-of-text token.
+    pub fn default_stop_ids(info: &ModelInfo, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
+        if info.eos_token_ids.is_empty() {
+            tokenizer
+                .and_then(|t| t.eos_token_id())
+                .into_iter()
+                .collect()
+        } else {
+            info.eos_token_ids.clone()
+        }
+    }
+}
+
 /// Refuses, before anything is allocated, KV caches that together exceed this machine's
 /// physical memory: the allocator would grant them lazily (overcommit) and the OOM killer
 /// would end the process once generation touched them.

@@ -12,6 +12,7 @@ pub mod gpt2;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+pub mod scoring;
 pub mod weights;
 
 use std::path::Path;
@@ -19,9 +20,11 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, BackendKind, WeightFormat};
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 
 pub use kv_cache::KvCache;
 pub use linear::Linear;
+pub use scoring::Scorer;
 
 /// What the runtime needs to know about a loaded model, whatever its family.
 #[derive(Clone, Debug)]
@@ -214,6 +217,33 @@ impl LoadDtype {
             },
         }
     }
+}
+
+/// Loads a model and the tokenizer found with it: a GGUF file (model, tokenizer and chat
+/// template in one), or a Hugging Face folder and the tokenizer files beside its weights
+/// (`Tokenizer::load`'s search). A tokenizer with more tokens than the model scores is an
+/// error: its ids would index past the output.
+pub fn load(
+    path: &Path,
+    backend: BackendKind,
+    dtype: LoadDtype,
+) -> Result<(Arc<dyn CausalLm>, Option<Tokenizer>)> {
+    let (model, tok) = if path.is_file() {
+        gguf::load(path, backend, dtype)?
+    } else {
+        (load_dir(path, backend, dtype)?, Tokenizer::load(path)?)
+    };
+    let vocab = model.info().vocab_size;
+    if let Some(t) = &tok {
+        if t.vocab_size() > vocab {
+            return Err(Error::Value(format!(
+                "{}: the tokenizer has {} tokens but the model's vocab_size is {vocab}",
+                path.display(),
+                t.vocab_size()
+            )));
+        }
+    }
+    Ok((model, tok))
 }
 
 /// Loads a Hugging Face folder (`config.json` + `model.safetensors` or a sharded index),
