@@ -6,8 +6,9 @@
 //!
 //! `for_each_index` keeps its helpers awake for a moment after a call (`SPIN`), waiting for
 //! the next one: a decode step runs ~60 parallel regions back to back, each some tens of
-//! microseconds long, and waking a sleeping thread costs 20-60 us on a VM (more than some
-//! regions). OpenMP runtimes spin the same way between parallel regions.
+//! microseconds long, and waking a sleeping thread can cost more than a region takes
+//! (docs/performance.md, "Thread hand-off"). OpenMP runtimes spin the same way between
+//! parallel regions.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -263,9 +264,9 @@ impl Hot {
                     next_yield = Instant::now() + YIELD_EVERY;
                 }
             }
-            // Yielding, as rayon's idle loop does, not a `pause` loop: on the Zen 4 VM a
-            // pause loop made 2-thread softmax [12,128,128] 15% slower than this (likely the
-            // hypervisor descheduling a virtual CPU it sees spinning).
+            // Yielding, as rayon's idle loop does, not a `pause` loop: a hypervisor may
+            // deschedule a virtual CPU it sees spinning, and a pause loop measured slower
+            // (docs/performance.md, "Thread hand-off").
             std::thread::yield_now();
         }
     }

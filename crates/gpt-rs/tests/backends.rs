@@ -6,15 +6,18 @@ use gpt_rs::backend::{Backend, BackendKind, Panels, PANEL};
 use gpt_rs::ops;
 use gpt_rs::storage::Storage;
 use gpt_rs::Tensor;
+use rand_chacha::rand_core::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-/// A small deterministic generator (xorshift) so tests need no extra crates.
-struct Rng(u64);
+/// Seeded test data: uniform values in [-1, 1) from ChaCha8 (the engine's own generator).
+struct Rng(ChaCha8Rng);
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
     fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        // 24 random bits: every value is an exact f32.
+        ((self.0.next_u32() >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.next() * scale).collect()
@@ -82,7 +85,7 @@ on_every_backend! {
         use gpt_rs::backend::cpu::qmatmul::Q8Rows;
         use gpt_rs::backend::quant::QuantType;
         use gpt_rs::backend::{SourceDtype, WeightFormat, WeightSource};
-        let mut r = Rng(77);
+        let mut r = Rng::new(77);
         let scales: &[(QuantType, &[usize])] = &[
             (QuantType::Q4_0, &[0]), (QuantType::Q4_1, &[0, 2]), (QuantType::Q5_0, &[0]),
             (QuantType::Q5_1, &[0, 2]), (QuantType::Q8_0, &[0]), (QuantType::Q2K, &[80, 82]),
@@ -131,7 +134,7 @@ on_every_backend! {
         // Outputs of ops whose kernels write every element reuse freed buffers of the same
         // size (`storage::recycle`): fill the recycled buffers with NaN first, then every such
         // op on finite input must give finite results equal to the reference's.
-        let mut r = Rng(37);
+        let mut r = Rng::new(37);
         let shape = [64, 300]; // above the recycling threshold
         let (x, w, b) = (r.tensor(&shape, 3.0), r.tensor(&[300], 1.0), r.tensor(&[300], 1.0));
         type Op = fn(&dyn Backend, &Tensor, &Tensor, &Tensor) -> Tensor;
@@ -153,7 +156,7 @@ on_every_backend! {
         }
     };
     matmul_all_shapes => |be| {
-        let mut r = Rng(7);
+        let mut r = Rng::new(7);
         for &(m, k, n) in &[(1, 1, 1), (1, 768, 77), (1, 2100, 300), (3, 5, 7), (7, 64, 200), (8, 33, 65), (37, 300, 51), (128, 257, 96), (200, 16, 513), (1, 0, 4), (0, 3, 4)] {
             let (a, b) = (r.tensor(&[m, k], 1.0), r.tensor(&[k, n], 1.0));
             let got = ops::matmul(be, &a, &b).unwrap();
@@ -166,7 +169,7 @@ on_every_backend! {
         }
     };
     matmul_tn_acc_all_shapes => |be| {
-        let mut r = Rng(27);
+        let mut r = Rng::new(27);
         for &(m, k, n) in &[(1, 5, 3), (3, 5, 7), (8, 300, 65), (37, 257, 51), (128, 64, 96), (5, 0, 3)] {
             let (a, b, c0) = (r.vec(k * m, 1.0), r.vec(k * n, 1.0), r.vec(m * n, 1.0));
             let mut got = c0.clone();
@@ -184,7 +187,7 @@ on_every_backend! {
         }
     };
     matmul_nt_all_shapes => |be| {
-        let mut r = Rng(17);
+        let mut r = Rng::new(17);
         for &(m, k, n) in &[(1, 768, 300), (2, 1000, 1100), (3, 5, 7), (15, 64, 33), (16, 64, 33), (40, 129, 70), (64, 300, 100), (1, 0, 3)] {
             let (a, b, bias) = (r.vec(m * k, 1.0), r.vec(n * k, 1.0), r.vec(n, 1.0));
             let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
@@ -199,7 +202,7 @@ on_every_backend! {
         // Weights prepared as panels (read in place by `cpu`, panel by panel elsewhere) against
         // the plain product; shapes cover partial panels, the GEMV/GEMM switch at 16 rows,
         // several K blocks and several task groups.
-        let mut r = Rng(29);
+        let mut r = Rng::new(29);
         for &(m, k, n) in &[(1, 768, 300), (2, 1000, 1100), (3, 5, 7), (15, 64, 33), (16, 64, 33), (40, 129, 70), (64, 300, 100), (130, 513, 96), (1, 0, 3), (0, 4, 5)] {
             let (a, w, bias) = (r.vec(m * k, 1.0), r.vec(k * n, 1.0), r.vec(n, 1.0));
             let panels = Panels::from_kn(&w, k, n).unwrap();
@@ -217,7 +220,7 @@ on_every_backend! {
         // f32 / bf16 / f16 elements, kept as f32 or bf16 panels. The reference multiplies the
         // exact values the panels hold (bf16 rounding is the format's, not an error).
         use gpt_rs::backend::{SourceDtype, WeightFormat, WeightSource};
-        let mut r = Rng(31);
+        let mut r = Rng::new(31);
         for &(m, k, n) in &[(1, 768, 300), (2, 1000, 1100), (3, 5, 7), (16, 64, 33), (40, 129, 70), (130, 513, 96), (1, 0, 3), (29, 600, 300), (16, 31, 1)] {
             let (a, w_nk) = (r.vec(m * k, 1.0), r.vec(n * k, 1.0));
             for (dtype, format) in [(SourceDtype::F32, WeightFormat::Bf16), (SourceDtype::Bf16, WeightFormat::Bf16), (SourceDtype::Bf16, WeightFormat::F32), (SourceDtype::F16, WeightFormat::F32), (SourceDtype::F32, WeightFormat::F32)] {
@@ -259,7 +262,7 @@ on_every_backend! {
     };
     attention_strided_cache => |be| {
         // Keys/values read in place from a preallocated [g, max_t, d] cache.
-        let mut r = Rng(19);
+        let mut r = Rng::new(19);
         let (g, tq, tk, d, max_t) = (3, 2, 6, 8, 10);
         let (q, kc, vc) = (r.vec(g * tq * d, 1.0), r.vec(g * max_t * d, 1.0), r.vec(g * max_t * d, 1.0));
         let dense = |c: &[f32]| -> Vec<f32> { (0..g).flat_map(|h| c[h * max_t * d..h * max_t * d + tk * d].to_vec()).collect() };
@@ -271,13 +274,13 @@ on_every_backend! {
         assert_close(&gt, &wt, 1e-4, 1e-5, "strided attention");
     };
     batched_matmul => |be| {
-        let mut r = Rng(9);
+        let mut r = Rng::new(9);
         let (a, b, b2) = (r.tensor(&[3, 17, 40], 1.0), r.tensor(&[3, 40, 9], 1.0), r.tensor(&[40, 9], 1.0));
         assert_close(&ops::matmul(be, &a, &b).unwrap(), &ops::matmul(reference(), &a, &b).unwrap(), 1e-4, 1e-4, "bmm");
         assert_close(&ops::matmul(be, &a, &b2).unwrap(), &ops::matmul(reference(), &a, &b2).unwrap(), 1e-4, 1e-4, "bmm2");
     };
     elementwise_and_rows => |be| {
-        let mut r = Rng(11);
+        let mut r = Rng::new(11);
         for &(rows, cols) in &[(1, 1), (3, 7), (12, 128), (64, 1000), (300, 769)] {
             let x = r.tensor(&[rows, cols], 8.0);
             assert_close(&ops::gelu(be, &x).unwrap(), &ops::gelu(reference(), &x).unwrap(), 1e-5, 1e-6, "gelu");
@@ -289,7 +292,7 @@ on_every_backend! {
         }
     };
     attention => |be| {
-        let mut r = Rng(13);
+        let mut r = Rng::new(13);
         for &(g, tq, tk, d, causal) in &[(1, 1, 1, 4, true), (2, 5, 5, 8, true), (3, 1, 9, 16, true), (4, 33, 33, 64, true), (2, 7, 11, 8, false), (12, 40, 40, 64, true), (2, 150, 150, 64, true), (2, 70, 100, 32, true), (2, 80, 90, 16, false)] {
             let (q, k, v) = (r.tensor(&[g, tq, d], 1.0), r.tensor(&[g, tk, d], 1.0), r.tensor(&[g, tk, d], 1.0));
             let got = ops::scaled_dot_product_attention(be, &q, &k, &v, causal).unwrap();
@@ -302,7 +305,7 @@ on_every_backend! {
 #[test]
 fn errors_name_the_problem() {
     let be = reference();
-    let mut r = Rng(3);
+    let mut r = Rng::new(3);
     let (a, v) = (r.tensor(&[2, 3], 1.0), r.tensor(&[3], 1.0));
     let e = ops::matmul(be, &a, &v).unwrap_err().to_string();
     assert!(
@@ -348,7 +351,7 @@ fn compiled_out_backend_names_its_feature() {
 fn cpu_matmul_rows_are_independent_of_batch() {
     let be = BackendKind::Cpu.get().unwrap();
     at_every_level(be, |be| {
-        let mut r = Rng(23);
+        let mut r = Rng::new(23);
         let (k, n) = (700, 301);
         let (w, bias) = (r.vec(k * n, 1.0), r.vec(n, 1.0));
         let panels = Panels::from_kn(&w, k, n).unwrap();
@@ -398,7 +401,7 @@ fn cpu_one_row_products_are_independent_of_thread_count() {
     // Other tests change the process-wide SIMD level (`at_every_level`); hold it still.
     let _guard = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let be = BackendKind::Cpu.get().unwrap();
-    let mut r = Rng(31);
+    let mut r = Rng::new(31);
     for &(k, n) in &[(3072, 768), (2100, 300), (768, 3072), (1100, 97)] {
         let (a, w) = (r.vec(k, 1.0), r.vec(k * n, 1.0));
         let bias = r.vec(n, 1.0);

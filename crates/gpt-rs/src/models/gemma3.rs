@@ -363,7 +363,7 @@ impl CausalLm for Gemma3 {
         );
         let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         let qkv_w = (h + 2 * hk) * d;
-        let exact = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
+        let batch_invariant = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
 
         // x = embed_tokens[token] * sqrt(C)                                   // (R, C)
         let x = grow(&mut ws.x, rows * c)?;
@@ -391,7 +391,8 @@ impl CausalLm for Gemma3 {
                 self.norm_offset,
             );
             let qkv = grow(&mut ws.qkv, rows * qkv_w)?;
-            b.qkv_proj.apply(be, &ws.h[..rows * c], qkv, rows, exact)?;
+            b.qkv_proj
+                .apply(be, &ws.h[..rows * c], qkv, rows, batch_invariant)?;
             let tmp = &mut ws.mlp_act;
             decoder::norm_heads(
                 be,
@@ -427,7 +428,7 @@ impl CausalLm for Gemma3 {
             // x = x + norm(att @ o_proj)
             let proj = grow(&mut ws.proj, rows * c)?;
             b.o_proj
-                .apply(be, &ws.att[..rows * h * d], proj, rows, exact)?;
+                .apply(be, &ws.att[..rows * h * d], proj, rows, batch_invariant)?;
             self.add_normed(be, ws, &b.post_attention_layernorm, rows)?;
 
             // x = x + norm(gelu_tanh(h @ gate) * (h @ up)) @ down,  h = norm(x)
@@ -441,12 +442,12 @@ impl CausalLm for Gemma3 {
             );
             let gu = grow(&mut ws.mlp, rows * 2 * inter)?;
             b.gate_up_proj
-                .apply(be, &ws.h[..rows * c], gu, rows, exact)?;
+                .apply(be, &ws.h[..rows * c], gu, rows, batch_invariant)?;
             let act = grow(&mut ws.mlp_act, rows * inter)?;
             be.gated(&ws.mlp[..rows * 2 * inter], act, inter, GateAct::GeluTanh);
             let proj = grow(&mut ws.proj, rows * c)?;
             b.down_proj
-                .apply(be, &ws.mlp_act[..rows * inter], proj, rows, exact)?;
+                .apply(be, &ws.mlp_act[..rows * inter], proj, rows, batch_invariant)?;
             self.add_normed(be, ws, &b.post_feedforward_layernorm, rows)?;
         }
         ws.sel = rope;

@@ -239,7 +239,7 @@ impl CausalLm for Gpt2 {
         let wte = self.wte.f32s("wte")?;
         let wpe = self.wpe.f32s("wpe")?;
         // A decode step over several sequences: keep each row's arithmetic batch-independent.
-        let exact = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
+        let batch_invariant = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
         let spec = AttnSpec {
             n_head: nh,
             n_kv_head: nh,
@@ -274,7 +274,8 @@ impl CausalLm for Gpt2 {
                 eps,
             );
             let qkv = grow(&mut ws.qkv, rows * 3 * c)?;
-            b.c_attn.apply(be, &ws.h[..rows * c], qkv, rows, exact)?;
+            b.c_attn
+                .apply(be, &ws.h[..rows * c], qkv, rows, batch_invariant)?;
 
             // Per sequence: append k, v to the cache (H, P, D); attend; merge heads.  // (R, C)
             let att = grow(&mut ws.att, rows * c)?;
@@ -305,7 +306,7 @@ impl CausalLm for Gpt2 {
             // x = x + att @ c_proj + b
             let proj = grow(&mut ws.proj, rows * c)?;
             b.attn_c_proj
-                .apply(be, &ws.att[..rows * c], proj, rows, exact)?;
+                .apply(be, &ws.att[..rows * c], proj, rows, batch_invariant)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
 
             // x = x + gelu_tanh(ln_2(x) @ c_fc + b) @ c_proj + b                 // (R, 4C) inside
@@ -319,12 +320,13 @@ impl CausalLm for Gpt2 {
                 eps,
             );
             let fc = grow(&mut ws.mlp, rows * inner)?;
-            b.c_fc.apply(be, &ws.h[..rows * c], fc, rows, exact)?;
+            b.c_fc
+                .apply(be, &ws.h[..rows * c], fc, rows, batch_invariant)?;
             let fc_act = grow(&mut ws.mlp_act, rows * inner)?;
             be.gelu_tanh(&ws.mlp[..rows * inner], fc_act);
             let proj = grow(&mut ws.proj, rows * c)?;
             b.mlp_c_proj
-                .apply(be, &ws.mlp_act[..rows * inner], proj, rows, exact)?;
+                .apply(be, &ws.mlp_act[..rows * inner], proj, rows, batch_invariant)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
         }
 

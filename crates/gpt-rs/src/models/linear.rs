@@ -46,19 +46,20 @@ impl Linear {
         self.parts[0].format()
     }
 
-    /// `out[rows, out] = x[rows, in] @ W (+ b)`. With `exact`, rows go in calls of at most 15,
-    /// where every backend computes a row the same way whatever the row count (so batched
-    /// decoding equals one-by-one decoding).
+    /// `out[rows, out] = x[rows, in] @ W (+ b)`. With `batch_invariant`, rows go in calls of
+    /// at most 15, where every backend computes a row the same way whatever the row count, so
+    /// each row's result does not depend on the batch it is in (batched decoding then equals
+    /// one-by-one decoding bit for bit).
     pub fn apply(
         &self,
         be: &dyn Backend,
         x: &[f32],
         out: &mut [f32],
         rows: usize,
-        exact: bool,
+        batch_invariant: bool,
     ) -> Result<()> {
         if let [w] = self.parts.as_slice() {
-            apply(be, w, self.bias.as_deref(), x, out, rows, exact);
+            apply(be, w, self.bias.as_deref(), x, out, rows, batch_invariant);
             return Ok(());
         }
         let n = self.out_features();
@@ -68,11 +69,11 @@ impl Linear {
             let nj = w.n();
             let bias = self.bias.as_deref().map(|b| &b[j0..j0 + nj]);
             if rows == 1 {
-                apply(be, w, bias, x, &mut out[j0..j0 + nj], 1, exact);
+                apply(be, w, bias, x, &mut out[j0..j0 + nj], 1, batch_invariant);
             } else {
                 // Several rows: the part's columns are strided in `out`; go through a buffer.
                 let t = crate::memory::grow(&mut tmp, rows * nj, "a linear layer's output")?;
-                apply(be, w, bias, x, t, rows, exact);
+                apply(be, w, bias, x, t, rows, batch_invariant);
                 for (o, t) in out.chunks_exact_mut(n).zip(t.chunks_exact(nj)) {
                     o[j0..j0 + nj].copy_from_slice(t);
                 }
@@ -83,7 +84,7 @@ impl Linear {
     }
 }
 
-/// `out = x @ w (+ bias)` over `rows` rows; see `Linear::apply` for `exact`.
+/// `out = x @ w (+ bias)` over `rows` rows; see `Linear::apply` for `batch_invariant`.
 pub fn apply(
     be: &dyn Backend,
     w: &Panels,
@@ -91,10 +92,10 @@ pub fn apply(
     x: &[f32],
     out: &mut [f32],
     rows: usize,
-    exact: bool,
+    batch_invariant: bool,
 ) {
     let (k, n) = (w.k(), w.n());
-    let chunk = if exact { 15 } else { rows.max(1) };
+    let chunk = if batch_invariant { 15 } else { rows.max(1) };
     for r0 in (0..rows).step_by(chunk) {
         let r = chunk.min(rows - r0);
         be.matmul_panels(

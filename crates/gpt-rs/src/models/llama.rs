@@ -433,7 +433,7 @@ impl CausalLm for Llama {
         let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         let qkv_w = (h + 2 * hk) * d;
         // A decode step over several sequences: keep each row's arithmetic batch-independent.
-        let exact = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
+        let batch_invariant = seqs.len() > 1 && seqs.iter().all(|s| s.tokens.len() == 1);
 
         // x = embed_tokens[token]                                             // (R, C)
         let x = grow(&mut ws.x, rows * c)?;
@@ -450,7 +450,8 @@ impl CausalLm for Llama {
             let hbuf = grow(&mut ws.h, rows * c)?;
             be.rms_norm(&ws.x[..rows * c], &b.input_layernorm, hbuf, eps, 0.0);
             let qkv = grow(&mut ws.qkv, rows * qkv_w)?;
-            b.qkv_proj.apply(be, &ws.h[..rows * c], qkv, rows, exact)?;
+            b.qkv_proj
+                .apply(be, &ws.h[..rows * c], qkv, rows, batch_invariant)?;
             if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
                 let tmp = &mut ws.mlp_act;
                 decoder::norm_heads(be, qkv, rows, qkv_w, 0, h, qn, eps, 0.0, tmp)?;
@@ -465,7 +466,7 @@ impl CausalLm for Llama {
             // x = x + att @ o_proj
             let proj = grow(&mut ws.proj, rows * c)?;
             b.o_proj
-                .apply(be, &ws.att[..rows * h * d], proj, rows, exact)?;
+                .apply(be, &ws.att[..rows * h * d], proj, rows, batch_invariant)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
 
             // x = x + (silu(h @ gate) * (h @ up)) @ down,  h = rms_norm(x)    // (R, 2I) inside
@@ -479,12 +480,12 @@ impl CausalLm for Llama {
             );
             let gu = grow(&mut ws.mlp, rows * 2 * inter)?;
             b.gate_up_proj
-                .apply(be, &ws.h[..rows * c], gu, rows, exact)?;
+                .apply(be, &ws.h[..rows * c], gu, rows, batch_invariant)?;
             let act = grow(&mut ws.mlp_act, rows * inter)?;
             be.gated(&ws.mlp[..rows * 2 * inter], act, inter, GateAct::Silu);
             let proj = grow(&mut ws.proj, rows * c)?;
             b.down_proj
-                .apply(be, &ws.mlp_act[..rows * inter], proj, rows, exact)?;
+                .apply(be, &ws.mlp_act[..rows * inter], proj, rows, batch_invariant)?;
             add_in_place(&mut ws.x[..rows * c], &ws.proj[..rows * c]);
         }
         ws.sel = rope;

@@ -102,18 +102,19 @@ impl Checkpoint {
         })
     }
 
-    /// A GGUF file's tensors, each under the name `rename` gives it (tensors it maps to None
-    /// are left out); `original` maps a name back, for messages.
+    /// A GGUF file's tensors, each under the Hugging Face checkpoint key `to_hf_name` gives
+    /// it (tensors it maps to None are left out); `original` maps a key back to the GGUF
+    /// name, for messages.
     pub fn from_gguf(
         file: GgufFile,
-        rename: impl Fn(&str) -> Option<String>,
+        to_hf_name: impl Fn(&str) -> Option<String>,
         original: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         let index = file
             .tensors
             .iter()
             .enumerate()
-            .filter_map(|(i, t)| rename(&t.name).map(|n| (n, i)))
+            .filter_map(|(i, t)| to_hf_name(&t.name).map(|n| (n, i)))
             .collect();
         Self {
             files: Vec::new(),

@@ -1,7 +1,7 @@
 //! GPT-2 causal self-attention built from ops: one fused QKV projection (`c_attn`),
 //! per-head scaled dot-product attention, and the output projection (`c_proj`).
 
-use super::feed_forward::rename;
+use super::feed_forward::in_layer;
 use super::Linear;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -60,7 +60,7 @@ impl CausalSelfAttention {
         let qkv = self
             .c_attn
             .forward(be, x)
-            .map_err(|e| rename(e, "CausalSelfAttention"))?; // (B, T, 3C)
+            .map_err(|e| in_layer(e, "CausalSelfAttention"))?; // (B, T, 3C)
         let heads = |i: usize| -> Result<Tensor> {
             let part = ops::narrow(&qkv, -1, i * c, c)?; // (B, T, C)
             let part = part.reshape(&[b as i64, t as i64, h as i64, d as i64])?; // (B, T, H, D)

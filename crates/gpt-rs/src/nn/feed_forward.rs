@@ -50,9 +50,9 @@ impl FeedForward {
         b_out: Option<Tensor>,
         activation: Activation,
     ) -> Result<Self> {
-        let c_fc = Linear::new(w_in, b_in).map_err(|e| rename(e, "FeedForward (w_in/b_in)"))?;
+        let c_fc = Linear::new(w_in, b_in).map_err(|e| in_layer(e, "FeedForward (w_in/b_in)"))?;
         let c_proj =
-            Linear::new(w_out, b_out).map_err(|e| rename(e, "FeedForward (w_out/b_out)"))?;
+            Linear::new(w_out, b_out).map_err(|e| in_layer(e, "FeedForward (w_out/b_out)"))?;
         if c_fc.out_features() != c_proj.in_features() {
             return Err(Error::Shape(format!(
                 "FeedForward: w_in is {:?} so w_out must be [{}, C], got {:?}",
@@ -79,7 +79,7 @@ impl FeedForward {
 }
 
 /// Prefixes a layer error with the enclosing layer's name.
-pub(crate) fn rename(e: Error, layer: &str) -> Error {
+pub(crate) fn in_layer(e: Error, layer: &str) -> Error {
     match e {
         Error::Shape(m) => Error::Shape(format!("{layer}: {m}")),
         Error::DType(m) => Error::DType(format!("{layer}: {m}")),

@@ -5,13 +5,11 @@
 //! - `[k, n]` weights (`a @ b`, `functional.matmul`): B is streamed eight rows at a time into
 //!   column accumulators in L2; threads split the columns, or, for one row and narrow
 //!   outputs (1x3072x768), the blocks of depth (`depth_blocks`). (Prefetching rows ahead here
-//!   was measured neutral to 15% slower at one row, so it is not done.)
+//!   did not help in measurements, so it is not done.)
 //! - `[n, k]` weights (`a @ b^T`, e.g. the tied output projection): one dot product per
 //!   output, each weight row read once for all rows of A. A thread's rows are one contiguous
-//!   stream, and software prefetch runs `simd::stream_prefetch()` floats ahead of it where that
-//!   helps: measured on a Xeon (Emerald Rapids) VM, 1.7x the bandwidth of the hardware
-//!   prefetchers alone (18 vs 11 GB/s on one core, 35 vs 21 GB/s on two); on an EPYC (Zen 4)
-//!   VM 10-20% less than none, so it is off there (`--example gemv_bandwidth`).
+//!   stream, and software prefetch runs `simd::stream_prefetch()` floats ahead of it on the
+//!   CPUs where that helps (Intel, not AMD: docs/performance.md, "Software prefetch").
 //! - `Panels` (how the GPT-2 runtime keeps its projections): each panel is one contiguous
 //!   stream of `[k, PANEL]` rows, prefetched the same way, into register accumulators. With
 //!   one row of A (decode at batch 1) each thread reads two panels side by side.
@@ -121,8 +119,8 @@ pub(super) fn matmul_panel_rows(a: &[f32], w: &Panels, c: &mut [f32], m: usize) 
 ///
 /// B is streamed eight rows at a time, each a contiguous `cw`-wide segment, into accumulators
 /// in this thread's scratch buffer (L1/L2). Eight concurrent streams of up to 64 KiB keep the
-/// hardware prefetchers busy even across 4 KiB page boundaries (a Zen 3 core read a
-/// `[768, 50257]` weight at 21 GB/s this way, 14 GB/s four rows by 8 KiB at a time).
+/// hardware prefetchers busy even across 4 KiB page boundaries (faster than fewer, longer
+/// runs: docs/performance.md, "GEMV streams").
 /// Each `KC` block is accumulated from zero with one FMA per `k` in order, then added to C:
 /// exactly the blocked GEMM's arithmetic, so a row's result does not depend on how many rows
 /// share the call (batched generation equals one-by-one generation).
@@ -328,7 +326,7 @@ unsafe fn panel_chunk<E: PanelElem, V: Vf, const RG: usize, const NV: usize>(
 
 /// `C[0, cols of panels p0 + s * stride] += a[0, :] @ those panels`, for s in 0..S: one row of
 /// `a` against S panels at once, each its own sequential stream (one stream per core leaves
-/// bandwidth unused: a Zen 3 core read 15 GB/s from one, 19-21 GB/s from two). Per column
+/// bandwidth unused: docs/performance.md, "GEMV streams"). Per column
 /// the same arithmetic as `panel_chunk` (from zero, one FMA per `k` in order, then added to C).
 #[inline(always)]
 unsafe fn panel_streams<E: PanelElem, V: Vf, const NV: usize, const S: usize>(

@@ -2,7 +2,7 @@
 //! the compiler vectorizes in each `multiversion!` instance (AVX-512, AVX2, baseline).
 //!
 //! The polynomials multiply-add through `M: MulAdd`: fused in the AVX2/AVX-512 instances (one
-//! instruction and one rounding per step, 1.6x faster GELU than `a * b + c`), plain in the
+//! instruction and one rounding per step, and a faster GELU than `a * b + c`), plain in the
 //! baseline one, whose CPUs may lack FMA (where `f32::mul_add` is a slow library call).
 //!
 //! `exp` is a range reduction plus a degree-5 polynomial (relative error below 4.1e-7, about

@@ -41,8 +41,8 @@ const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Single-thread work (picoseconds) below which a row-wise op called from outside the pool runs
 /// on the caller's thread alone. Above it the caller splits the rows with helpers from the pool
 /// (`threads::for_each_index`), which costs the caller a few microseconds of wake-up calls.
-/// (Handing the whole call to the pool instead cost 20-60 us on a VM: a `[128, 768]` layer
-/// norm took 38 us on the caller and 43-66 us that way.)
+/// Handing the whole call to the pool instead costs more than small ops take on the caller
+/// (docs/performance.md, "Thread hand-off").
 const HANDOFF_MIN_PS: usize = 20_000_000;
 
 /// Applies `f` to groups of whole rows of `x`/`out`, in parallel when the input is large.

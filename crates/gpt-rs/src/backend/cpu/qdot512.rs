@@ -396,8 +396,8 @@ unsafe fn dot_rows_of<K: Kernel, const R: usize>(
     unsafe {
         // Flush subnormals to zero while this row runs (restored below): products of small
         // scales reach the subnormal range on real models, and every FMA on one then takes a
-        // microcode assist (measured: decode of the real Qwen2.5-Coder Q4_K_M file at 33
-        // instead of 53 tokens/s on Zen 4). Values that small do not change an f32 dot product.
+        // microcode assist (a large decode slowdown on the real Qwen2.5-Coder file:
+        // docs/performance.md, "Subnormals"). Values that small do not change an f32 dot product.
         #[allow(deprecated)]
         let csr = _mm_getcsr();
         #[allow(deprecated)]

@@ -81,10 +81,10 @@ pub fn level() -> SimdLevel {
 /// How far ahead of a weight stream, in floats, the decode (GEMV) kernels prefetch in
 /// software; 0 means they leave it to the hardware prefetchers.
 ///
-/// Measured per CPU family with `--example gemv_bandwidth`: on an Intel Xeon (Emerald Rapids)
-/// VM prefetching 4 KiB ahead gave 1.7x the bandwidth of the hardware prefetchers alone; on an
-/// AMD EPYC (Zen 4) VM it cost 10-20% at any distance (256 B to 8 KiB), so AMD (and Hygon,
-/// the same cores) gets none. `GPT_RS_PREFETCH=<floats>` overrides the choice (read once).
+/// The choice is per CPU vendor, from `--example gemv_bandwidth` runs (docs/performance.md,
+/// "Software prefetch"): on Intel cores prefetching 4 KiB ahead beats the hardware prefetchers
+/// alone, on AMD cores (and Hygon, the same cores) it costs at every distance, so they get
+/// none. `GPT_RS_PREFETCH=<floats>` overrides the choice (read once).
 pub fn stream_prefetch() -> usize {
     static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *AHEAD.get_or_init(|| {
