@@ -66,11 +66,17 @@ def test_default_model_completes_python():
     assert any(k in body for k in ("return", "if ", "self", "for ", "= ")), body
 
 
-def test_generate_without_model_says_how_to_get_one():
-    if "(none installed)" not in gpt_rs_cmd("info").stdout:
-        pytest.skip("a default model is installed")
-    r = gpt_rs_cmd("generate", "--prompt", "hi")
-    assert r.returncode != 0 and "Pass --model DIR" in r.stderr
+def test_generate_without_model_says_how_to_get_one(tmp_path, model_dir):
+    # The default model's location pointed at an empty folder: as a build without one.
+    missing = {"GPT_RS_DEFAULT_MODEL": str(tmp_path / "no-model")}
+    assert "default model: (none installed)" in gpt_rs_cmd("info", **missing).stdout
+    r = gpt_rs_cmd("generate", "--prompt", "hi", **missing)
+    assert r.returncode != 0 and "Pass --model DIR" in r.stderr and "Traceback" not in r.stderr
+    # and pointed at a model, that model is the default
+    r = gpt_rs_cmd(
+        "generate", "--prompt", "hi", "--max-new-tokens", "3", GPT_RS_DEFAULT_MODEL=str(model_dir)
+    )
+    assert r.returncode == 0 and r.stdout.startswith("hi"), r.stderr
 
 
 def test_generate_errors_are_messages_not_tracebacks(model_dir, tmp_path):

@@ -56,16 +56,54 @@ def fake_hub(tmp_path_factory):
     return hub
 
 
+def shown_outputs(code: str) -> list[str]:
+    """What a block says its prints show: the comment after each `print(...)` line (not the
+    streaming ones), where `...` stands for any text."""
+    shown = []
+    for line in code.splitlines():
+        m = re.match(r"\s*print\((.*)\)\s+#\s(.*)$", line)
+        if m and "end=" not in m.group(1):
+            shown.append(m.group(2).strip())
+    return shown
+
+
+def assert_shown(shown: list[str], printed: str, where: str) -> None:
+    """Each shown output matches a printed line, in order."""
+    lines = iter(printed.splitlines())
+    for want in shown:
+        pattern = re.escape(want).replace(re.escape("..."), ".*")
+        assert any(re.fullmatch(pattern, ln.strip()) for ln in lines), (
+            f"{where}: no printed line shows {want!r}; printed:\n{printed}"
+        )
+
+
+def test_shown_outputs_are_checked():
+    code = 'print(x)  # [2, 3] f32\nprint(y, end="")  # streamed\nprint(z)  # a ... c\n'
+    assert shown_outputs(code) == ["[2, 3] f32", "a ... c"]
+    assert_shown(["[2, 3] f32", "a ... c"], "[2, 3] f32\nother\na xyz c\n", "ok")
+    with pytest.raises(AssertionError):
+        assert_shown(["[2, 3] f32"], "[2, 3] i32\n", "wrong dtype")
+    with pytest.raises(AssertionError):
+        assert_shown(["a", "b"], "b\na\n", "wrong order")
+
+
 @pytest.mark.parametrize("i", range(len(python_blocks(ROOT / "README.md"))))
 def test_readme_blocks_run(i, fake_hub, monkeypatch, tmp_path):
     """Each Python block runs as written, from a scratch folder holding a copy of the
-    repository's docs (the training example reads them and writes its run there)."""
+    repository's docs (the training example reads them and writes its run there), and
+    prints what its comments say it prints."""
+    import contextlib
+    import io
     import shutil
 
     monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub))
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     monkeypatch.chdir(tmp_path)
-    exec(compile(python_blocks(ROOT / "README.md")[i], f"README.md block {i}", "exec"), {})
+    code = python_blocks(ROOT / "README.md")[i]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, f"README.md block {i}", "exec"), {})
+    assert_shown(shown_outputs(code), out.getvalue(), f"README.md block {i}")
 
 
 def cli_lines(path: Path) -> list[str]:
@@ -127,18 +165,80 @@ def test_seed_readme_quick_start_runs_verbatim_on_every_backend(capsys):
     assert "(2, 3)" in out and "[2, 3]" in out
 
 
+def _gelu(v):
+    from math import erf
+
+    return 0.5 * v * (1 + np.vectorize(erf)(v / np.sqrt(2)))
+
+
+def _layer_norm(v, w, b, eps=1e-5):
+    mu = v.mean(-1, keepdims=True)
+    return (v - mu) / np.sqrt(((v - mu) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+def _np(ns, name):
+    return ns[name].numpy().astype(np.float64)
+
+
+# What each fragment of the original README must compute, checked against NumPy; found by a
+# line of the fragment. Every fragment needs an entry (a new one without a check fails).
+SEED_CHECKS = {
+    "result = output.numpy()": lambda ns, before: np.testing.assert_allclose(
+        ns["result"], _np(ns, "x") @ _np(ns, "weight") + _np(ns, "bias"), rtol=1e-4, atol=1e-5
+    ),
+    "backends = gpt_rs.list_backends()": lambda ns, before: (
+        assert_(ns["backends"] == ns["gpt_rs"].list_backends()),
+        assert_("cpu" in ns["backends"]),
+        assert_(set(ns["backends"]) <= {"cpu", "cpu-portable", "faer", "c"}),
+        assert_(ns["current"] == "cpu"),
+    ),
+    "tensor = gpt_rs.Tensor.from_numpy(np_array)": lambda ns, before: (
+        assert_(ns["shape"] == [2, 3, 4] and ns["dtype"] == "f32"),
+        assert_(ns["backend"] == before["backend"]),
+        np.testing.assert_array_equal(ns["np_array"], before["np_array"]),
+    ),
+    "embedding = gpt_rs.nn.Embedding(weight)": lambda ns, before: np.testing.assert_array_equal(
+        ns["output"].numpy(), ns["weight"].numpy()[[0, 3, 1]]
+    ),
+    "linear = gpt_rs.nn.Linear(weight, bias=None)": lambda ns, before: np.testing.assert_allclose(
+        _np(ns, "output"), _np(ns, "x") @ _np(ns, "weight"), rtol=1e-4, atol=1e-5
+    ),
+    "layer_norm = gpt_rs.nn.LayerNorm(weight, bias, eps=1e-5)": lambda ns, before: (
+        np.testing.assert_allclose(
+            _np(ns, "output"),
+            _layer_norm(_np(ns, "x"), _np(ns, "weight"), _np(ns, "bias")),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    ),
+    "ffn = gpt_rs.nn.FeedForward(w_in, w_out, b_in=None, b_out=None)": lambda ns, before: (
+        np.testing.assert_allclose(
+            _np(ns, "output"),
+            _gelu(_np(ns, "x") @ _np(ns, "w_in")) @ _np(ns, "w_out"),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    ),
+}
+
+
+def assert_(cond):
+    assert cond
+
+
 @pytest.mark.parametrize("i", range(len(python_blocks(SEED / "README.md"))))
 def test_seed_readme_fragments_run(i):
     import gpt_rs
 
     code = python_blocks(SEED / "README.md")[i]
+    checks = [c for key, c in SEED_CHECKS.items() if key in code]
+    assert len(checks) == 1, f"seed README block {i} needs exactly one entry in SEED_CHECKS"
     for backend in gpt_rs.list_backends():
         gpt_rs.set_backend(backend)
         ns = seed_namespace(code)
+        before = {"np_array": ns["np_array"].copy(), "backend": backend}
         exec(compile(code, f"seed README block {i}", "exec"), ns)
-        for name in ("output", "softmax_out", "gelu_out"):
-            if name in ns and hasattr(ns[name], "numpy"):
-                assert np.isfinite(ns[name].numpy()).all()
+        checks[0](ns, before)
 
 
 SCRIPTS = [

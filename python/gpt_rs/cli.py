@@ -31,8 +31,13 @@ NO_DEFAULT_MODEL = (
 
 
 def _default_model() -> Optional[str]:
+    """The model used without --model: GPT_RS_DEFAULT_MODEL's folder when that is set, else
+    the one shipped inside the package; None when the chosen folder holds no model."""
     from importlib import resources
 
+    override = os.environ.get("GPT_RS_DEFAULT_MODEL")
+    if override:
+        return override if Path(override, "config.json").is_file() else None
     try:
         path = resources.files("gpt_rs") / "default_model"
         return str(path) if path.joinpath("config.json").is_file() else None
