@@ -58,3 +58,22 @@ def test_missing_gguf_file_and_bad_dtype(tmp_path):
         gpt_rs.load_model(tmp_path / "bad.gguf")
     with pytest.raises(ValueError):  # the old contract holds
         gpt_rs.load_model(tmp_path / "bad.gguf")
+
+
+@pytest.mark.parametrize(
+    "call, cls",
+    [
+        (lambda: gpt_rs.Tensor.from_numpy([1.0], copy=False), errors.InvalidValueError),
+        (lambda: gpt_rs.Tensor.from_numpy(np.array([2**40])), errors.SizeOverflowError),
+        (lambda: gpt_rs.Tensor.from_numpy(np.ones(2, np.complex64)), errors.DTypeError),
+        (lambda: gpt_rs.set_num_threads(-1), errors.InvalidValueError),
+        (lambda: gpt_rs.set_simd_level("sse9"), errors.InvalidValueError),
+        (lambda: t(2).to("f8"), errors.InvalidValueError),
+        (lambda: t(2).transpose(0), errors.InvalidValueError),
+        (lambda: gpt_rs.from_dlpack(3), errors.DTypeError),
+    ],
+)
+def test_the_bindings_own_checks_raise_the_same_classes(call, cls):
+    with pytest.raises(cls) as e:
+        call()
+    assert isinstance(e.value, gpt_rs.Error) and str(e.value)

@@ -22,9 +22,10 @@ class                       also a                raised for
 ``InternalError``           ``RuntimeError``      a bug in gpt_rs (please report it)
 ==========================  ====================  ==========================================
 
-A long operation interrupted with Ctrl-C raises the built-in ``KeyboardInterrupt``. Argument
-checks done by the Python binding itself (e.g. a wrong keyword's type) raise the plain
-built-ins.
+The Python binding's own argument checks raise these classes too. A long operation interrupted
+with Ctrl-C raises the built-in ``KeyboardInterrupt``; PyO3's conversion of an argument of the
+wrong Python type (a str where an int is expected) raises a plain ``TypeError``, and DLPack's
+protocol errors are ``BufferError`` as the protocol specifies.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 //! NumPy) int up to 127 bits, so the function checks the range and names the argument: an
 //! out-of-range value (`seed=-1`, `top_k=2**70`) is a ValueError, never PyO3's OverflowError.
 
-use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 
 /// An integer argument: any Python int of up to 127 bits; larger ones are a ValueError here.
@@ -16,7 +16,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Int {
         match obj.extract::<i128>() {
             Ok(v) => Ok(Int(v)),
             Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
-                Err(PyValueError::new_err(format!(
+                Err(crate::errors::value_error(format!(
                     "integer {} is out of range",
                     obj.repr().map(|r| r.to_string()).unwrap_or_default()
                 )))
@@ -32,7 +32,7 @@ impl Int {
         if (lo..=hi).contains(&self.0) {
             Ok(self.0)
         } else {
-            Err(PyValueError::new_err(format!(
+            Err(crate::errors::value_error(format!(
                 "{name} must be an integer from {lo} to {hi}, got {}",
                 self.0
             )))
@@ -52,7 +52,7 @@ pub fn token_ids(ids: Vec<Int>, what: &str) -> PyResult<Vec<u32>> {
         .enumerate()
         .map(|(i, &Int(t))| {
             u32::try_from(t).map_err(|_| {
-                PyValueError::new_err(format!(
+                crate::errors::value_error(format!(
                     "{what}: token id {t} at position {i} is negative or too large"
                 ))
             })
@@ -102,7 +102,7 @@ impl GenOptions {
             let py = value.py();
             let named = |e: PyErr| {
                 if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
-                    pyo3::exceptions::PyTypeError::new_err(format!("{method}(): {key}: {e}"))
+                    crate::errors::type_error(format!("{method}(): {key}: {e}"))
                 } else {
                     e
                 }
@@ -141,7 +141,7 @@ impl GenOptions {
                         .copied()
                         .collect::<Vec<_>>()
                         .join(", ");
-                    return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    return Err(crate::errors::type_error(format!(
                         "{method}() got an unexpected keyword argument '{key}' (it takes: {known})"
                     )));
                 }

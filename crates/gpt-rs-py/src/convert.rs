@@ -15,7 +15,7 @@ use numpy::npyffi::flags::{NPY_ARRAY_ALIGNED, NPY_ARRAY_WRITEABLE};
 use numpy::{
     PyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
@@ -82,10 +82,10 @@ fn copy_elems_with<T: numpy::Element + Copy, U, R>(
 ) -> PyResult<R> {
     let typed = arr
         .cast::<PyArrayDyn<T>>()
-        .map_err(|e| PyTypeError::new_err(e.to_string()))?;
+        .map_err(|e| crate::errors::type_error(e.to_string()))?;
     let ro = typed
         .try_readonly()
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        .map_err(|e| crate::errors::value_error(e.to_string()))?;
     // `as_slice` also accepts Fortran order (memory order), so only use it for C order.
     match ro.as_slice() {
         Ok(s) if arr.is_c_contiguous() => contiguous(s),
@@ -116,7 +116,7 @@ fn share<E: numpy::Element, T: Send + Sync + 'static>(
     const { assert!(std::mem::size_of::<E>() == std::mem::size_of::<T>()) };
     let typed = arr
         .cast::<PyArrayDyn<E>>()
-        .map_err(|e| PyTypeError::new_err(e.to_string()))?;
+        .map_err(|e| crate::errors::type_error(e.to_string()))?;
     let ptr = typed.data() as *const T;
     let owner: Owner = Arc::new(PyOwner(arr.clone().into_any().unbind()));
     // SAFETY: the array is C-contiguous and aligned with `len` elements of T, and `owner`
@@ -134,7 +134,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
         Ok(a) => a.clone(),
         Err(_) => {
             if !copy {
-                return Err(PyValueError::new_err(format!(
+                return Err(crate::errors::value_error(format!(
                     "from_numpy(copy=False) needs a numpy.ndarray to share memory with, got {}",
                     obj.get_type().name()?
                 )));
@@ -142,12 +142,12 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
             let a = np_module(py)?
                 .call_method1("asarray", (obj,))
                 .map_err(|e| {
-                    PyTypeError::new_err(format!(
+                    crate::errors::type_error(format!(
                         "expected a numpy array or array-like, could not convert it: {e}"
                     ))
                 })?;
             a.cast_into::<PyUntypedArray>()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?
+                .map_err(|e| crate::errors::type_error(e.to_string()))?
         }
     };
     let dt = arr.dtype();
@@ -158,7 +158,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
         kind = b'b';
         arr.call_method1("view", (np_module(py)?.getattr("uint16")?,))?
             .cast_into::<PyUntypedArray>()
-            .map_err(|e| PyTypeError::new_err(e.to_string()))?
+            .map_err(|e| crate::errors::type_error(e.to_string()))?
     } else {
         arr
     };
@@ -169,7 +169,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
         || !is_aligned(&arr)
     {
         if !copy {
-            return Err(PyValueError::new_err(
+            return Err(crate::errors::value_error(
                 "from_numpy(copy=False) cannot share memory with a misaligned or byte-swapped array; use copy=True",
             ));
         }
@@ -177,7 +177,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
         np_module(py)?
             .call_method1("array", (&arr, native))?
             .cast_into::<PyUntypedArray>()
-            .map_err(|e| PyTypeError::new_err(e.to_string()))?
+            .map_err(|e| crate::errors::type_error(e.to_string()))?
     } else {
         arr
     };
@@ -190,7 +190,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
         (b'b', 2) if !copy && shareable => Data::BF16(share::<u16, bf16>(&arr)?),
         (b'i', 4) if !copy && shareable => Data::I32(share::<i32, i32>(&arr)?),
         _ if !copy => {
-            return Err(PyValueError::new_err(format!(
+            return Err(crate::errors::value_error(format!(
                 "from_numpy(copy=False) shares memory only with C-contiguous float32, float16, bfloat16 or int32 arrays; got a {} array{}; use copy=True to convert",
                 dt.str()?,
                 if shareable { "" } else { " that is not C-contiguous" }
@@ -225,7 +225,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
             let mut out = memory::with_capacity(v.len(), "from_numpy: the int32 copy").map_err(to_py)?;
             for (i, &x) in v.iter().enumerate() {
                 out.push(i32::try_from(x).map_err(|_| {
-                    PyOverflowError::new_err(format!(
+                    crate::errors::overflow_error(format!(
                         "int64 value {x} at flat index {i} does not fit in int32 (range -2147483648..2147483647)"
                     ))
                 })?);
@@ -233,7 +233,7 @@ pub fn tensor_from_numpy(obj: &Bound<'_, PyAny>, copy: bool) -> PyResult<Tensor>
             Data::I32(Storage::from_vec(out))
         }
         _ => {
-            return Err(PyTypeError::new_err(format!("unsupported dtype '{}'; {SUPPORTED}", dt.str()?)));
+            return Err(crate::errors::type_error(format!("unsupported dtype '{}'; {SUPPORTED}", dt.str()?)));
         }
     };
     Tensor::new(data, shape, be).map_err(to_py)
@@ -271,7 +271,7 @@ pub fn numpy_view<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny
             // NumPy's bfloat16 dtype is ml_dtypes'; the numpy crate looks it up by name, which
             // works only once ml_dtypes is imported.
             py.import("ml_dtypes").map_err(|_| {
-                PyTypeError::new_err(
+                crate::errors::type_error(
                     "numpy() of a bf16 tensor needs the ml_dtypes package (pip install ml_dtypes), \
                      since NumPy has no bfloat16 type; or convert first with .to('f32')",
                 )
@@ -288,7 +288,7 @@ pub fn arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Tensor> {
         return Ok(t.get().inner.clone());
     }
     if obj.is_none() {
-        return Err(PyTypeError::new_err(format!(
+        return Err(crate::errors::type_error(format!(
             "{name} must be a gpt_rs.Tensor or a numpy array, got None"
         )));
     }
@@ -299,7 +299,7 @@ pub fn arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Tensor> {
             .map(|n| n.to_string())
             .unwrap_or_default();
         if e.is_instance_of::<PyTypeError>(obj.py()) {
-            PyTypeError::new_err(format!(
+            crate::errors::type_error(format!(
                 "{name} must be a gpt_rs.Tensor or a numpy array, got {ty}: {e}"
             ))
         } else {

@@ -10,7 +10,7 @@ use gpt_rs::memory;
 use gpt_rs::storage::{Owner, Storage};
 use gpt_rs::tensor::Data;
 use gpt_rs::{DType, Tensor};
-use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
@@ -209,7 +209,7 @@ struct Checked {
 /// # Safety
 /// `dt` must point to a readable `DLTensor` (the capsule's pointer, checked by name).
 unsafe fn check(dt: &DLTensor) -> PyResult<Checked> {
-    let bad = |m: String| PyValueError::new_err(format!("from_dlpack: {m}"));
+    let bad = |m: String| crate::errors::value_error(format!("from_dlpack: {m}"));
     if dt.device.device_type != DEVICE_CPU {
         return Err(bad(format!(
             "gpt_rs works on CPU memory, got DLPack device type {}",
@@ -225,7 +225,7 @@ unsafe fn check(dt: &DLTensor) -> PyResult<Checked> {
     let ndim = dt.ndim as usize;
     let (code, bits, lanes) = (dt.dtype.code, dt.dtype.bits, dt.dtype.lanes);
     if lanes != 1 || bits == 0 || !bits.is_multiple_of(8) {
-        return Err(PyTypeError::new_err(format!(
+        return Err(crate::errors::type_error(format!(
             "from_dlpack: unsupported DLPack dtype (code {code}, {bits} bits, {lanes} lanes): \
              only scalar types of whole bytes can be imported"
         )));
@@ -406,13 +406,13 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
         return Ok(PyTensor::wrap(t.get().inner.clone()));
     }
     if !obj.hasattr("__dlpack__")? {
-        return Err(PyTypeError::new_err(format!(
+        return Err(crate::errors::type_error(format!(
             "from_dlpack expects an object with __dlpack__ (a NumPy array, a torch tensor...), got {}",
             obj.get_type().name()?
         )));
     }
     let cap = obj.call_method0("__dlpack__").map_err(|e| {
-        PyTypeError::new_err(format!(
+        crate::errors::type_error(format!(
             "from_dlpack: {} could not be exported through DLPack: {e}",
             obj.get_type()
                 .name()
@@ -425,13 +425,15 @@ pub fn from_dlpack(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyTensor>
     unsafe {
         let capp = cap.as_ptr();
         if ffi::PyCapsule_IsValid(capp, NAME.as_ptr()) != 1 {
-            return Err(PyTypeError::new_err(
+            return Err(crate::errors::type_error(
                 "__dlpack__ did not return an unconsumed 'dltensor' capsule",
             ));
         }
         let m = ffi::PyCapsule_GetPointer(capp, NAME.as_ptr()) as *mut DLManagedTensor;
         if m.is_null() {
-            return Err(PyValueError::new_err("from_dlpack: the capsule holds NULL"));
+            return Err(crate::errors::value_error(
+                "from_dlpack: the capsule holds NULL",
+            ));
         }
         let c = check(&(*m).dl_tensor)?;
         let Some(dtype) = c.dtype else {

@@ -25,8 +25,12 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Backend(_) => ("BackendError", PyRuntimeError::new_err),
         Error::Internal(_) => ("InternalError", PyRuntimeError::new_err),
     };
-    // The classes live in `gpt_rs.errors` (Python: they derive from two bases each); the
-    // built-in base stands in if that module cannot be imported.
+    raise(class, builtin, msg)
+}
+
+/// `class` of `gpt_rs.errors` with `msg`. The classes are Python ones (two bases each); the
+/// built-in base stands in if that module cannot be imported.
+fn raise(class: &str, builtin: fn(String) -> PyErr, msg: String) -> PyErr {
     Python::attach(|py| {
         py.import("gpt_rs.errors")
             .and_then(|m| m.getattr(class))
@@ -34,6 +38,21 @@ pub fn to_py(e: Error) -> PyErr {
             .map(|t| PyErr::from_type(t, msg.clone()))
             .unwrap_or_else(|_| builtin(msg))
     })
+}
+
+/// The binding's own argument checks raise the engine's classes too: a bad value...
+pub fn value_error(msg: impl Into<String>) -> PyErr {
+    raise("InvalidValueError", PyValueError::new_err, msg.into())
+}
+
+/// ...a type or dtype an operation does not take...
+pub fn type_error(msg: impl Into<String>) -> PyErr {
+    raise("DTypeError", PyTypeError::new_err, msg.into())
+}
+
+/// ...and a number too large for its target.
+pub fn overflow_error(msg: impl Into<String>) -> PyErr {
+    raise("SizeOverflowError", PyOverflowError::new_err, msg.into())
 }
 
 /// Inputs smaller than this run without releasing the GIL: the release costs more than the op.

@@ -55,9 +55,7 @@ fn list_backends() -> Vec<&'static str> {
 #[pyfunction]
 fn set_num_threads(n: i64) -> PyResult<()> {
     let n = usize::try_from(n).map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err(format!(
-            "num_threads must be between 1 and 1024, got {n}"
-        ))
+        crate::errors::value_error(format!("num_threads must be between 1 and 1024, got {n}"))
     })?;
     gpt_rs::threads::set_num_threads(n).map_err(to_py)
 }
@@ -85,7 +83,7 @@ fn get_simd_level() -> &'static str {
 #[pyfunction]
 fn set_simd_level(name: &str) -> PyResult<&'static str> {
     let level = simd::SimdLevel::parse(name).ok_or_else(|| {
-        pyo3::exceptions::PyValueError::new_err(format!(
+        crate::errors::value_error(format!(
             "unknown SIMD level '{name}'; expected 'avx512', 'avx2' or 'scalar'"
         ))
     })?;

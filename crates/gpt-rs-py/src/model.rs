@@ -12,7 +12,7 @@ use gpt_rs::models::{CausalLm, LoadDtype, Logits, Scorer};
 use gpt_rs::tokenizer::Tokenizer;
 use gpt_rs::{threads, Error};
 use numpy::{PyArray1, PyArray2};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -132,7 +132,7 @@ impl PyTokenizer {
         let vocab_size = vocab_size.within("vocab_size", 257, max as i128)? as usize;
         let min_frequency = min_frequency.within("min_frequency", 0, u32::MAX as i128)? as u64;
         if texts.iter().all(|t| t.is_empty()) {
-            return Err(PyValueError::new_err(
+            return Err(crate::errors::value_error(
                 "cannot train a tokenizer on an empty corpus",
             ));
         }
@@ -196,11 +196,9 @@ fn py_to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<se
     let text: String = py
         .import("json")?
         .call_method1("dumps", (obj,))
-        .map_err(|e| {
-            pyo3::exceptions::PyTypeError::new_err(format!("{what} must be JSON-serializable: {e}"))
-        })?
+        .map_err(|e| crate::errors::type_error(format!("{what} must be JSON-serializable: {e}")))?
         .extract()?;
-    serde_json::from_str(&text).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+    serde_json::from_str(&text).map_err(|e| crate::errors::value_error(format!("{what}: {e}")))
 }
 
 /// Renders a chat with the tokenizer's template: messages and extra variables from Python.
@@ -252,7 +250,7 @@ impl PyModel {
 
     fn tokenizer(&self) -> PyResult<&Arc<Tokenizer>> {
         self.tokenizer.as_ref().ok_or_else(|| {
-            PyValueError::new_err(format!(
+            crate::errors::value_error(format!(
                 "{} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt); use the *_tokens methods with ids",
                 self.path.display()
             ))

@@ -5,7 +5,6 @@ use gpt_rs::backend;
 use gpt_rs::ops::{self, BinaryOp};
 use gpt_rs::{DType, Tensor};
 use numpy::PyUntypedArray;
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyTuple};
 
@@ -110,7 +109,7 @@ impl PyTensor {
         };
         match (converts, copy) {
             // NumPy's protocol: copy=False must not copy, so a conversion is an error.
-            (true, Some(false)) => Err(PyValueError::new_err(format!(
+            (true, Some(false)) => Err(crate::errors::value_error(format!(
                 "cannot convert a {} tensor to {} without a copy (copy=False); use copy=None or True",
                 self.inner.dtype(),
                 dtype.map(|d| d.to_string()).unwrap_or_default()
@@ -193,7 +192,7 @@ impl PyTensor {
             (Some(a), Some(b)) => ops::transpose(&self.inner, a, b)
                 .map(Self::wrap)
                 .map_err(to_py),
-            _ => Err(PyValueError::new_err(
+            _ => Err(crate::errors::value_error(
                 "transpose takes either no dimensions or two (dim0, dim1)",
             )),
         }
@@ -209,7 +208,7 @@ impl PyTensor {
             .shape()
             .first()
             .copied()
-            .ok_or_else(|| PyTypeError::new_err("len() of a 0-d tensor"))
+            .ok_or_else(|| crate::errors::type_error("len() of a 0-d tensor"))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -314,14 +313,14 @@ impl PyTensor {
     fn from_torch(py: Python<'_>, tensor: &Bound<'_, PyAny>) -> PyResult<Self> {
         let torch = import_torch(py, "from_torch")?;
         if !tensor.is_instance(&torch.getattr("Tensor")?)? {
-            return Err(PyTypeError::new_err(format!(
+            return Err(crate::errors::type_error(format!(
                 "from_torch expects a torch.Tensor, got {}",
                 tensor.get_type().name()?
             )));
         }
         let device = tensor.getattr("device")?;
         if device.getattr("type")?.extract::<String>()? != "cpu" {
-            return Err(PyValueError::new_err(format!(
+            return Err(crate::errors::value_error(format!(
                 "from_torch: the tensor is on device '{}'; gpt_rs works on CPU memory, call .cpu() first",
                 device.str()?
             )));
@@ -336,7 +335,7 @@ impl PyTensor {
             return crate::dlpack::from_dlpack(py, &t);
         }
         let arr = t.call_method0("numpy").map_err(|e| {
-            PyTypeError::new_err(format!("from_torch: unsupported dtype {dtype}: {e}"))
+            crate::errors::type_error(format!("from_torch: unsupported dtype {dtype}: {e}"))
         })?;
         tensor_from_numpy(&arr, true).map(Self::wrap)
     }
@@ -390,7 +389,7 @@ fn parse_dtype(obj: &Bound<'_, PyAny>) -> PyResult<DType> {
         np.call_method1("dtype", (obj,))
             .and_then(|d| d.getattr("name"))
             .map_err(|_| {
-                PyTypeError::new_err(format!(
+                crate::errors::type_error(format!(
                     "dtype must be a name such as 'f32' or a NumPy/torch dtype, got {}",
                     obj.repr().map(|r| r.to_string()).unwrap_or_default()
                 ))

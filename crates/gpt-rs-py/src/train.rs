@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use gpt_rs::checkpoint::Gpt2Config;
 use gpt_rs::train::{self, AdamW, AdamWConfig, TrainableGpt2};
 use numpy::{PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -31,7 +30,7 @@ fn tokens(arr: &PyReadonlyArray2<'_, i64>, what: &str) -> PyResult<(Vec<u32>, us
     let mut ids = gpt_rs::memory::with_capacity(b * t, what).map_err(to_py)?;
     for &x in view.iter() {
         ids.push(u32::try_from(x).map_err(|_| {
-            PyValueError::new_err(format!("{what}: token id {x} is negative or too large"))
+            crate::errors::value_error(format!("{what}: token id {x} is negative or too large"))
         })?);
     }
     Ok((ids, b, t))
@@ -41,10 +40,10 @@ fn config_from_py(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<Gpt2Co
     let text: String = py
         .import("json")?
         .call_method1("dumps", (config,))
-        .map_err(|e| PyTypeError::new_err(format!("config must be JSON-serializable: {e}")))?
+        .map_err(|e| crate::errors::type_error(format!("config must be JSON-serializable: {e}")))?
         .extract()?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| crate::errors::value_error(e.to_string()))?;
     Gpt2Config::from_json(&v).map_err(to_py)
 }
 
@@ -92,7 +91,7 @@ impl PyTrainable {
         let (x, b, t) = tokens(&inputs, "inputs")?;
         let (y, ..) = tokens(&targets, "targets")?;
         if inputs.shape() != targets.shape() {
-            return Err(PyValueError::new_err(format!(
+            return Err(crate::errors::value_error(format!(
                 "inputs {:?} and targets {:?} must have the same shape",
                 inputs.shape(),
                 targets.shape()
@@ -114,7 +113,7 @@ impl PyTrainable {
         let (x, b, t) = tokens(&inputs, "inputs")?;
         let (y, ..) = tokens(&targets, "targets")?;
         if inputs.shape() != targets.shape() {
-            return Err(PyValueError::new_err(
+            return Err(crate::errors::value_error(
                 "inputs and targets must have the same shape",
             ));
         }
@@ -152,7 +151,7 @@ impl PyTrainable {
     /// Scales the gradients to a global norm of at most ``max_norm``; returns the norm before.
     fn clip_grad_norm(&mut self, py: Python<'_>, max_norm: f32) -> PyResult<f64> {
         if !(max_norm > 0.0 && max_norm.is_finite()) {
-            return Err(PyValueError::new_err(format!(
+            return Err(crate::errors::value_error(format!(
                 "max_norm must be a positive number, got {max_norm}"
             )));
         }
@@ -181,7 +180,7 @@ impl PyTrainable {
             && eps > 0.0
             && weight_decay >= 0.0;
         if !ok {
-            return Err(PyValueError::new_err(format!(
+            return Err(crate::errors::value_error(format!(
                 "invalid AdamW settings: lr={lr} (>= 0), beta1={beta1}, beta2={beta2} (in [0, 1)), eps={eps} (> 0), weight_decay={weight_decay} (>= 0)"
             )));
         }
@@ -226,7 +225,8 @@ impl PyTrainable {
             None => serde_json::Value::Null,
             Some(d) => {
                 let text: String = py.import("json")?.call_method1("dumps", (d,))?.extract()?;
-                serde_json::from_str(&text).map_err(|e| PyValueError::new_err(e.to_string()))?
+                serde_json::from_str(&text)
+                    .map_err(|e| crate::errors::value_error(e.to_string()))?
             }
         };
         let m = &self.model;
@@ -274,10 +274,10 @@ impl PyTrainable {
             .model
             .layout
             .get(name)
-            .ok_or_else(|| PyValueError::new_err(format!("no parameter named '{name}'")))?
+            .ok_or_else(|| crate::errors::value_error(format!("no parameter named '{name}'")))?
             .clone();
         if value.shape() != spec.shape.as_slice() {
-            return Err(PyValueError::new_err(format!(
+            return Err(crate::errors::value_error(format!(
                 "parameter '{name}' has shape {:?}, got {:?}",
                 spec.shape,
                 value.shape()
