@@ -17,6 +17,7 @@ BASES = {
     errors.FileReadError: OSError,
     errors.MissingFileError: FileNotFoundError,
     errors.OutOfMemoryError: MemoryError,
+    errors.BusyError: RuntimeError,
     errors.BackendError: RuntimeError,
     errors.InternalError: RuntimeError,
 }

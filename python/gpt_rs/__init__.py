@@ -30,7 +30,9 @@ from . import (  # noqa: E402  (submodules re-export the native functions)
     train,  # noqa: E402  (gpt_rs.train: training loop, data, checkpoints)
 )
 from ._native import (
+    Engine,
     Model,
+    Request,
     Tensor,
     TextStream,
     Tokenizer,
@@ -52,8 +54,10 @@ from .options import GenerateOptions, TokenOptions
 
 __all__ = [
     "errors",
+    "Engine",
     "GenerateOptions",
     "Model",
+    "Request",
     "Tensor",
     "TextStream",
     "TokenOptions",

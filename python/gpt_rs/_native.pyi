@@ -1,7 +1,7 @@
 """Type stubs for the native extension ``gpt_rs._native`` (checked by mypy.stubtest in CI)."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Literal, Optional, Union, final
 
 import numpy as np
@@ -13,7 +13,9 @@ from gpt_rs.options import GenerateOptions, TokenOptions
 __version__: str
 _MAX_VOCAB_SIZE: int
 __all__ = [
+    "Engine",
     "Model",
+    "Request",
     "TextStream",
     "Tokenizer",
     "TrainableModel",
@@ -344,3 +346,52 @@ class Model:
     def eos_token_ids(self) -> list[int]: ...
     @property
     def weight_bytes(self) -> int: ...
+
+# Continuous batching
+@final
+class Engine:
+    def __new__(
+        cls,
+        model: Model,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        prefill_chunk: int = 256,
+        max_kv_bytes: Optional[int] = None,
+    ) -> Self: ...
+    def submit(
+        self,
+        prompt: Union[str, Sequence[int]],
+        max_new_tokens: int = 64,
+        **options: Unpack[GenerateOptions],
+    ) -> Request: ...
+    def submit_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_new_tokens: int = 256,
+        **options: Unpack[GenerateOptions],
+    ) -> Request: ...
+    @property
+    def metrics(self) -> dict[str, Union[int, float]]: ...
+    def shutdown(self, grace: float = 5.0) -> None: ...
+    @property
+    def model(self) -> Model: ...
+
+@final
+class Request:
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> str: ...
+    def __aiter__(self) -> Self: ...
+    def __anext__(self) -> Awaitable[str]: ...
+    def next_piece(self, timeout: Optional[float] = None) -> Optional[str]: ...
+    def result(self) -> str: ...
+    def cancel(self) -> None: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def tokens(self) -> list[int]: ...
+    @property
+    def finish_reason(self) -> Optional[Literal["stop", "length", "cancelled"]]: ...
+    @property
+    def usage(self) -> Optional[dict[str, Union[int, float]]]: ...

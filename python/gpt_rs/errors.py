@@ -18,6 +18,7 @@ class                       also a                raised for
 ``MissingFileError``        ``FileNotFoundError`` a file or folder that does not exist
 ``OutOfMemoryError``        ``MemoryError``       an allocation the OS refused, or a size that
                                                   cannot exist
+``BusyError``               ``RuntimeError``      a full engine queue, or an engine shutting down
 ``BackendError``            ``RuntimeError``      a backend that is not available
 ``InternalError``           ``RuntimeError``      a bug in gpt_rs (please report it)
 ==========================  ====================  ==========================================
@@ -63,6 +64,10 @@ class OutOfMemoryError(Error, MemoryError):
     """An allocation the OS refused, or a size that cannot exist."""
 
 
+class BusyError(Error, RuntimeError):
+    """An engine whose queue is full, or that is shutting down: retry later."""
+
+
 class BackendError(Error, RuntimeError):
     """A backend that is not available in this build or on this machine."""
 
@@ -73,6 +78,7 @@ class InternalError(Error, RuntimeError):
 
 __all__ = [
     "BackendError",
+    "BusyError",
     "DTypeError",
     "Error",
     "FileReadError",

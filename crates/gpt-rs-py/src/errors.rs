@@ -22,6 +22,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::NotFound(_) => ("MissingFileError", PyFileNotFoundError::new_err),
         Error::Memory(_) => ("OutOfMemoryError", PyMemoryError::new_err),
         Error::Interrupted => return PyKeyboardInterrupt::new_err(msg),
+        Error::Busy(_) => ("BusyError", PyRuntimeError::new_err),
         Error::Backend(_) => ("BackendError", PyRuntimeError::new_err),
         Error::Internal(_) => ("InternalError", PyRuntimeError::new_err),
     };

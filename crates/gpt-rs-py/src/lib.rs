@@ -9,6 +9,7 @@
 mod args;
 mod convert;
 mod dlpack;
+mod engine;
 mod errors;
 mod functional;
 mod model;
@@ -118,6 +119,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     functional::register(m)?;
     nn::register(m)?;
     model::register(m)?;
+    engine::register(m)?;
     quant::register(m)?;
     train::register(m)?;
     Ok(())

@@ -202,7 +202,7 @@ fn py_to_json(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<se
 }
 
 /// Renders a chat with the tokenizer's template: messages and extra variables from Python.
-fn render_chat(
+pub(crate) fn render_chat(
     py: Python<'_>,
     tok: &Tokenizer,
     messages: &Bound<'_, PyAny>,
@@ -224,8 +224,8 @@ fn render_chat(
 /// A loaded causal language model (GPT-2 or a Llama-family decoder).
 #[pyclass(name = "Model", module = "gpt_rs", frozen)]
 pub struct PyModel {
-    model: Arc<dyn CausalLm>,
-    tokenizer: Option<Arc<Tokenizer>>,
+    pub(crate) model: Arc<dyn CausalLm>,
+    pub(crate) tokenizer: Option<Arc<Tokenizer>>,
     path: PathBuf,
     pinned: Mutex<Option<BackendKind>>,
     /// `logits`/`forward_tokens`, which keep the last call's KV cache for the next.
@@ -233,13 +233,13 @@ pub struct PyModel {
 }
 
 /// Keyword arguments shared by the generation methods.
-struct GenArgs {
-    params: SamplingParams,
-    stop: StopCriteria,
+pub(crate) struct GenArgs {
+    pub params: SamplingParams,
+    pub stop: StopCriteria,
 }
 
 impl PyModel {
-    fn backend_kind(&self) -> BackendKind {
+    pub(crate) fn backend_kind(&self) -> BackendKind {
         self.pinned
             .lock()
             .map(|g| *g)
@@ -248,7 +248,7 @@ impl PyModel {
             .unwrap_or_else(backend::current)
     }
 
-    fn tokenizer(&self) -> PyResult<&Arc<Tokenizer>> {
+    pub(crate) fn tokenizer(&self) -> PyResult<&Arc<Tokenizer>> {
         self.tokenizer.as_ref().ok_or_else(|| {
             crate::errors::value_error(format!(
                 "{} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt); use the *_tokens methods with ids",
@@ -259,7 +259,7 @@ impl PyModel {
 
     /// The generation arguments: `max_new_tokens` and the parsed `**options`, with the
     /// model's default stop tokens when the caller named none.
-    fn gen_args(&self, max_new_tokens: Int, options: GenOptions) -> PyResult<GenArgs> {
+    pub(crate) fn gen_args(&self, max_new_tokens: Int, options: GenOptions) -> PyResult<GenArgs> {
         let max_new_tokens = max_new_tokens.within("max_new_tokens", 0, u32::MAX as i128)? as usize;
         let stop_token_ids = options.stop_token_ids.unwrap_or_else(|| {
             StopCriteria::default_stop_ids(self.model.info(), self.tokenizer.as_deref())

@@ -28,6 +28,10 @@ pub enum Error {
     /// The user interrupted a long operation (Python `KeyboardInterrupt`).
     #[error("interrupted")]
     Interrupted,
+    /// A full queue, or a server shutting down: try again later (Python `RuntimeError`;
+    /// HTTP 503 with Retry-After).
+    #[error("{0}")]
+    Busy(String),
     /// A backend that is not available (Python `RuntimeError`).
     #[error("{0}")]
     Backend(String),

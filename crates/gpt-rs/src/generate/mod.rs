@@ -1,7 +1,9 @@
 //! Text generation: sampling controls and the decode loop over one or many sequences.
 
+pub mod engine;
 mod sampler;
 
+pub use engine::{Engine, EngineConfig, Event, FinishReason, Handle, Metrics, Request};
 pub use sampler::{Sampler, SamplingParams};
 
 use std::sync::Arc;
@@ -79,6 +81,149 @@ impl Sequence {
     pub fn new_tokens(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
     }
+
+    /// A sequence for `prompt` (checked by `check_prompt`), with a KV cache for the prompt
+    /// and `max_new_tokens` more.
+    pub(crate) fn start(
+        model: &dyn CausalLm,
+        prompt: &[u32],
+        params: &SamplingParams,
+        max_new_tokens: usize,
+    ) -> Result<Self> {
+        let mut tokens = memory::with_capacity(prompt.len() + max_new_tokens, "tokens")?;
+        tokens.extend_from_slice(prompt);
+        Ok(Sequence {
+            tokens,
+            prompt_len: prompt.len(),
+            text: String::new(),
+            finished: max_new_tokens == 0,
+            cache: model.new_cache(prompt.len() + max_new_tokens)?,
+            sampler: Sampler::new(params.clone()),
+            stream: TextStream::default(),
+            emitted: 0,
+            cut: None,
+        })
+    }
+
+    /// Marks the sequence finished. Its text becomes the full decoding of the new tokens:
+    /// the streaming decoder holds back bytes that do not (yet) form a character, and at the
+    /// end they must come out exactly as a one-shot `decode` shows them.
+    fn finish(&mut self, tok: Option<&Tokenizer>, keep_text: bool) -> Result<()> {
+        self.finished = true;
+        if keep_text && self.cut.is_none() {
+            if let Some(tok) = tok {
+                self.text = tok.decode_generated(&self.tokens[self.prompt_len..])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the sampled `next` (or finishes at a stop token, a stop string or the token
+    /// limit), decoding its text when `keep_text`.
+    pub(crate) fn push(
+        &mut self,
+        next: u32,
+        stop: &StopCriteria,
+        tok: Option<&Tokenizer>,
+        keep_text: bool,
+    ) -> Result<()> {
+        if stop.stop_token_ids.contains(&next) {
+            return self.finish(tok, keep_text);
+        }
+        self.tokens.push(next);
+        if keep_text {
+            let tok = tok.ok_or_else(|| Error::Value("decoding text needs a tokenizer".into()))?;
+            if let Some(piece) = self.stream.step(tok, next)? {
+                self.text.push_str(&piece);
+                // Only the tail that the new piece could complete needs searching.
+                let longest = stop.stop_strings.iter().map(|s| s.len()).max().unwrap_or(0);
+                let from = self.text.len().saturating_sub(piece.len() + longest);
+                let from = (0..=from)
+                    .rev()
+                    .find(|&k| self.text.is_char_boundary(k))
+                    .unwrap_or(0);
+                if let Some(at) = stop
+                    .stop_strings
+                    .iter()
+                    .filter_map(|s| self.text[from..].find(s.as_str()).map(|p| from + p))
+                    .min()
+                {
+                    self.cut = Some(at);
+                    self.text.truncate(at);
+                    self.finished = true;
+                    return Ok(());
+                }
+            }
+        }
+        if self.tokens.len() - self.prompt_len >= stop.max_new_tokens {
+            return self.finish(tok, keep_text);
+        }
+        Ok(())
+    }
+
+    /// Text not yet handed out, holding back what could still turn out to be the start of a
+    /// stop string (all of it once the sequence is finished).
+    pub(crate) fn take_text(&mut self, stop: &StopCriteria) -> String {
+        let hold = if self.finished {
+            0
+        } else {
+            stop.stop_strings
+                .iter()
+                .map(|s| s.len().saturating_sub(1))
+                .max()
+                .unwrap_or(0)
+        };
+        let mut end = self.text.len().saturating_sub(hold).max(self.emitted);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let out = self.text[self.emitted..end].to_string();
+        self.emitted = end;
+        out
+    }
+
+    /// Whether it stopped at a stop string.
+    pub fn hit_stop_string(&self) -> bool {
+        self.cut.is_some()
+    }
+}
+
+/// Checks a prompt (`what` names it in errors): not empty, ids in the vocabulary, and room
+/// in the context for it and `max_new_tokens` more.
+pub(crate) fn check_prompt(
+    cfg: &ModelInfo,
+    p: &[u32],
+    what: &str,
+    max_new_tokens: usize,
+) -> Result<()> {
+    if p.is_empty() {
+        return Err(Error::Value(format!(
+            "{what} is empty: generation needs at least one token"
+        )));
+    }
+    if let Some(pos) = p.iter().position(|&t| t as usize >= cfg.vocab_size) {
+        return Err(Error::Value(format!(
+            "token id {} at position {pos} of {what} is out of range for a vocabulary of {}",
+            p[pos], cfg.vocab_size
+        )));
+    }
+    if p.len() > cfg.context {
+        return Err(Error::Value(format!(
+            "{what} has {} tokens, longer than the model's context of {} positions",
+            p.len(),
+            cfg.context
+        )));
+    }
+    if p.len() + max_new_tokens > cfg.context {
+        return Err(Error::Value(format!(
+            "{what} ({} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {} positions; \
+             lower max_new_tokens to at most {}",
+            p.len(),
+            cfg.context,
+            cfg.context - p.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Generates continuations of several prompts together: one forward per step over all
@@ -117,53 +262,12 @@ impl Generator {
             return Err(Error::Value("stop strings must not be empty".into()));
         }
         for (i, p) in prompts.iter().enumerate() {
-            if p.is_empty() {
-                return Err(Error::Value(format!(
-                    "prompt {i} is empty: generation needs at least one token"
-                )));
-            }
-            if let Some(pos) = p.iter().position(|&t| t as usize >= cfg.vocab_size) {
-                return Err(Error::Value(format!(
-                    "token id {} at position {pos} of prompt {i} is out of range for a vocabulary of {}",
-                    p[pos], cfg.vocab_size
-                )));
-            }
-            if p.len() > cfg.context {
-                return Err(Error::Value(format!(
-                    "prompt {i} has {} tokens, longer than the model's context of {} positions",
-                    p.len(),
-                    cfg.context
-                )));
-            }
-            if p.len() + stop.max_new_tokens > cfg.context {
-                return Err(Error::Value(format!(
-                    "prompt {i} ({} tokens) + max_new_tokens ({}) exceeds the model's context of {} positions; \
-                     lower max_new_tokens to at most {}",
-                    p.len(),
-                    stop.max_new_tokens,
-                    cfg.context,
-                    cfg.context - p.len()
-                )));
-            }
+            check_prompt(cfg, p, &format!("prompt {i}"), stop.max_new_tokens)?;
         }
         check_cache_memory(cfg, prompts, stop.max_new_tokens)?;
         let mut seqs = memory::with_capacity(prompts.len(), "the sequences")?;
         for p in prompts {
-            seqs.push(Sequence {
-                tokens: {
-                    let mut t = memory::with_capacity(p.len() + stop.max_new_tokens, "tokens")?;
-                    t.extend_from_slice(p);
-                    t
-                },
-                prompt_len: p.len(),
-                text: String::new(),
-                finished: stop.max_new_tokens == 0,
-                cache: model.new_cache(p.len() + stop.max_new_tokens)?,
-                sampler: Sampler::new(params.clone()),
-                stream: TextStream::default(),
-                emitted: 0,
-                cut: None,
-            });
+            seqs.push(Sequence::start(&*model, p, params, stop.max_new_tokens)?);
         }
         let keep_text = keep_text || !stop.stop_strings.is_empty();
         Ok(Self {
@@ -237,66 +341,9 @@ impl Generator {
         Ok(!self.is_done())
     }
 
-    /// Marks sequence `i` finished. Its text becomes the full decoding of the new tokens:
-    /// the streaming decoder holds back bytes that do not (yet) form a character, and at the
-    /// end they must come out exactly as a one-shot `decode` shows them.
-    fn finish(&mut self, i: usize) -> Result<()> {
-        let seq = &mut self.seqs[i];
-        seq.finished = true;
-        if self.keep_text && seq.cut.is_none() {
-            if let Some(tok) = self.tokenizer.as_deref() {
-                seq.text = tok.decode_generated(&seq.tokens[seq.prompt_len..])?;
-            }
-        }
-        Ok(())
-    }
-
     fn push(&mut self, i: usize, next: u32) -> Result<()> {
-        let seq = &mut self.seqs[i];
-        if self.stop.stop_token_ids.contains(&next) {
-            return self.finish(i);
-        }
-        seq.tokens.push(next);
-        if self.keep_text {
-            let tok = self
-                .tokenizer
-                .as_deref()
-                .ok_or_else(|| Error::Value("decoding text needs a tokenizer".into()))?;
-            if let Some(piece) = seq.stream.step(tok, next)? {
-                seq.text.push_str(&piece);
-                // Only the tail that the new piece could complete needs searching.
-                let from = seq.text.len().saturating_sub(
-                    piece.len()
-                        + self
-                            .stop
-                            .stop_strings
-                            .iter()
-                            .map(|s| s.len())
-                            .max()
-                            .unwrap_or(0),
-                );
-                let from = (0..=from)
-                    .rev()
-                    .find(|&k| seq.text.is_char_boundary(k))
-                    .unwrap_or(0);
-                if let Some(at) = self
-                    .stop
-                    .stop_strings
-                    .iter()
-                    .filter_map(|s| seq.text[from..].find(s.as_str()).map(|p| from + p))
-                    .min()
-                {
-                    seq.cut = Some(at);
-                    seq.text.truncate(at);
-                    seq.finished = true;
-                    return Ok(());
-                }
-            }
-        }
-        if seq.tokens.len() - seq.prompt_len >= self.stop.max_new_tokens {
-            return self.finish(i);
-        }
-        Ok(())
+        let tok = self.tokenizer.as_deref();
+        self.seqs[i].push(next, &self.stop, tok, self.keep_text)
     }
 
     /// Runs to completion; `on_step` is called after every step (e.g. to check for Ctrl-C)
@@ -308,31 +355,13 @@ impl Generator {
         Ok(())
     }
 
-    /// Text of sequence `i` not yet handed out, holding back what could still turn out to be
-    /// the start of a stop string (all of it once the sequence is finished).
+    /// Text of sequence `i` not yet handed out (`Sequence::take_text`).
     pub fn take_text(&mut self, i: usize) -> String {
-        let hold = if self.seqs[i].finished {
-            0
-        } else {
-            self.stop
-                .stop_strings
-                .iter()
-                .map(|s| s.len().saturating_sub(1))
-                .max()
-                .unwrap_or(0)
-        };
-        let seq = &mut self.seqs[i];
-        let mut end = seq.text.len().saturating_sub(hold).max(seq.emitted);
-        while !seq.text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let out = seq.text[seq.emitted..end].to_string();
-        seq.emitted = end;
-        out
+        self.seqs[i].take_text(&self.stop)
     }
 
     /// Whether sequence `i` stopped at a stop string.
     pub fn hit_stop_string(&self, i: usize) -> bool {
-        self.seqs[i].cut.is_some()
+        self.seqs[i].hit_stop_string()
     }
 }
