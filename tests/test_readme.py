@@ -6,10 +6,12 @@
 - test_install.py and every example script run as subprocesses and must exit 0.
 """
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +94,6 @@ def test_readme_blocks_run(i, fake_hub, monkeypatch, tmp_path):
     """Each Python block runs as written, from a scratch folder holding a copy of the
     repository's docs (the training example reads them and writes its run there), and
     prints what its comments say it prints."""
-    import contextlib
     import io
     import shutil
 
@@ -101,9 +102,61 @@ def test_readme_blocks_run(i, fake_hub, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     code = python_blocks(ROOT / "README.md")[i]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, f"README.md block {i}", "exec"), {})
+    with contextlib.ExitStack() as stack:
+        if "127.0.0.1:8000" in code:
+            # The serving example talks to `gpt-rs serve`: one runs here, on a free port.
+            port = stack.enter_context(readme_server())
+            code = code.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"README.md block {i}", "exec"), {})
     assert_shown(shown_outputs(code), out.getvalue(), f"README.md block {i}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def readme_server():
+    """`gpt-rs serve --model Qwen/Qwen2.5-0.5B-Instruct` on a free port (the fake hub's model),
+    in a subprocess; stopped with SIGTERM, which must drain and exit cleanly."""
+    import os
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt_rs", "serve", "--model", "Qwen/Qwen2.5-0.5B-Instruct"]
+        + ["--port", str(port)],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "gpt-rs serve did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, proc.stdout.read()
 
 
 def cli_lines(path: Path) -> list[str]:
@@ -118,6 +171,27 @@ def test_readme_cli_examples_run(line, fake_hub):
 
     args = shlex.split(line.split(" #")[0])[1:]
     env = dict(os.environ, HF_HUB_CACHE=str(fake_hub))
+    if args[0] == "serve":
+        # A server runs until stopped: it must come up on the port and stop cleanly on SIGTERM.
+        import httpx
+
+        port = free_port()
+        args[args.index("--port") + 1] = str(port)
+        proc = subprocess.Popen([sys.executable, "-m", "gpt_rs", *args], env=env, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, line
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                    assert r.status_code == 200 and r.json()["data"], r.text
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+        finally:
+            proc.terminate()
+            assert proc.wait(30) == 0, line
+        return
     r = subprocess.run(
         [sys.executable, "-m", "gpt_rs", *args],
         capture_output=True,

@@ -4,6 +4,7 @@ gpt-rs generate --model DIR --prompt "Hello" [--max-new-tokens N --temperature T
                 --top-p P --seed S --backend B --threads N]
 gpt-rs info
 gpt-rs bench --model DIR
+gpt-rs serve --model PATH [--host 127.0.0.1 --port 8000 --max-batch N --api-key KEY --threads N]
 gpt-rs quantize IN_DIR OUT.gguf [--type q8_0|q6_k|q5_k_m|q5_k|q5_1|q5_0|q4_k_m|q4_k|q4_1|q4_0]
 gpt-rs train --data PATH --out DIR [--n-layer --n-head --n-embd --context --steps --batch-size
              --lr --seed --threads --resume ...]
@@ -365,6 +366,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.set_defaults(func=cmd_train)
 
+    s = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server with continuous batching",
+        description="Serves /v1/chat/completions, /v1/completions, /v1/models, /health and "
+        "/metrics. Needs the serve extra: pip install 'gpt_rs[serve]'. Ctrl-C or SIGTERM drain "
+        "the running requests, then stop.",
+    )
+    s.add_argument(
+        "--model", help="model folder, GGUF file or cached hub id (default: the shipped one)"
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
+    s.add_argument(
+        "--max-queue", type=int, default=64, help="requests waiting at most (default 64)"
+    )
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    s.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    s.add_argument("--model-name", help="the model id clients send (default: the path's name)")
+    s.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413 (default 1 MiB)"
+    )
+    s.add_argument("--backend", choices=gpt_rs.list_backends(), help="compute backend")
+    s.add_argument("--dtype", default="auto", help="weights in memory (see generate --dtype)")
+    s.set_defaults(func=cmd_serve)
+
     q = sub.add_parser(
         "quantize", help="write a Hugging Face folder as a quantized GGUF file (llama.cpp's format)"
     )
@@ -380,6 +407,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_quantize)
     return p
+
+
+def cmd_serve(args) -> int:
+    try:
+        import sse_starlette  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from . import server
+    except ImportError as e:
+        raise SystemExit(
+            f"gpt-rs: serve needs the serve extra ({e.name} is missing): "
+            "pip install 'gpt_rs[serve]'"
+        ) from None
+    if args.backend:
+        gpt_rs.set_backend(args.backend)
+    path = args.model or _default_model()
+    if path is None:
+        raise SystemExit(f"gpt-rs: {NO_DEFAULT_MODEL}")
+    server.serve(
+        path,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        api_key=args.api_key,
+        threads=args.threads,
+        model_name=args.model_name,
+        max_body_bytes=args.max_body_bytes,
+        dtype=args.dtype,
+    )
+    return 0
 
 
 def cmd_quantize(args) -> int:
