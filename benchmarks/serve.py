@@ -149,17 +149,9 @@ def run_server(name: str, cmd: list[str], port: int, model_id: str, args) -> dic
 
 def quick_model(tmp: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import chat_cases as cc
-    import families as fam
+    import chat_cases
 
-    root = Path(__file__).resolve().parents[1]
-    d = tmp / "tiny"
-    fam.make_folder("qwen2_bf16", d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
-    template = (root / "tests/fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
-    cc.write_tokenizer(d, chat_template=template, eos_token="<|im_end|>")
-    return d
+    return chat_cases.make_chat_model(tmp / "tiny")
 
 
 def main() -> int:

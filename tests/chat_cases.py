@@ -53,3 +53,17 @@ def write_tokenizer(folder: Path, **config) -> None:
     tok.add_special_tokens(SPECIALS)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def make_chat_model(folder: Path) -> Path:
+    """A tiny random bf16 Qwen2 with Qwen2.5's chat template and a 512-token context: the model
+    the serving tests and the serving benchmark's smoke run chat with."""
+    import families as fam
+
+    fam.make_folder("qwen2_bf16", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
+    root = Path(__file__).resolve().parent
+    template = (root / "fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    write_tokenizer(folder, chat_template=template, eos_token="<|im_end|>")
+    return folder

@@ -3,13 +3,10 @@ server on a local Ray instance, loopback only, answering the OpenAI routes as `g
 does. Run it where Ray is installed:
 `PYTHONPATH=python <ray venv>/bin/python -m pytest tests/test_ray_serve.py`."""
 
-import json
 import socket
 import time
-from pathlib import Path
 
 import chat_cases as cc
-import families as fam
 import pytest
 
 import gpt_rs
@@ -18,18 +15,11 @@ serve = pytest.importorskip("ray.serve")
 ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ray") / "tiny-qwen"
-    fam.make_folder("qwen2_bf16", d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
-    template = (ROOT / "tests/fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
-    cc.write_tokenizer(d, chat_template=template, eos_token="<|im_end|>")
-    return d
+    return cc.make_chat_model(tmp_path_factory.mktemp("ray") / "tiny-qwen")
 
 
 def test_two_replicas_serve_the_openai_routes(model_dir):

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import chat_cases as cc
-import families as fam
 import pytest
 
 import gpt_rs
@@ -20,20 +19,13 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 from gpt_rs.server import create_app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tiny-qwen"
 QUESTIONS = ["hello", "what is the weather", "tell me a story", "why", "who are you", "ok"]
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("serve") / "qwen"
-    fam.make_folder("qwen2_bf16", d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
-    template = (ROOT / "tests/fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
-    cc.write_tokenizer(d, chat_template=template, eos_token="<|im_end|>")
-    return gpt_rs.load_model(d)
+    return gpt_rs.load_model(cc.make_chat_model(tmp_path_factory.mktemp("serve") / "qwen"))
 
 
 class Server:
