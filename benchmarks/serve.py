@@ -229,6 +229,10 @@ def main() -> int:
                 "4096",
                 "--model_alias",
                 "bench",
+                # Queue concurrent requests instead of letting each new one cut off the
+                # running one (its default): every request then gets all its tokens.
+                "--interrupt_requests",
+                "False",
             ],
             port,
             "bench",

@@ -6,8 +6,15 @@
 //! quantized with llama.cpp's mixes do (a Q4_K_M file may hold q and k as Q5_0 and v as Q8_0);
 //! each part then multiplies in its own format and writes its own output columns.
 
+use std::cell::RefCell;
+
 use crate::backend::{Backend, Panels};
 use crate::error::Result;
+
+thread_local! {
+    /// The output of one part of a multi-part layer (see `Linear::apply`).
+    static PART_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 pub struct Linear {
     /// The weight `(in, out)`, as consecutive column groups (usually one).
@@ -64,19 +71,24 @@ impl Linear {
         }
         let n = self.out_features();
         let mut j0 = 0;
-        let mut tmp = Vec::new();
         for w in &self.parts {
             let nj = w.n();
             let bias = self.bias.as_deref().map(|b| &b[j0..j0 + nj]);
             if rows == 1 {
                 apply(be, w, bias, x, &mut out[j0..j0 + nj], 1, batch_invariant);
             } else {
-                // Several rows: the part's columns are strided in `out`; go through a buffer.
-                let t = crate::memory::grow(&mut tmp, rows * nj, "a linear layer's output")?;
-                apply(be, w, bias, x, t, rows, batch_invariant);
-                for (o, t) in out.chunks_exact_mut(n).zip(t.chunks_exact(nj)) {
-                    o[j0..j0 + nj].copy_from_slice(t);
-                }
+                // Several rows: the part's columns are strided in `out`; go through a buffer,
+                // this thread's, kept between calls: a fresh one per call would be fresh pages
+                // the kernel faults in (and the OS zeroes) on every prefill and batched step.
+                PART_OUT.with(|cell| -> Result<()> {
+                    let mut tmp = cell.borrow_mut();
+                    let t = crate::memory::grow(&mut tmp, rows * nj, "a linear layer's output")?;
+                    apply(be, w, bias, x, t, rows, batch_invariant);
+                    for (o, t) in out.chunks_exact_mut(n).zip(t.chunks_exact(nj)) {
+                        o[j0..j0 + nj].copy_from_slice(t);
+                    }
+                    Ok(())
+                })?;
             }
             j0 += nj;
         }
