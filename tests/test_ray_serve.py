@@ -16,7 +16,6 @@ ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
 
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return cc.make_chat_model(tmp_path_factory.mktemp("ray") / "tiny-qwen")
