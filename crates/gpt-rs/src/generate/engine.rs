@@ -379,9 +379,13 @@ impl Worker {
                     })
             });
             if let Err(e) = result {
-                // A failed step fails the requests in it; the engine keeps serving.
+                // A failed step fails the requests in it and frees their places; the engine
+                // keeps serving.
+                let mut st = self.shared.lock();
                 for r in self.running.drain(..) {
                     let _ = r.job.tx.send(Event::Failed(e.to_string()));
+                    st.running -= 1;
+                    st.kv_in_use -= r.kv_bytes;
                 }
             }
             self.retire();
