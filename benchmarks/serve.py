@@ -154,6 +154,51 @@ def quick_model(tmp: Path) -> Path:
     return chat_cases.make_chat_model(tmp / "tiny")
 
 
+def ray_replicas(args) -> int:
+    """Aggregate tok/s of 1 and 2 Ray Serve replicas, each a 1-thread engine, behind Ray's
+    proxy on loopback."""
+    import ray
+    from ray import serve
+
+    from gpt_rs.ray_serve import deployment
+
+    print(f"# Ray Serve replicas, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# CPU: {cpu_name()}, model {Path(args.model).name}, 1 thread per replica")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    rows = {}
+    try:
+        for replicas in (1, 2):
+            serve.run(
+                deployment(
+                    args.model,
+                    replicas=replicas,
+                    threads=1,
+                    model_name="bench",
+                    max_batch=max(args.clients),
+                ),
+                route_prefix="/",
+            )
+            rows[replicas] = {}
+            for c in args.clients:
+                r = load(url, "bench", c, args.requests_per_client, args.max_tokens)
+                rows[replicas][c] = r["tok_s"]
+                print(
+                    f"  {replicas} replica(s), {c:>2} clients: {r['tok_s']:7.1f} tok/s", flush=True
+                )
+            serve.delete("default")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print("\n| clients | 1 replica tok/s | 2 replicas tok/s | ratio |")
+    print("|---|---|---|---|")
+    for c in args.clients:
+        print(f"| {c} | {rows[1][c]:.1f} | {rows[2][c]:.1f} | {rows[2][c] / rows[1][c]:.2f}x |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", help="a GGUF file (both servers) or a model folder (gpt_rs only)")
@@ -164,6 +209,11 @@ def main() -> int:
     ap.add_argument("--peer-python", default=sys.executable, help="interpreter with llama_cpp")
     ap.add_argument("--llama-server", help="path of llama.cpp's llama-server binary")
     ap.add_argument("--quick", action="store_true", help="tiny model, gpt_rs only, 1 and 4 clients")
+    ap.add_argument(
+        "--ray",
+        action="store_true",
+        help="instead: 1 and 2 Ray Serve replicas of a 1-thread engine (needs ray[serve])",
+    )
     args = ap.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     tmp = Path(tempfile.mkdtemp())
@@ -173,6 +223,8 @@ def main() -> int:
     if not args.model:
         ap.error("--model is required (or --quick)")
     max_batch = max(args.clients)
+    if args.ray:
+        return ray_replicas(args)
 
     print(f"# serving benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# CPU: {cpu_name()}, {args.threads} threads, model {Path(args.model).name}")
