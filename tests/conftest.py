@@ -1,4 +1,5 @@
-"""Shared fixtures: run a test on every backend, compare with stated tolerances."""
+"""Shared fixtures: run a test on every backend, compare with stated tolerances, the small
+byte-level BPE tokenizer the GPT-2 test models use."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import pytest
 import gpt_rs
 
 BACKENDS = gpt_rs.list_backends()
+
+
+@pytest.fixture(scope="session")
+def hf_tok():
+    """A Hugging Face byte-level BPE trained on the test corpus (`gpt2_fixture`)."""
+    import gpt2_fixture as fx
+
+    return fx.train_tokenizer()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -221,11 +221,6 @@ def test_inconsistent_capsules_raise(name):
 # --- 3. memory maps of files that change -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hf_tok():
-    return fx.train_tokenizer()
-
-
 def test_loaded_model_is_unaffected_when_its_file_changes(tmp_path, hf_tok):
     a, b = tmp_path / "a", tmp_path / "b"
     fx.make_gpt2_folder(a, hf_tok, seed=0)

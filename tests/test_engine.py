@@ -26,11 +26,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def hf_tok():
-    return fx.train_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory, hf_tok):
     d = tmp_path_factory.mktemp("engine") / "gpt2"
     fx.make_gpt2_folder(d, hf_tok, n_positions=256)

@@ -23,11 +23,6 @@ L, H = 2, 4  # layers and heads of the fixture models
 
 
 @pytest.fixture(scope="module")
-def hf_tok():
-    return fx.train_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory, hf_tok):
     d = tmp_path_factory.mktemp("gpt2") / "model"
     params = fx.make_gpt2_folder(d, hf_tok)

@@ -94,8 +94,7 @@ def _number(body, name, default, lo, hi, *, lo_open=False):
 
 def sampling_options(body: dict) -> tuple[int, dict]:
     """(max_tokens, engine options) from an OpenAI request body."""
-    n = _field(body, "n", int, 1, check=lambda v: v == 1, what="1 (one choice per request)")
-    del n
+    _field(body, "n", int, 1, check=lambda v: v == 1, what="1 (one choice per request)")
     max_tokens = _field(
         body,
         "max_completion_tokens",

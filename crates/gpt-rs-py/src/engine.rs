@@ -244,8 +244,8 @@ impl RequestState {
         loop {
             match self.handle.next_timeout(timeout) {
                 None => return Next::Timeout,
-                Some(Event::Piece { tokens, text }) => {
-                    self.tokens.extend(tokens);
+                Some(Event::Piece { token, text }) => {
+                    self.tokens.extend(token);
                     if !text.is_empty() {
                         self.text.push_str(&text);
                         return Next::Piece(text);

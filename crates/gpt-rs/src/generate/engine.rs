@@ -86,10 +86,10 @@ impl FinishReason {
 /// What a request's handle receives, in order: pieces, then one `Done` or `Failed`.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// New tokens and the text they complete (empty while a character or a possible stop
-    /// string is held back).
+    /// A new token (None when the sampled one was a stop token) and the text it completes
+    /// (empty while a character or a possible stop string is held back).
     Piece {
-        tokens: Vec<u32>,
+        token: Option<u32>,
         text: String,
     },
     Done {
@@ -153,6 +153,8 @@ impl Drop for Handle {
 /// A request waiting for a place, or running.
 struct Job {
     request: Request,
+    /// The KV cache it will hold while running.
+    kv_bytes: u128,
     tx: Sender<Event>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
@@ -163,7 +165,6 @@ struct Running {
     seq: Sequence,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
-    kv_bytes: u128,
     first_token: Option<f64>,
 }
 
@@ -289,6 +290,7 @@ impl Engine {
             }
             st.queue.push_back(Job {
                 request,
+                kv_bytes: kv,
                 tx,
                 cancel: cancel.clone(),
                 submitted: Instant::now(),
@@ -385,7 +387,7 @@ impl Worker {
                 for r in self.running.drain(..) {
                     let _ = r.job.tx.send(Event::Failed(e.to_string()));
                     st.running -= 1;
-                    st.kv_in_use -= r.kv_bytes;
+                    st.kv_in_use -= r.job.kv_bytes;
                 }
             }
             self.retire();
@@ -419,10 +421,9 @@ impl Worker {
                 let _ = job.tx.send(done(&job, FinishReason::Cancelled, 0, None));
             }
             while self.running.len() < self.config.max_batch {
-                let Some(job) = st.queue.front() else { break };
-                let r = &job.request;
-                let kv =
-                    KvCache::bytes_for(self.model.info(), r.prompt.len() + r.stop.max_new_tokens);
+                let Some(kv) = st.queue.front().map(|j| j.kv_bytes) else {
+                    break;
+                };
                 if st.kv_in_use + kv > self.config.max_kv_bytes {
                     break; // waits for a running request to free its cache
                 }
@@ -441,7 +442,6 @@ impl Worker {
                             job,
                             seq,
                             prefilled: 0,
-                            kv_bytes: kv,
                             first_token: None,
                         });
                     }
@@ -495,31 +495,22 @@ impl Worker {
                 push(&self.tokenizer, r, next)?;
             }
         }
-        // Decode: every sequence past its prompt that started before this step's prefill.
-        let decoding: Vec<usize> = (0..n)
-            .filter(|&i| {
-                let r = &self.running[i];
-                !r.seq.finished
-                    && r.prefilled == r.seq.prompt_len
-                    && r.seq.tokens.len() > r.seq.prompt_len
-                    && r.seq.cache.len == r.seq.tokens.len() - 1
-            })
-            .collect();
+        // Decode: every sequence past its prompt whose last token is not in its cache yet.
+        let mut decoding = Vec::new();
+        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            let seq = &mut r.seq;
+            if !seq.finished
+                && r.prefilled == seq.prompt_len
+                && seq.tokens.len() > seq.prompt_len
+                && seq.cache.len == seq.tokens.len() - 1
+            {
+                decoding.push(i);
+                inputs.push(seq.decode_input());
+            }
+        }
         if decoding.is_empty() {
             return Ok(());
-        }
-        let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(decoding.len());
-        let mut rest: &mut [Running] = &mut self.running;
-        let mut offset = 0;
-        for &i in &decoding {
-            let (_, tail) = rest.split_at_mut(i - offset);
-            let (r, tail) = tail.split_first_mut().expect("index in range");
-            rest = tail;
-            offset = i + 1;
-            inputs.push(SeqInput {
-                tokens: &r.seq.tokens[r.seq.tokens.len() - 1..],
-                cache: &mut r.seq.cache,
-            });
         }
         self.model
             .forward(be, &mut inputs, Logits::Last, &mut self.ws)?;
@@ -560,7 +551,7 @@ impl Worker {
                 r.first_token,
             ));
             st.running -= 1;
-            st.kv_in_use -= r.kv_bytes;
+            st.kv_in_use -= r.job.kv_bytes;
             st.metrics.generated_tokens_total += r.seq.new_tokens().len() as u64;
         }
         // The rate counts tokens of finished requests plus those of running ones now.
@@ -593,15 +584,15 @@ fn push(tokenizer: &Option<Arc<Tokenizer>>, r: &mut Running, next: u32) -> Resul
     let before = r.seq.tokens.len();
     let tok = tokenizer.as_deref();
     r.seq.push(next, &r.job.request.stop, tok, tok.is_some())?;
-    let tokens = r.seq.tokens[before..].to_vec();
+    let token = (r.seq.tokens.len() > before).then_some(next);
     let text = if tok.is_some() {
         r.seq.take_text(&r.job.request.stop)
     } else {
         String::new()
     };
-    if !tokens.is_empty() || !text.is_empty() {
+    if token.is_some() || !text.is_empty() {
         // A dropped handle is noticed by its cancel flag; nothing to do here.
-        let _ = r.job.tx.send(Event::Piece { tokens, text });
+        let _ = r.job.tx.send(Event::Piece { token, text });
     }
     Ok(())
 }

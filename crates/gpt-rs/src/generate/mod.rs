@@ -82,6 +82,14 @@ impl Sequence {
         &self.tokens[self.prompt_len..]
     }
 
+    /// The input of a decode step: the last token, not yet in the cache, and the cache.
+    pub(crate) fn decode_input(&mut self) -> SeqInput<'_> {
+        SeqInput {
+            tokens: &self.tokens[self.tokens.len() - 1..],
+            cache: &mut self.cache,
+        }
+    }
+
     /// A sequence for `prompt` (checked by `check_prompt`), with a KV cache for the prompt
     /// and `max_new_tokens` more.
     pub(crate) fn start(
@@ -315,19 +323,13 @@ impl Generator {
             }
             self.ws.logits = logits;
         } else {
-            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
-            let mut rest: &mut [Sequence] = &mut self.seqs;
-            let mut offset = 0;
-            for &i in &active {
-                let (_, tail) = rest.split_at_mut(i - offset);
-                let (seq, tail) = tail.split_first_mut().expect("active index in range");
-                rest = tail;
-                offset = i + 1;
-                inputs.push(SeqInput {
-                    tokens: &seq.tokens[seq.tokens.len() - 1..],
-                    cache: &mut seq.cache,
-                });
-            }
+            // The unfinished sequences, in order: the rows of `active`.
+            let mut inputs: Vec<SeqInput<'_>> = self
+                .seqs
+                .iter_mut()
+                .filter(|s| !s.finished)
+                .map(Sequence::decode_input)
+                .collect();
             model.forward(be, &mut inputs, Logits::Last, &mut self.ws)?;
         }
         self.started = true;
